@@ -1,0 +1,594 @@
+"""Where the notebook runs: platform, input data, working and run dirs, hardware and versions.
+
+Everything here reads the environment through an ``environ`` mapping the caller may pass, so the
+same code is tested with plain dicts. Nothing here touches ``torch.cuda``: a notebook process that
+initialises CUDA breaks multi-GPU launchers started from it, so GPUs are read through NVML or
+``nvidia-smi`` instead.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform as _platform
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PLATFORMS = ("kaggle", "colab", "local")
+
+KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_WORKING = Path("/kaggle/working")
+COLAB_CONTENT = Path("/content")
+DRIVE_SUBDIR = "kagglekit"  # runs live in <drive>/MyDrive/kagglekit/<run_name>
+
+# Set to a true value by our own runner (``kagglekit run``) so notebooks never wait for a human.
+HEADLESS_VAR = "KAGGLEKIT_HEADLESS"
+# Variables whose presence (with a true-ish value) means nobody is watching the notebook.
+_HEADLESS_VARS = (HEADLESS_VAR, "CI", "PAPERMILL_EXECUTION", "PYTEST_CURRENT_TEST")
+_FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+
+# Report name -> distribution name; read through importlib.metadata so nothing gets imported.
+_LIBRARIES = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "timm": "timm",
+    "albumentations": "albumentations",
+    "segmentation_models_pytorch": "segmentation-models-pytorch",
+    "lightgbm": "lightgbm",
+    "sklearn": "scikit-learn",
+    "pandas": "pandas",
+    "numpy": "numpy",
+    "papermill": "papermill",
+}
+NOT_INSTALLED = "not installed"
+
+_NVIDIA_SMI = (
+    "nvidia-smi",
+    "--query-gpu=name,memory.total,memory.used,driver_version",
+    "--format=csv,noheader,nounits",
+)
+_SUBPROCESS_TIMEOUT_S = 10.0
+_MIB = 2**20
+_GIB = 2**30
+
+Runner = Callable[[Sequence[str]], str]
+
+
+def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def _is_true(value: str | None) -> bool:
+    return value is not None and value.strip().lower() not in _FALSE_WORDS
+
+
+# --------------------------------------------------------------------------- platform
+
+
+def _colab_module_exists() -> bool:
+    try:
+        return importlib.util.find_spec("google.colab") is not None
+    except (ImportError, ValueError):  # no ``google`` package at all, or a broken one
+        return False
+
+
+def detect_platform(
+    environ: Mapping[str, str] | None = None, *, colab_importable: bool | None = None
+) -> str:
+    """Return "kaggle", "colab" or "local" for the given environment.
+
+    >>> detect_platform({"KAGGLE_KERNEL_RUN_TYPE": "Batch", "KAGGLE_DATA_PROXY_URL": "x"})
+    'kaggle'
+    """
+    env = _env(environ)
+    # Kaggle first: its image is built on Colab's and may carry Colab's variables and modules.
+    if "KAGGLE_KERNEL_RUN_TYPE" in env and "KAGGLE_DATA_PROXY_URL" in env:
+        return "kaggle"
+    if "COLAB_RELEASE_TAG" in env:
+        return "colab"
+    if colab_importable is None:
+        colab_importable = _colab_module_exists()
+    return "colab" if colab_importable else "local"
+
+
+def _check_platform(platform: str) -> str:
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform={platform!r} is not known; use one of {', '.join(PLATFORMS)}")
+    return platform
+
+
+def kaggle_run_type(environ: Mapping[str, str] | None = None) -> str | None:
+    """Kaggle run type: "Interactive" in the editor, "Batch" for a saved version, else None."""
+    return _env(environ).get("KAGGLE_KERNEL_RUN_TYPE") or None
+
+
+def headless_reason(environ: Mapping[str, str] | None = None) -> str | None:
+    """Return why nobody can answer the notebook (e.g. "CI=true"), or None when nothing says so."""
+    env = _env(environ)
+    for name in _HEADLESS_VARS:
+        if _is_true(env.get(name)):
+            return f"{name}={env[name]}"
+    if kaggle_run_type(env) == "Batch":
+        return "KAGGLE_KERNEL_RUN_TYPE=Batch (a saved Kaggle version runs without a viewer)"
+    return None
+
+
+def _current_ipython() -> Any:
+    # Only look if IPython is already loaded: if it is not, no kernel is running here.
+    ipython_module = sys.modules.get("IPython")
+    get_ipython = getattr(ipython_module, "get_ipython", None)
+    return get_ipython() if get_ipython is not None else None
+
+
+def has_live_frontend(environ: Mapping[str, str] | None = None, *, ipython: Any = None) -> bool:
+    """True when an IPython kernel (Jupyter, Colab, Kaggle editor) runs and nothing says headless.
+
+    ``ipython`` is the shell (``get_ipython()``); only kernel shells, which have a ``kernel``,
+    count. Headless markers: CI, KAGGLEKIT_HEADLESS, PAPERMILL_EXECUTION, PYTEST_CURRENT_TEST and
+    a Kaggle batch run.
+    """
+    if headless_reason(environ) is not None:
+        return False
+    shell = _current_ipython() if ipython is None else ipython
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+# --------------------------------------------------------------------------- input data
+
+
+def _matches(directory: Path, required: Sequence[str]) -> bool:
+    return all(next(directory.glob(pattern), None) is not None for pattern in required)
+
+
+def _walk_dirs(root: Path, max_depth: int) -> list[tuple[int, Path]]:
+    found = [(0, root)]
+    frontier = [root]
+    for depth in range(1, max_depth + 1):
+        children = []
+        for parent in frontier:
+            try:  # scandir: image folders hold many thousands of files, so avoid a stat per file
+                with os.scandir(parent) as entries:
+                    children.extend(
+                        parent / e.name
+                        for e in entries
+                        if not e.name.startswith(".") and e.is_dir()
+                    )
+            except OSError:  # an unreadable mount: skip it rather than fail the search
+                continue
+        children.sort()
+        found.extend((depth, child) for child in children)
+        frontier = children
+    return found
+
+
+def _drop_nested(dirs: list[tuple[int, Path]]) -> list[tuple[int, Path]]:
+    # A dataset often repeats its files one level down; the shallowest copy stands for the tree.
+    kept: list[tuple[int, Path]] = []
+    for depth, path in sorted(dirs):
+        if not any(path.is_relative_to(k) for _, k in kept):
+            kept.append((depth, path))
+    return kept
+
+
+def find_competition_dir(
+    required: Sequence[str],
+    *,
+    input_root: str | Path = KAGGLE_INPUT,
+    slug: str | None = None,
+    max_depth: int = 3,
+) -> Path | None:
+    """Find the one directory under ``input_root`` holding every ``required`` name or glob pattern.
+
+    Finds both ``<root>/<slug>/`` and ``<root>/competitions/<slug>/`` layouts and datasets nested
+    deeper; returns None when nothing matches.
+
+    >>> find_competition_dir(["train.csv", "sample_submission.csv"])  # doctest: +SKIP
+    PosixPath('/kaggle/input/competitions/titanic')
+    """
+    if isinstance(required, (str, bytes)) or not required:
+        raise ValueError(
+            f"required={required!r} must be a non-empty list of file names or glob patterns, "
+            'e.g. ["train.csv", "sample_submission.csv"]'
+        )
+    bad = [p for p in required if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise ValueError(
+            f"required contains {bad!r}; every entry must be a non-empty file name or glob"
+        )
+    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0:
+        raise ValueError(
+            f"max_depth={max_depth!r} must be an integer >= 0 (levels below input_root)"
+        )
+    root = Path(input_root)
+    if not root.is_dir():
+        return None
+
+    matches = [(d, p) for d, p in _walk_dirs(root, max_depth) if _matches(p, required)]
+    if not matches:
+        return None
+    candidates = _drop_nested(matches)
+    if slug is not None:
+        chosen = [(d, p) for d, p in matches if slug in p.relative_to(root).parts]
+        if not chosen:
+            listed = "\n  ".join(str(p) for _, p in candidates)
+            raise ValueError(
+                f"slug={slug!r} matches none of the folders under {root} "
+                f"that hold {list(required)}:\n  {listed}\n"
+                "Pass one of these names as slug, or the folder itself as DATA_DIR."
+            )
+        shallowest = min(d for d, _ in chosen)
+        candidates = [(d, p) for d, p in chosen if d == shallowest]
+    if len(candidates) == 1:
+        return candidates[0][1]
+    listed = "\n  ".join(str(p) for _, p in candidates)
+    raise ValueError(
+        f"several folders under {root} hold {list(required)}:\n  {listed}\n"
+        "Set DATA_DIR to the one you mean, or pass slug=<competition name>."
+    )
+
+
+# --------------------------------------------------------------------------- directories
+
+
+def working_dir(platform: str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """Return the platform's scratch dir: /kaggle/working, /content, or the current directory."""
+    platform = _check_platform(detect_platform(environ) if platform is None else platform)
+    if platform == "kaggle":
+        return KAGGLE_WORKING
+    if platform == "colab":
+        return COLAB_CONTENT
+    return Path.cwd()
+
+
+def _check_run_name(run_name: str) -> str:
+    valid = "a plain folder name such as 'effnet_b0_fold0'"
+    if not isinstance(run_name, str) or not run_name.strip():
+        raise ValueError(f"run_name={run_name!r} must be a non-empty string, {valid}")
+    forbidden = {"/", "\\", "\0", "..", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(s in run_name for s in forbidden) or run_name == ".":
+        raise ValueError(
+            f"run_name={run_name!r} must not hold path separators or '..', nor be '.'; use {valid}"
+        )
+    return run_name
+
+
+def _mount_drive(drive_root: str) -> None:
+    from google.colab import drive  # only exists on Colab
+
+    drive.mount(drive_root)
+
+
+def run_dir(
+    run_name: str,
+    *,
+    platform: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    interactive: bool | None = None,
+    drive_root: str | Path = "/content/drive",
+    mount: Callable[[str], object] | None = None,
+    local_root: str | Path | None = None,
+    warn: Callable[[str], object] = warnings.warn,
+) -> Path:
+    """Create and return the persistent dir for ``run_name`` (checkpoints survive the session).
+
+    Colab: ``<drive_root>/MyDrive/kagglekit/<run_name>`` (Drive is mounted when someone can approve
+    it; otherwise a local folder and a warning). Kaggle: ``/kaggle/working/<run_name>``. Elsewhere:
+    ``<local_root or ./runs>/<run_name>``. ``local_root``, when given, replaces the local default
+    on every platform.
+    """
+    _check_run_name(run_name)
+    platform = _check_platform(detect_platform(environ) if platform is None else platform)
+    if local_root is not None:
+        local = Path(local_root)
+    elif platform == "kaggle":
+        local = KAGGLE_WORKING
+    else:
+        local = working_dir(platform, environ) / "runs"
+
+    target = local / run_name
+    if platform == "colab":
+        drive_runs = _drive_runs_dir(Path(drive_root), environ, interactive, mount, warn)
+        if drive_runs is not None:
+            target = drive_runs / run_name
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _drive_runs_dir(
+    drive_root: Path,
+    environ: Mapping[str, str] | None,
+    interactive: bool | None,
+    mount: Callable[[str], object] | None,
+    warn: Callable[[str], object],
+) -> Path | None:
+    my_drive = drive_root / "MyDrive"
+    lost = "checkpoints go to a local folder and will NOT survive a disconnect or runtime reset."
+    if not my_drive.is_dir():  # already mounted (e.g. earlier in the session) needs no approval
+        if interactive is None:
+            interactive = has_live_frontend(environ)
+        if not interactive:
+            reason = headless_reason(environ) or "no notebook front end to approve the mount"
+            warn(f"Google Drive is not mounted and cannot be mounted here ({reason}); {lost}")
+            return None
+        try:
+            (mount or _mount_drive)(str(drive_root))
+        except Exception as exc:  # any mount failure means the same thing: no Drive this session
+            cause = f"{type(exc).__name__}: {exc}"
+            warn(f"Could not mount Google Drive at {drive_root} ({cause}); {lost}")
+            return None
+        if not my_drive.is_dir():
+            warn(f"Google Drive mount at {drive_root} shows no MyDrive folder; {lost}")
+            return None
+    return my_drive / DRIVE_SUBDIR
+
+
+# --------------------------------------------------------------------------- hardware
+
+
+def _run_command(argv: Sequence[str]) -> str:
+    done = subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=_SUBPROCESS_TIMEOUT_S, check=True
+    )
+    return done.stdout
+
+
+def _to_int(text: str) -> int | None:
+    try:
+        return int(float(text))
+    except ValueError:  # "[N/A]" on some virtualised GPUs
+        return None
+
+
+def _parse_nvidia_smi(text: str) -> list[dict]:
+    gpus = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        # The name is the only field that may hold commas, so split from the right.
+        fields = [f.strip() for f in line.rsplit(",", 3)]
+        if len(fields) != 4:
+            continue
+        name, total, used, driver = fields
+        gpus.append(
+            {
+                "index": len(gpus),
+                "name": name,
+                "memory_total_mib": _to_int(total),
+                "memory_used_mib": _to_int(used),
+                "driver": driver,
+            }
+        )
+    return gpus
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _gpu_info_nvml() -> list[dict] | None:
+    try:
+        with warnings.catch_warnings():  # the old ``pynvml`` wrapper warns on import
+            warnings.simplefilter("ignore")
+            import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # pynvml.NVMLError: no driver or no GPU; let nvidia-smi have its say
+        return None
+    try:
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(
+                {
+                    "index": index,
+                    "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                    "memory_total_mib": int(memory.total) // _MIB,
+                    "memory_used_mib": int(memory.used) // _MIB,
+                    "driver": driver,
+                }
+            )
+        return gpus
+    except Exception:
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def gpu_info(*, runner: Runner | None = None) -> list[dict]:
+    """List GPUs as dicts (index, name, memory_total_mib, memory_used_mib, driver) without CUDA.
+
+    Reads NVML through ``pynvml`` when installed, else ``nvidia-smi``; ``runner(argv) -> stdout``
+    replaces the ``nvidia-smi`` call (and skips NVML). Returns [] when there is no GPU or driver.
+    """
+    if runner is None:
+        gpus = _gpu_info_nvml()
+        if gpus is not None:
+            return gpus
+        runner = _run_command
+    try:
+        text = runner(list(_NVIDIA_SMI))
+    except (OSError, subprocess.SubprocessError):  # no nvidia-smi, driver error, or a hang
+        return []
+    return _parse_nvidia_smi(text)
+
+
+def _cgroup_cpu_limit(cgroup_root: Path) -> int | None:
+    try:  # cgroup v2
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota_us = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 and period_us > 0 else None
+
+
+def cpu_count(
+    environ: Mapping[str, str] | None = None, *, cgroup_root: str | Path = "/sys/fs/cgroup"
+) -> int:
+    """Return the CPUs this process may use (affinity and container quota), e.g. for num_workers.
+
+    ``PYTHON_CPU_COUNT`` (as in Python 3.13) overrides the measurement.
+    """
+    override = _env(environ).get("PYTHON_CPU_COUNT", "").strip()
+    if override and override != "default":
+        if not override.isdigit() or int(override) < 1:
+            raise ValueError(
+                f"PYTHON_CPU_COUNT={override!r} must be a positive integer or 'default'"
+            )
+        return int(override)
+    if hasattr(os, "sched_getaffinity"):
+        count = len(os.sched_getaffinity(0))
+    else:
+        count = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit(Path(cgroup_root))
+    return max(1, min(count, limit) if limit is not None else count)
+
+
+def _memory_gib(meminfo: Path = Path("/proc/meminfo")) -> dict[str, float | None]:
+    values: dict[str, int] = {}
+    try:
+        for line in meminfo.read_text().splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                values[key] = int(parts[0]) * 1024  # reported in kB
+    except OSError:
+        pass
+    total = values.get("MemTotal")
+    if total is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            total = None
+    available = values.get("MemAvailable")
+    return {
+        "ram_total_gib": None if total is None else round(total / _GIB, 1),
+        "ram_available_gib": None if available is None else round(available / _GIB, 1),
+    }
+
+
+def _cgroup_memory_limit_gib(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    # A container may be killed well below the machine's RAM; this is the limit that counts.
+    for path in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # v1 writes a huge number for "no limit"
+            return round(int(text) / _GIB, 1)
+        return None
+    return None
+
+
+def _disk_free_gib(path: Path) -> float | None:
+    try:
+        return round(shutil.disk_usage(path).free / _GIB, 1)
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- versions, report
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {}
+    for name, dist in _LIBRARIES.items():
+        try:
+            versions[name] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = NOT_INSTALLED
+    return versions
+
+
+def _git_revision(package_dir: Path, runner: Runner = _run_command) -> str | None:
+    """Return the short commit (``-dirty`` if changed) when git tracks package_dir, else None."""
+    repo = str(package_dir.parent)
+    try:
+        # The package must be tracked here: a copy inside some other checkout's ignored venv is not.
+        if not runner(["git", "-C", repo, "ls-files", "--", package_dir.name]).strip():
+            return None
+        commit = runner(["git", "-C", repo, "rev-parse", "--short", "HEAD"]).strip()
+        dirty = bool(runner(["git", "-C", repo, "status", "--porcelain"]).strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit or None
+
+
+def environment_report(
+    *,
+    environ: Mapping[str, str] | None = None,
+    paths: Mapping[str, str | Path] | None = None,
+) -> dict:
+    """Collect platform, hardware, library versions and paths into a JSON-ready dict."""
+    env = _env(environ)
+    platform = detect_platform(env)
+    work = working_dir(platform, env)
+    return {
+        "platform": platform,
+        "kaggle_run_type": kaggle_run_type(env),
+        "headless": headless_reason(env),
+        "python": _platform.python_version(),
+        "os": _platform.platform(),
+        "cpu_count": cpu_count(env),
+        **_memory_gib(),
+        "ram_limit_gib": _cgroup_memory_limit_gib(),
+        "working_dir": str(work),
+        "disk_free_gib": _disk_free_gib(work),
+        "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
+        "gpus": gpu_info(),
+        "versions": _library_versions(),
+        "kagglekit_nb_git": _git_revision(Path(__file__).resolve().parent),
+        "paths": {name: str(path) for name, path in (paths or {}).items()},
+    }
+
+
+def _format_gpu(gpu: Mapping[str, Any]) -> str:
+    return (
+        f"{gpu.get('name')}, {gpu.get('memory_used_mib')}/{gpu.get('memory_total_mib')} MiB used, "
+        f"driver {gpu.get('driver')}"
+    )
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """Render an environment report as aligned ``key: value`` lines, nested parts indented."""
+    rows: list[tuple[str, str]] = []
+    for key, value in report.items():
+        if key == "gpus":
+            rows.append(("gpus", "none found" if not value else str(len(value))))
+            rows.extend((f"  {g.get('index', i)}", _format_gpu(g)) for i, g in enumerate(value))
+        elif isinstance(value, Mapping):
+            rows.append((key, "" if value else "-"))
+            rows.extend((f"  {k}", _format_value(v)) for k, v in value.items())
+        else:
+            rows.append((key, _format_value(value)))
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k.ljust(width)}: {v}".rstrip() for k, v in rows)
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)

@@ -1,0 +1,143 @@
+"""A run: its output folder, seed, budget, device and `run.json` record.
+
+`start_run` is the first call of every notebook. Re-running with the same OUTPUT_DIR picks up the
+record the previous run left (`run.json`), so later steps can skip finished work.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .budget import Budget
+from .repro import seed_everything
+
+__all__ = ["Run", "start_run", "select_device", "RUN_FILE"]
+
+RUN_FILE = "run.json"
+
+
+def select_device(device: str | None = None) -> torch.device:
+    """The device to train on: `device` if given (validated), else CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"DEVICE={device!r} is not a device: use None, 'cpu', 'cuda' or 'cuda:1'.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"DEVICE={device!r} but no CUDA GPU is visible: turn on a GPU accelerator "
+            "(Kaggle: Settings > Accelerator; Colab: Runtime > Change runtime type) or use DEVICE=None."
+        )
+    return dev
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return str(obj)
+
+
+@dataclass
+class Run:
+    """One execution of a notebook: where it writes, how long it may take, what it did."""
+
+    name: str
+    dir: Path
+    budget: Budget
+    device: torch.device
+    seed: int
+    platform: str = "local"
+    config: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+    previous: dict[str, Any] | None = None
+    echo: Callable[[str], None] = print
+
+    @property
+    def checkpoints(self) -> Path:
+        path = self.dir / "checkpoints"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log(self, message: str) -> None:
+        """Print `message` prefixed with the elapsed time and what is left of the budget."""
+        left = self.budget.remaining()
+        left_text = f"{left / 60:5.1f} min left" if math.isfinite(left) else "no limit"
+        self.echo(f"[{self.budget.elapsed():7.1f}s | {left_text}] {message}")
+
+    def save(self) -> Path:
+        """Write `run.json` atomically: the record plus the budget's summary."""
+        data = {"run_name": self.name, "seed": self.seed, "platform": self.platform,
+                "device": str(self.device), "config": self.config, **self.record, **self.budget.summary()}
+        path = self.dir / RUN_FILE
+        _atomic_write_json(path, data)
+        return path
+
+
+def start_run(
+    config: Mapping[str, Any],
+    *,
+    run_name: str,
+    output_dir: str | Path | None,
+    budget: Any = None,
+    seed: int = 42,
+    device: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    echo: Callable[[str], None] = print,
+) -> Run:
+    """Seed everything, resolve the budget and output folder, and open (or reopen) the run.
+
+    `output_dir=None` uses the platform's persistent run dir (Drive on Colab, /kaggle/working on
+    Kaggle, ./runs/<run_name> elsewhere).
+    """
+    from . import env
+
+    environ = os.environ if environ is None else environ
+    platform = env.detect_platform(environ)
+    seed = seed_everything(seed)
+    bud = Budget.resolve(budget, platform=platform, environ=environ, clock=clock)
+    if output_dir is None:
+        out = env.run_dir(run_name, platform=platform, environ=environ)
+    else:
+        out = Path(output_dir).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"OUTPUT_DIR={str(output_dir)!r} is a file, not a folder: choose a folder path.")
+        out.mkdir(parents=True, exist_ok=True)
+    previous = None
+    if (out / RUN_FILE).exists():
+        try:
+            previous = json.loads((out / RUN_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None  # a torn record is rewritten below; models and folds are checked on their own
+    run = Run(name=run_name, dir=out.resolve(), budget=bud, device=select_device(device), seed=seed,
+              platform=platform, config=dict(config), previous=previous, echo=echo)
+    run.record["sessions"] = (previous or {}).get("sessions", 0) + 1
+    limit = f"{bud.total_s:.0f}s ({bud.source})" if bud.limited else "none"
+    run.log(f"run '{run_name}' in {run.dir} | platform {platform} | device {run.device} | "
+            f"seed {seed} | budget {limit}" + (" | continuing a previous run" if previous else ""))
+    if run.device.type == "cpu" and torch.cuda.is_available():
+        run.log("WARNING: a CUDA GPU is available but this run trains on the CPU (DEVICE='cpu').")
+    run.save()
+    return run

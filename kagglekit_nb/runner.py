@@ -1,0 +1,190 @@
+"""Execute a notebook with papermill: parameter checking, headless settings, clear failures.
+
+Used by `kagglekit run`. Parameters are checked against the notebook's `parameters` cell before
+anything runs: an unknown name is an error listing the valid ones, and each value is converted to
+the type of the notebook's default.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["NOTEBOOKS", "resolve_notebook", "notebook_parameters", "convert_parameters",
+           "execute", "NotebookFailed"]
+
+# Short names -> files in notebooks/.
+NOTEBOOKS = {
+    "classification": "image_classification.ipynb",
+    "glacier_pretrain": "glacier_pretrain.ipynb",
+    "glacier_finetune": "glacier_finetune.ipynb",
+    "isic": "isic_embed_lgbm.ipynb",
+}
+
+
+class NotebookFailed(RuntimeError):
+    """A cell raised; the message names the cell and its error, the executed notebook is kept."""
+
+
+def notebooks_dir() -> Path:
+    """The folder holding the bundled notebooks (next to the package in a checkout)."""
+    override = os.environ.get("KAGGLEKIT_NOTEBOOKS")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def resolve_notebook(name_or_path: str) -> Path:
+    """A short name (`classification`, `isic`, …; the file stem works too) or a path to a notebook."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".ipynb":
+        if not path.is_file():
+            raise FileNotFoundError(f"notebook {name_or_path!r} does not exist.")
+        return path
+    by_stem = {Path(f).stem: f for f in NOTEBOOKS.values()}
+    file = NOTEBOOKS.get(name_or_path) or by_stem.get(name_or_path)
+    if file is None:
+        raise ValueError(f"unknown notebook {name_or_path!r}; use one of {', '.join(NOTEBOOKS)} "
+                         "or a path to an .ipynb file.")
+    path = notebooks_dir() / file
+    if not path.is_file():
+        raise FileNotFoundError(f"notebook {path} is not there: run from a checkout of kagglekit_nb "
+                                "(pip install -e .), or pass the notebook's path.")
+    return path
+
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    """Name -> default value of the notebook's `parameters` cell (literals only)."""
+    import papermill
+
+    params = papermill.inspect_notebook(str(path))
+    if not params:
+        raise ValueError(f"{path} has no cell tagged 'parameters': papermill cannot inject values into it.")
+    out = {}
+    for name, info in params.items():
+        try:
+            out[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"{path}: parameter {name} = {info['default']} is not a literal; the "
+                             "parameters cell must hold literals only.") from e
+    return out
+
+
+def _convert(name: str, text: str, default: Any) -> Any:
+    if text in ("None", "none", "null") and default is None:
+        return None
+    if isinstance(default, bool):
+        low = text.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"-p {name} {text}: expected true or false.")
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(text)
+        except ValueError:
+            raise ValueError(f"-p {name} {text}: expected a {type(default).__name__} "
+                             f"like the default {default!r}.") from None
+    if default is None:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+    if isinstance(default, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"-p {name} {text}: expected a literal of type {type(default).__name__}.") from None
+    if not isinstance(value, type(default)):
+        raise ValueError(f"-p {name} {text}: expected a {type(default).__name__} like {default!r}.")
+    return value
+
+
+def convert_parameters(pairs: Sequence[tuple[str, str]], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Check `-p NAME VALUE` pairs against the notebook's parameters and convert each value."""
+    out = {}
+    for name, text in pairs:
+        if name not in defaults:
+            raise ValueError(f"-p {name}: the notebook has no parameter {name!r}; "
+                             f"its parameters are {', '.join(defaults)}.")
+        out[name] = _convert(name, text, defaults[name])
+    return out
+
+
+@dataclass
+class Execution:
+    notebook: Path
+    output: Path
+    parameters: dict[str, Any]
+    seconds: float
+
+
+def execute(
+    notebook: str,
+    *,
+    out: str | Path,
+    data: str | Path | None = None,
+    budget: str | None = None,
+    params: Sequence[tuple[str, str]] = (),
+    start: float | None = None,
+    stream: bool = True,
+    kernel_name: str | None = None,
+) -> Execution:
+    """Run `notebook` headless with papermill, writing the executed copy into `out`.
+
+    `start` is the monotonic time the command began (the budget counts from there).
+    Raises NotebookFailed with the failing cell's error when a cell fails.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    start = time.monotonic() if start is None else start
+    path = resolve_notebook(notebook)
+    defaults = notebook_parameters(path)
+    values = convert_parameters(params, defaults)
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, value, flag in (("OUTPUT_DIR", str(out), "--out"),
+                              ("DATA_DIR", None if data is None else str(Path(data).expanduser().resolve()), "--data"),
+                              ("BUDGET", budget, "--budget")):
+        if value is None:
+            continue
+        if name not in defaults:
+            raise ValueError(f"{flag}: notebook {path.name} has no {name} parameter.")
+        values[name] = value
+    if data is not None and not Path(data).is_dir():
+        raise FileNotFoundError(f"--data {data} is not a folder: point it at the competition's files.")
+    if budget is not None:
+        from .budget import parse_duration
+
+        parse_duration(budget, name="--budget")
+    output = out / path.name
+    env_backup = {k: os.environ.get(k) for k in ("KAGGLEKIT_HEADLESS", "KAGGLEKIT_START")}
+    os.environ["KAGGLEKIT_HEADLESS"] = "1"  # nothing in the notebook waits for a person
+    os.environ["KAGGLEKIT_START"] = repr(start)
+    try:
+        papermill.execute_notebook(
+            str(path), str(output), parameters=values, log_output=False, progress_bar=False,
+            kernel_name=kernel_name, cwd=os.getcwd(),
+            stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
+        )
+    except PapermillExecutionError as e:
+        raise NotebookFailed(
+            f"cell {e.exec_count} of {path.name} failed: {e.ename}: {e.evalue}\n"
+            f"The executed notebook with the full traceback is {output}."
+        ) from None
+    finally:
+        for k, v in env_backup.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return Execution(notebook=path, output=output, parameters=values, seconds=time.monotonic() - start)
+

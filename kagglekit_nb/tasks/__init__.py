@@ -1,0 +1,1 @@
+"""Task-specific steps the notebooks call (one module per kind of competition)."""

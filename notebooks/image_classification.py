@@ -1,0 +1,112 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Image classification — timm + albumentations, K-fold, verified submission
+#
+# A template for Kaggle image competitions: `train.csv` (id, label), an image folder,
+# `sample_submission.csv` (one label column, or one probability column per class — the notebook
+# follows the sample), and optionally `test.csv`.
+#
+# **How to use it**
+# - *Kaggle*: fork, attach the competition (the data is found under `/kaggle/input` by itself),
+#   set the parameters below, run all. With no competition attached it runs on a bundled demo.
+# - *papermill / CLI*: `kagglekit run classification --data DIR --out OUT --budget 30m -p EPOCHS 20`.
+# - *Colab*: outputs go to Google Drive when it can be mounted, so a disconnect loses nothing.
+#
+# Re-running with the same `OUTPUT_DIR` keeps the folds that are already trained.
+# Every step below is one call into `kagglekit_nb`; the logic lives (and is tested) there.
+
+# %% tags=["parameters"]
+DATA_DIR = None          # competition folder; None: find it under /kaggle/input, else the bundled demo
+OUTPUT_DIR = None        # None: the platform's run dir (Drive on Colab, /kaggle/working on Kaggle, ./runs)
+BUDGET = None            # time for the whole run, e.g. "45m" or "2h"; None: what the platform allows
+SEED = 42                # one seed for python, numpy, torch, folds and loaders
+RUN_NAME = "classification"
+MODEL = "resnet18"       # any timm model name
+WEIGHTS = None           # local pretrained weights file (attach as a dataset); None: random init
+IMG_SIZE = 32            # images are resized to IMG_SIZE x IMG_SIZE
+EPOCHS = 12              # upper bound per fold; the budget may plan fewer
+MIN_EPOCHS = 3           # if fewer epochs than this would fit per fold, train fewer folds instead
+BATCH_SIZE = 64
+LR = 3e-3                # peak of the one-cycle schedule
+WEIGHT_DECAY = 1e-4
+LABEL_SMOOTHING = 0.0
+FOLDS = 5                # stratified K-fold; the split is saved once in OUTPUT_DIR/folds.csv
+TRAIN_FOLDS = None       # train only the first N folds (None: all)
+METRIC = "accuracy"      # accuracy, balanced_accuracy, log_loss or roc_auc (selects the best epoch)
+HFLIP = False            # horizontal-flip augmentation (wrong for digits and text)
+TTA = "none"             # test-time augmentation: none, hflip, vflip, hvflip
+LABEL_COLUMN = None      # None: the sample submission's target column
+NUM_WORKERS = None       # DataLoader workers; None: automatic
+DEVICE = None            # None: CUDA when available, else CPU
+
+# %% [markdown]
+# ## Setup
+# Seeds every RNG from `SEED`, resolves the time budget (counted from the kernel's start) and the
+# output folder, and picks the device. A GPU that is present but unused is reported loudly.
+
+# %%
+import kagglekit_nb as kk
+from kagglekit_nb.tasks import classification as task
+
+cfg = task.Config.from_namespace(globals())
+run = task.start(cfg)
+
+# %% [markdown]
+# ## The competition's files
+# Column names come from `sample_submission.csv`: its first column is the id. Labels may be strings
+# or integers; the label encoder is saved with the run (`labels.json`) so every later session and
+# the prediction step use the very same classes.
+
+# %%
+comp = task.load_competition(cfg, run)
+comp.train.head()
+
+# %% [markdown]
+# ## Folds
+# Stratified K-fold, written once to `folds.csv` and reused by every later session, so a resumed
+# run never trains a fold's model on another fold's validation images.
+
+# %%
+folds = task.make_folds(comp, cfg, run)
+folds.value_counts().sort_index().rename("validation images per fold")
+
+# %% [markdown]
+# ## Training
+# A smoke step times one batch first; the plan then fits epochs × folds into the budget while
+# keeping a reserve for prediction and verification. Augmentation is applied to training images only;
+# the normalisation comes from the model's own config and is saved with each fold's model.
+
+# %%
+result = task.train(comp, folds, cfg, run)
+result.table()
+
+# %% [markdown]
+# ## Predict the test set
+# Every fold model that finished predicts the test images (eval mode, no gradients, unshuffled
+# loader); the probabilities are averaged over folds and test-time augmentations.
+
+# %%
+probs = task.predict_test(comp, cfg, run)
+
+# %% [markdown]
+# ## Write and verify the submission
+# The submission copies ids and row order from the sample submission. The verification checks
+# columns, ids, values and labels against the sample; if the file were invalid, the emergency
+# baseline is written instead and this cell fails with the reasons.
+
+# %%
+path = task.write_submission(comp, probs, run)
+report = task.finish(comp, path, run)
+print(report)
