@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--id-style", choices=("str", "int"), default="str", help="classification: id type")
     d.add_argument("--label-style", choices=("str", "int"), default="str", help="classification: label type")
     d.add_argument("--color", choices=("gray", "rgb"), default="gray", help="classification: image mode")
+    d.add_argument("--tile-size", type=int, help="glacier: tile side in pixels (default: the real 512)")
+    d.add_argument("--images", type=int, help="isic: number of training images")
 
     r = sub.add_parser("run", help="execute a notebook with papermill")
     r.add_argument("notebook", help="classification, glacier_pretrain, glacier_finetune, isic, or a path")
@@ -61,10 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import make_classification_demo
+    from .demo import make_demo
 
-    out = make_classification_demo(args.out, seed=args.seed, image_size=args.image_size,
-                                   id_style=args.id_style, label_style=args.label_style, color=args.color)
+    options: dict = {"seed": args.seed}
+    if args.kind == "classification":
+        options.update(image_size=args.image_size, id_style=args.id_style, label_style=args.label_style,
+                       color=args.color)
+    elif args.kind == "glacier" and args.tile_size is not None:
+        options["tile_size"] = args.tile_size
+    elif args.kind == "isic" and args.images is not None:
+        options["n_train"] = args.images
+    out = make_demo(args.kind, args.out, **options)
     print(f"wrote the {args.kind} demo competition to {out}")
     return 0
 

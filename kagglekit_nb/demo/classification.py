@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_classification_demo", "DEMO_KINDS"]
+__all__ = ["make_classification_demo"]
 
-DEMO_KINDS = ("classification",)
 _DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _STYLES = {"id_style": ("str", "int"), "label_style": ("str", "int"), "color": ("gray", "rgb")}
 _FORMATS = {"png": "PNG", "jpg": "JPEG"}
