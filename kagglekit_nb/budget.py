@@ -22,7 +22,7 @@ Clock = Callable[[], float]
 PLATFORM_LIMIT_S = {"kaggle": 12 * 3600.0, "colab": 12 * 3600.0}
 
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|min|m|hr|h|d)?", re.IGNORECASE)
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(sec|min|hr|s|m|h|d)?", re.IGNORECASE)
 
 
 def parse_duration(value: Any, *, name: str = "BUDGET") -> float:

@@ -68,8 +68,6 @@ def test_parse_duration_error_uses_the_given_name():
         parse_duration("abc", name="--budget")
 
 
-@pytest.mark.xfail(strict=True, reason="'sec' is a listed unit but the pattern tries 's' first, "
-                   "so '90sec' leaves 'ec' unparsed and is rejected")
 def test_parse_duration_accepts_sec_unit():
     assert parse_duration("90sec") == 90.0
 

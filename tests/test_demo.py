@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kagglekit_nb.demo import DEMO_KINDS, make_classification_demo
+from kagglekit_nb.demo import DEMO_KINDS, make_classification_demo, make_demo
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 N_DIGITS = 1797  # scikit-learn's bundled digits
@@ -31,7 +31,23 @@ def _csv(path):
 
 
 def test_demo_kinds():
-    assert DEMO_KINDS == ("classification",)
+    assert "classification" in DEMO_KINDS
+
+
+def test_same_seed_same_competition_by_either_entry_point(tmp_path):
+    a = make_demo("classification", tmp_path / "a", image_size=8, seed=2)
+    b = make_classification_demo(tmp_path / "b", image_size=8, seed=2)
+    assert a == tmp_path / "a"
+    for name in ("train.csv", "test.csv", "sample_submission.csv", "solution.csv"):
+        assert (a / name).read_text() == (b / name).read_text(), name
+    first = _csv(a / "train.csv")["id"].iloc[0]
+    assert (a / "train" / f"{first}.png").read_bytes() == (b / "train" / f"{first}.png").read_bytes()
+
+
+def test_make_demo_unknown_kind_lists_the_kinds(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown demo 'segmentation'; choose one of .*classification"):
+        make_demo("segmentation", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_files_and_columns(demo):
@@ -110,15 +126,6 @@ def test_int_ids_int_labels_rgb_jpg(variant):
         assert img.format == "JPEG"
         assert img.mode == "RGB"
         assert img.size == (20, 20)
-
-
-def test_same_seed_same_competition_other_seed_other_split(tmp_path):
-    a = make_classification_demo(tmp_path / "a", image_size=8, seed=5)
-    b = make_classification_demo(tmp_path / "b", image_size=8, seed=5)
-    for name in ("train.csv", "test.csv", "sample_submission.csv", "solution.csv"):
-        assert (a / name).read_text() == (b / name).read_text(), name
-    first = _csv(a / "train.csv")["id"].iloc[0]
-    assert (a / "train" / f"{first}.png").read_bytes() == (b / "train" / f"{first}.png").read_bytes()
 
 
 @pytest.mark.parametrize(

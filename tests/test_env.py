@@ -543,12 +543,10 @@ def test_report_does_not_import_torch_or_initialise_cuda():
     script = textwrap.dedent(
         f"""
         import importlib.util, json, sys
-        try:
-            import kagglekit_nb.env as env
-        except ImportError:
-            spec = importlib.util.spec_from_file_location("kagglekit_nb_env", {str(ENV_FILE)!r})
-            env = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(env)
+        # Load env.py on its own: the package __init__ imports torch (allowed), env must not.
+        spec = importlib.util.spec_from_file_location("kagglekit_nb_env", {str(ENV_FILE)!r})
+        env = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(env)
         env.format_report(env.environment_report())
         imported_torch = "torch" in sys.modules
         try:
@@ -567,3 +565,15 @@ def test_report_does_not_import_torch_or_initialise_cuda():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["imported_torch"] is False
     assert result["cuda_initialised"] in (False, None)
+
+
+def test_package_import_and_report_leave_cuda_uninitialised():
+    script = (
+        "import json, kagglekit_nb as kk, torch\n"
+        "kk.env.format_report(kk.environment_report())\n"
+        "print(json.dumps({'cuda_initialised': torch.cuda.is_initialized()}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"cuda_initialised": False}

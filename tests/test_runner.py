@@ -178,9 +178,6 @@ def test_notebook_parameters_of_a_small_notebook(tmp_path):
     assert notebook_parameters(path) == {"EPOCHS": 3, "NAME": "x", "SIZE": None, "FLIP": True}
 
 
-@pytest.mark.xfail(strict=True, reason="a value for a None-default parameter is literal-evaluated, so "
-                   "`-p BUDGET 90` or `-p DATA_DIR 2024` arrives as an int and Config rejects it "
-                   "(str or None expected), although `--budget 90` works")
 @pytest.mark.parametrize(("name", "text"), [("BUDGET", "90"), ("DATA_DIR", "2024")])
 def test_numeric_text_for_string_parameters_passes_config(name, text):
     values = convert_parameters([(name, text)], notebook_parameters(NOTEBOOK))

@@ -91,6 +91,10 @@ class Config:
             if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
                 value = float(value)
                 setattr(self, f.name, value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and str in allowed \
+                    and type(value) not in allowed:  # `-p BUDGET 90`, `-p DATA_DIR 2024`: meant as text
+                value = str(value)
+                setattr(self, f.name, value)
             ok = any(value is None if a is type(None) else
                      isinstance(value, a) and not (a is int and isinstance(value, bool)) for a in allowed)
             if not ok:
@@ -335,7 +339,10 @@ class ImageDataset(Dataset):
 
         try:
             with Image.open(self.paths[i]) as img:
-                arr = np.asarray(img.convert(self.mode))
+                if self.mode == "L" and img.mode.startswith("I"):  # 16-bit: keep every level
+                    arr = np.asarray(img, dtype=np.float32) / 257.0
+                else:
+                    arr = np.asarray(img.convert(self.mode))
         except OSError as e:
             raise ValueError(f"cannot read image {self.paths[i]}: {e}. Replace or remove the file.") from e
         if arr.ndim == 2:
@@ -471,12 +478,16 @@ def train(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> TrainRe
     registry = _folds.FoldRegistry(run.dir)
     result = TrainResult()
     n_folds = cfg.TRAIN_FOLDS or cfg.FOLDS
-    todo = [k for k in range(n_folds) if not registry.is_done(k)]
+    todo = []
     for k in range(n_folds):
         if registry.is_done(k) and _checkpoint(run, k).exists():
             result.folds[k] = registry.get(k)
+        else:
+            if registry.is_done(k):
+                run.log(f"fold {k} is marked done but {_checkpoint(run, k)} is missing: retraining it")
+            todo.append(k)
     if len(todo) < n_folds:
-        run.log(f"folds already done: {registry.done()} (kept); to train: {todo}")
+        run.log(f"folds already done: {sorted(result.folds)} (kept); to train: {todo}")
     run.budget.add_phase("setup", run.budget.elapsed() - sum(run.budget.phases.values()))
     tta = _tta(cfg.TTA)
     epoch_s = per_image = None

@@ -1,0 +1,432 @@
+"""Tests for kagglekit_nb.tasks.classification: parameters, reading a competition, a tiny full run."""
+
+from __future__ import annotations
+
+import re
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from kagglekit_nb.demo import make_classification_demo
+from kagglekit_nb.run import start_run
+from kagglekit_nb.tasks import classification as clf
+from kagglekit_nb.tasks.classification import Config, load_competition
+
+DIGITS_SORTED = ["eight", "five", "four", "nine", "one", "seven", "six", "three", "two", "zero"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_hash_seed(monkeypatch):
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # start_run seeds everything and writes it
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_classification_demo(tmp_path_factory.mktemp("demo") / "digits", image_size=16)
+
+
+@pytest.fixture
+def run(tmp_path):
+    return start_run({}, run_name="t", output_dir=tmp_path / "out", budget="10m", seed=0, environ={},
+                     echo=lambda message: None)
+
+
+def _cfg(data_dir, **kwargs) -> Config:
+    return Config(DATA_DIR=str(data_dir), IMG_SIZE=16, **kwargs)
+
+
+def _tiny(root: Path, labels=("cat", "dog"), per_class: int = 6, n_test: int = 4, mode: str = "L",
+          ids=None) -> Path:
+    """A small image competition: a bright square for the first class, a dark one for the others."""
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for c, label in enumerate(labels):
+        for j in range(per_class):
+            rows.append((f"im{c}{j:02d}", label))
+    if ids is not None:
+        rows = [(i, label) for i, (_, label) in zip(ids, rows)]
+
+    def image(level: int) -> Image.Image:
+        arr = np.clip(rng.normal(level, 20, size=(12, 12)), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr)
+        return img.convert("RGB") if mode == "RGB" else img
+
+    for i, label in rows:
+        image(220 if label == labels[0] else 40).save(root / "train" / f"{i}.png")
+    test_ids = [f"t{k}" for k in range(n_test)]
+    for k, i in enumerate(test_ids):
+        image(220 if k % 2 == 0 else 40).save(root / "test" / f"{i}.png")
+    pd.DataFrame(rows, columns=["id", "label"]).to_csv(root / "train.csv", index=False)
+    pd.DataFrame({"id": test_ids}).to_csv(root / "test.csv", index=False)
+    pd.DataFrame({"id": test_ids, "label": labels[0]}).to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+# --------------------------------------------------------------------------- Config
+
+
+def test_config_defaults_pass_their_own_checks():
+    cfg = Config()
+    assert cfg.EPOCHS == 12 and cfg.FOLDS == 5 and cfg.DATA_DIR is None
+    assert cfg.as_dict()["MODEL"] == "resnet18"
+
+
+def test_from_namespace_takes_known_names_only():
+    namespace = {"EPOCHS": 3, "MODEL": "resnet34", "np": np, "__name__": "__main__", "x": 1}
+    cfg = Config.from_namespace(namespace)
+    assert cfg.EPOCHS == 3 and cfg.MODEL == "resnet34"
+    assert cfg.FOLDS == 5  # missing names keep their defaults
+
+
+def test_from_namespace_wrong_type_names_the_parameter():
+    with pytest.raises(ValueError, match=r"EPOCHS='3' has the wrong type: expected int"):
+        Config.from_namespace({"EPOCHS": "3"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("EPOCHS", True), ("EPOCHS", 2.0), ("SEED", None), ("LR", "0.1"), ("LR", True), ("HFLIP", 1),
+     ("DATA_DIR", ["a"]), ("RUN_NAME", True), ("TRAIN_FOLDS", 1.0), ("MODEL", None)],
+)
+def test_wrong_types_are_refused(name, value):
+    with pytest.raises(ValueError, match=re.escape(f"{name}={value!r} has the wrong type")):
+        Config(**{name: value})
+
+
+def test_int_is_accepted_where_a_float_is_expected():
+    cfg = Config.from_namespace({"LR": 1, "WEIGHT_DECAY": 0, "LABEL_SMOOTHING": 0})
+    assert cfg.LR == 1.0 and type(cfg.LR) is float
+    assert type(cfg.WEIGHT_DECAY) is float and type(cfg.LABEL_SMOOTHING) is float
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        (dict(TTA="flip"), r"TTA='flip' is not valid; choose one of none, hflip, vflip, hvflip"),
+        (dict(FOLDS=1), r"FOLDS=1 must be at least 2"),
+        (dict(FOLDS=0), r"FOLDS=0 must be at least 1"),
+        (dict(EPOCHS=0), r"EPOCHS=0"),
+        (dict(IMG_SIZE=-8), r"IMG_SIZE=-8"),
+        (dict(TRAIN_FOLDS=6), r"TRAIN_FOLDS=6 .*FOLDS=5"),
+        (dict(TRAIN_FOLDS=0), r"TRAIN_FOLDS=0"),
+        (dict(LR=0), r"LR=0.0 must be positive"),
+        (dict(METRIC="f1"), r"METRIC='f1' is not known; choose one of accuracy"),
+    ],
+)
+def test_bad_values_are_refused(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Config.from_namespace(kwargs)
+
+
+# --------------------------------------------------------------------------- load_competition
+
+
+def test_load_the_demo(demo, run):
+    comp = load_competition(_cfg(demo), run)
+    train_csv = pd.read_csv(demo / "train.csv", dtype=str)
+    sample = pd.read_csv(demo / "sample_submission.csv", dtype=str)
+    assert comp.kind == "label"
+    assert comp.id_col == "id" and comp.target_cols == ["label"]
+    assert comp.classes == DIGITS_SORTED and comp.n_classes == 10
+    assert comp.in_chans == 1
+    assert comp.train["id"].tolist() == train_csv["id"].tolist()
+    assert [comp.classes[k] for k in comp.train["label"]] == train_csv["label"].tolist()
+    assert comp.test["id"].tolist() == sample["id"].tolist()  # the sample's rows, in its order
+    assert all(Path(p) == demo / "train" / f"{i}.png" for i, p in zip(comp.train["id"], comp.train["path"]))
+    assert all(Path(p) == demo / "test" / f"{i}.png" for i, p in zip(comp.test["id"], comp.test["path"]))
+    saved = json.loads((run.dir / clf.LABELS_FILE).read_text())
+    assert saved == {"classes": DIGITS_SORTED, "kind": "label", "id_col": "id", "target_cols": ["label"]}
+
+
+def test_load_again_with_the_same_classes_is_fine(demo, run):
+    load_competition(_cfg(demo), run)
+    comp = load_competition(_cfg(demo), run)
+    assert comp.classes == DIGITS_SORTED
+
+
+def test_rgb_demo_has_three_channels(tmp_path, run):
+    data = make_classification_demo(tmp_path / "rgb", image_size=8, color="rgb", id_style="int",
+                                    label_style="int")
+    comp = load_competition(_cfg(data), run)
+    assert comp.in_chans == 3
+    assert comp.classes == [str(d) for d in range(10)]  # integer labels in numeric order
+
+
+def test_integer_labels_sort_as_numbers(tmp_path, run):
+    data = _tiny(tmp_path / "c", labels=("10", "2", "9"))
+    comp = load_competition(_cfg(data), run)
+    assert comp.classes == ["2", "9", "10"]
+
+
+def test_ids_keep_leading_zeros(tmp_path, run):
+    ids = [f"{k:03d}" for k in range(12)]
+    data = _tiny(tmp_path / "c", ids=ids)
+    comp = load_competition(_cfg(data), run)
+    assert comp.train["id"].tolist() == ids
+    assert Path(comp.train["path"].iloc[0]).name == "000.png"
+
+
+def test_same_name_in_train_and_test_resolves_to_its_own_folder(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    shutil.copy(data / "train" / "im000.png", data / "test" / "im000.png")
+    sample = pd.read_csv(data / "sample_submission.csv", dtype=str)
+    sample.loc[0, "id"] = "im000"
+    sample.to_csv(data / "sample_submission.csv", index=False)
+    comp = load_competition(_cfg(data), run)
+    assert Path(comp.train["path"].iloc[0]) == data / "train" / "im000.png"
+    assert Path(comp.test["path"].iloc[0]) == data / "test" / "im000.png"
+
+
+def test_per_class_probability_sample(tmp_path, run):
+    data = _tiny(tmp_path / "c", labels=("cat", "dog", "bird"))
+    test_ids = pd.read_csv(data / "test.csv", dtype=str)["id"]
+    pd.DataFrame({"id": test_ids, "dog": 0.3, "cat": 0.3, "bird": 0.4}).to_csv(
+        data / "sample_submission.csv", index=False)
+    comp = load_competition(_cfg(data), run)
+    assert comp.kind == "class_proba"
+    assert comp.classes == ["dog", "cat", "bird"] == comp.target_cols  # the sample's column order
+    train_csv = pd.read_csv(data / "train.csv", dtype=str)
+    assert [comp.classes[k] for k in comp.train["label"]] == train_csv["label"].tolist()
+
+
+def test_one_hot_training_labels(tmp_path, run):
+    data = _tiny(tmp_path / "c", labels=("cat", "dog"))
+    train_csv = pd.read_csv(data / "train.csv", dtype=str)
+    onehot = pd.DataFrame({"id": train_csv["id"], "dog": (train_csv["label"] == "dog").astype(int),
+                           "cat": (train_csv["label"] == "cat").astype(int)})
+    onehot.to_csv(data / "train.csv", index=False)
+    test_ids = pd.read_csv(data / "test.csv", dtype=str)["id"]
+    pd.DataFrame({"id": test_ids, "dog": 0.5, "cat": 0.5}).to_csv(data / "sample_submission.csv", index=False)
+    comp = load_competition(_cfg(data), run)
+    assert comp.classes == ["dog", "cat"]
+    assert [comp.classes[k] for k in comp.train["label"]] == train_csv["label"].tolist()
+
+
+# --------------------------------------------------------------------------- load_competition: clear errors
+
+
+def test_missing_data_dir(tmp_path, run):
+    with pytest.raises(FileNotFoundError, match=r"DATA_DIR='.*nope' is not a folder"):
+        load_competition(_cfg(tmp_path / "nope"), run)
+
+
+def test_missing_train_csv(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    (data / "train.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"train.csv is missing") as info:
+        load_competition(_cfg(data), run)
+    assert str(data) in str(info.value)
+
+
+def test_missing_sample_submission(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    (data / "sample_submission.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"sample_submission.csv is missing"):
+        load_competition(_cfg(data), run)
+
+
+def test_train_csv_without_the_sample_id_column(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    pd.read_csv(data / "train.csv").rename(columns={"id": "image"}).to_csv(data / "train.csv", index=False)
+    with pytest.raises(ValueError, match=r"train.csv has no column 'id'.*\['image', 'label'\]"):
+        load_competition(_cfg(data), run)
+
+
+def test_listed_image_missing(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    (data / "train" / "im103.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 12 images listed in train.csv were not found") as info:
+        load_competition(_cfg(data), run)
+    assert "'im103'" in str(info.value)
+
+
+def test_test_image_missing_names_the_sample(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    (data / "test" / "t2.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"listed in sample_submission.csv.*'t2'"):
+        load_competition(_cfg(data), run)
+
+
+def test_unknown_image_format(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    (data / "train" / "im001.png").rename(data / "train" / "im001.xyz")
+    train_csv = pd.read_csv(data / "train.csv", dtype=str)
+    train_csv.loc[train_csv["id"] == "im001", "id"] = "im001.xyz"  # the id names the file
+    train_csv.to_csv(data / "train.csv", index=False)
+    with pytest.raises(ValueError, match=r"1 train images have an unknown format \(e.g. im001.xyz\)"):
+        load_competition(_cfg(data), run)
+
+
+def test_unreadable_image(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    (data / "train" / "im000.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read image .*im000.png"):
+        load_competition(_cfg(data), run)
+
+
+def test_changed_classes_against_saved_labels(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    load_competition(_cfg(data), run)
+    train_csv = pd.read_csv(data / "train.csv", dtype=str)
+    train_csv.loc[0, "label"] = "bird"
+    train_csv.to_csv(data / "train.csv", index=False)
+    with pytest.raises(ValueError, match=r"labels.json holds classes \['cat', 'dog'\].*new OUTPUT_DIR"):
+        load_competition(_cfg(data), run)
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        (lambda df: df.assign(label="cat"), r"single class \['cat'\]"),
+        (lambda df: df.assign(id=["im000"] * len(df)), r"repeats ids"),
+        (lambda df: df.assign(label=[""] + df["label"].tolist()[1:]), r"1 rows with an empty 'label'"),
+    ],
+)
+def test_bad_train_csv_contents(tmp_path, run, change, pattern):
+    data = _tiny(tmp_path / "c")
+    change(pd.read_csv(data / "train.csv", dtype=str)).to_csv(data / "train.csv", index=False)
+    with pytest.raises(ValueError, match=pattern):
+        load_competition(_cfg(data), run)
+
+
+def test_sample_with_only_the_id_column(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    pd.read_csv(data / "sample_submission.csv")[["id"]].to_csv(data / "sample_submission.csv", index=False)
+    with pytest.raises(ValueError, match=r"has only the column 'id'"):
+        load_competition(_cfg(data), run)
+
+
+# --------------------------------------------------------------------------- data and model
+
+
+def test_image_dataset_yields_normalised_tensors(tmp_path):
+    data = _tiny(tmp_path / "c")
+    paths = sorted(str(p) for p in (data / "train").glob("*.png"))
+    tf = clf.transforms(16, [0.5], [0.25], train=False)
+    x, y = clf.ImageDataset(paths, np.arange(len(paths)), tf, in_chans=1)[3]
+    assert x.shape == (1, 16, 16) and x.dtype == torch.float32
+    assert y.item() == 3 and y.dtype == torch.long
+    raw = np.asarray(Image.open(paths[3]).resize((16, 16), Image.BILINEAR), dtype=np.float32) / 255
+    assert x.mean().item() == pytest.approx(((raw - 0.5) / 0.25).mean(), abs=0.05)
+    x3 = clf.ImageDataset(paths, None, clf.transforms(16, [0.5] * 3, [0.25] * 3, train=False), in_chans=3)[0]
+    assert x3.shape == (3, 16, 16)
+
+
+def test_sixteen_bit_grayscale_keeps_its_levels(tmp_path):
+    levels = (np.arange(64, dtype=np.uint16) * 1000).reshape(8, 8)
+    Image.fromarray(levels).save(tmp_path / "x16.png")
+    assert clf._channels([str(tmp_path / "x16.png")]) == 1
+    ds = clf.ImageDataset([str(tmp_path / "x16.png")], None, lambda image: {"image": image}, in_chans=1)
+    arr = ds[0][..., 0].astype(int)
+    assert len(np.unique(arr)) >= 32
+    assert (np.diff(arr.ravel()) >= 0).all()  # brighter source pixels stay brighter
+
+
+def test_build_model_shapes_and_normalization():
+    model = clf.build_model(Config(), n_classes=3, in_chans=1)
+    assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 3)
+    mean, std = clf.normalization(model, 1)
+    assert len(mean) == len(std) == 1
+    assert mean[0] == pytest.approx(np.mean([0.485, 0.456, 0.406]))
+    assert len(clf.normalization(model, 3)[0]) == 3
+
+
+def test_build_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"WEIGHTS='.*missing.pth' is not a file"):
+        clf.build_model(Config(WEIGHTS=str(tmp_path / "missing.pth")), 3, 1)
+    with pytest.raises(ValueError, match=r"MODEL='resnet1800' is not a timm model"):
+        clf.build_model(Config(MODEL="resnet1800"), 3, 1)
+
+
+def test_tta_flips():
+    x = torch.arange(4.0).reshape(1, 1, 2, 2)
+    (h,) = clf._tta("hflip")
+    (v,) = clf._tta("vflip")
+    assert h(x).flatten().tolist() == [1, 0, 3, 2]
+    assert v(x).flatten().tolist() == [2, 3, 0, 1]
+    assert len(clf._tta("hvflip")) == 2 and clf._tta("none") == []
+
+
+# --------------------------------------------------------------------------- a tiny run, end to end
+
+
+def test_tiny_run_trains_predicts_writes_and_resumes(tmp_path):
+    data = _tiny(tmp_path / "c", per_class=8, n_test=6)
+    cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="2h", SEED=0, IMG_SIZE=16,
+                 MODEL="test_resnet", EPOCHS=2, MIN_EPOCHS=1, FOLDS=2, BATCH_SIZE=4, NUM_WORKERS=0, DEVICE="cpu")
+    run = clf.start(cfg, environ={}, echo=lambda message: None)
+    comp = clf.load_competition(cfg, run)
+    folds = clf.make_folds(comp, cfg, run)
+    result = clf.train(comp, folds, cfg, run)
+    assert sorted(result.folds) == [0, 1]
+    assert all(info["status"] == "done" and info["epochs_done"] == 2 for info in result.folds.values())
+    assert result.cv_score is not None and 0.0 <= result.cv_score <= 1.0
+    for k in (0, 1):
+        assert (run.dir / "checkpoints" / f"fold{k}.pt").is_file()
+        oof = pd.read_csv(run.dir / f"oof_fold{k}.csv", dtype={"id": str})
+        assert set(oof["id"]) == set(comp.train["id"][folds.to_numpy() == k])
+
+    probs = clf.predict_test(comp, cfg, run)
+    assert probs.shape == (6, 2)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    path = clf.write_submission(comp, probs, run)
+    sub = pd.read_csv(path, dtype=str)
+    assert sub["id"].tolist() == comp.sample["id"].tolist()
+    assert set(sub["label"]) <= {"cat", "dog"}
+    report = clf.finish(comp, path, run)
+    assert report.valid
+    assert json.loads((run.dir / "verification.json").read_text())["valid"] is True
+    record = json.loads((run.dir / "run.json").read_text())
+    assert record["folds_done"] == [0, 1] and record["submission"] == "model"
+
+    # running again with the same OUTPUT_DIR keeps the finished folds instead of retraining them
+    stamp = (run.dir / "checkpoints" / "fold0.pt").stat().st_mtime_ns
+    run2 = clf.start(cfg, environ={}, echo=lambda message: None)
+    assert run2.previous is not None and run2.record["sessions"] == 2
+    comp2 = clf.load_competition(cfg, run2)
+    again = clf.train(comp2, clf.make_folds(comp2, cfg, run2), cfg, run2)
+    assert sorted(again.folds) == [0, 1] and again.plan == {}
+    assert (run.dir / "checkpoints" / "fold0.pt").stat().st_mtime_ns == stamp
+    assert again.cv_score == pytest.approx(result.cv_score)
+
+
+def test_no_trained_fold_writes_the_baseline(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    train_csv = pd.read_csv(data / "train.csv", dtype=str)
+    train_csv.loc[train_csv["label"] == "cat", "label"] = ["dog"] * 2 + ["cat"] * 4  # 4 cat, 8 dog
+    train_csv.to_csv(data / "train.csv", index=False)
+    cfg = _cfg(data)
+    comp = load_competition(cfg, run)
+    assert clf.predict_test(comp, cfg, run) is None
+    path = clf.write_submission(comp, None, run)
+    sub = pd.read_csv(path, dtype=str)
+    assert sub["id"].tolist() == comp.sample["id"].tolist()
+    assert set(sub["label"]) == {"dog"}  # the majority class of train.csv
+    assert run.record["submission"].startswith("emergency baseline")
+
+
+def test_done_fold_with_a_lost_checkpoint_is_retrained_or_reported(tmp_path):
+    data = _tiny(tmp_path / "c", per_class=8, n_test=2)
+    cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="2h", SEED=0, IMG_SIZE=16,
+                 MODEL="test_resnet", EPOCHS=1, MIN_EPOCHS=1, FOLDS=2, TRAIN_FOLDS=1, BATCH_SIZE=4,
+                 NUM_WORKERS=0, DEVICE="cpu")
+    run = clf.start(cfg, environ={}, echo=lambda message: None)
+    comp = clf.load_competition(cfg, run)
+    folds = clf.make_folds(comp, cfg, run)
+    assert sorted(clf.train(comp, folds, cfg, run).folds) == [0]
+    (run.dir / "checkpoints" / "fold0.pt").unlink()  # e.g. an output folder only partly kept
+    try:
+        again = clf.train(comp, folds, cfg, run)
+    except (FileNotFoundError, ValueError):
+        return  # failing loudly is fine too
+    assert sorted(again.folds) == [0]
+    assert (run.dir / "checkpoints" / "fold0.pt").is_file()
