@@ -134,9 +134,14 @@ def start_run(
     run = Run(name=run_name, dir=out.resolve(), budget=bud, device=select_device(device), seed=seed,
               platform=platform, config=dict(config), previous=previous, echo=echo)
     run.record["sessions"] = (previous or {}).get("sessions", 0) + 1
+    report = env.environment_report(environ=environ, paths={"output": run.dir})
+    run.record["environment"] = report
     limit = f"{bud.total_s:.0f}s ({bud.source})" if bud.limited else "none"
     run.log(f"run '{run_name}' in {run.dir} | platform {platform} | device {run.device} | "
             f"seed {seed} | budget {limit}" + (" | continuing a previous run" if previous else ""))
+    gpus = ", ".join(f"{g.get('name')} ({g.get('memory_total_mib')} MiB)" for g in report["gpus"]) or "none"
+    run.log(f"hardware: {report['cpu_count']} CPU cores, {report['ram_total_gib']} GiB RAM, GPU: {gpus}; "
+            f"torch {report['versions'].get('torch')}, timm {report['versions'].get('timm')}")
     if run.device.type == "cpu" and torch.cuda.is_available():
         run.log("WARNING: a CUDA GPU is available but this run trains on the CPU (DEVICE='cpu').")
     run.save()
