@@ -1,0 +1,832 @@
+"""Checkpoints that survive kills, disconnects and platform time limits.
+
+    state = capture_state({"model": model, "optimizer": opt, "scheduler": sched, "sampler": sampler},
+                          epoch=epoch, step=step, history=history)
+    save_checkpoint(state, ckpt_dir, step=step, keep=3, best=improved, meta={"model": MODEL, ...})
+    ...
+    found = load_latest(ckpt_dir)              # newest valid file; torn or corrupt ones are skipped
+    if found is not None:
+        restore_state(found.state, {"model": model, "optimizer": opt, ...})
+
+One file per save, `step-000001234.ckpt` (`STEP_FILE`), plus `best.ckpt` (`BEST_FILE`). The
+newest is found by the step number parsed from the name, never by sorting names as text. A file is
+
+    prefix   MAGIC (8 bytes) | format version (uint32) | header length H (uint32)
+    header   H bytes of JSON: step, meta (model, classes, ... for `check_compatible`), checksum name
+    payload  the state as torch.save writes it (a zip)
+    trailer  payload length (uint64) | CRC32 of prefix + header + payload (uint32) | END_MAGIC
+
+A torn write lacks the trailer or has the wrong length; a damaged byte anywhere fails the CRC. One
+file holds both data and checksum, so a single `os.replace` publishes them together (a sidecar
+checksum file could be torn apart from its data). CRC32 rather than SHA-256: it exists to detect
+accidents (interrupted writes, bad blocks, broken transfers), as in zip, gzip and PNG, at twice
+the speed; it is no defence against a malicious file and need not be: loading is always
+`weights_only=True`, which refuses anything that would run code. torch.save's own per-record CRC32,
+which torch.load never checks, is switched off while saving, so the file's checksum costs no more
+than torch's default.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import struct
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .budget import parse_duration
+from .repro import restore_rng_state, rng_state
+
+__all__ = [
+    "FORMAT_VERSION", "STEP_FILE", "BEST_FILE", "COMPAT_KEYS", "CheckpointError", "LoadedCheckpoint",
+    "save_checkpoint", "load_checkpoint", "load_latest", "find_latest", "list_checkpoints", "read_meta",
+    "check_compatible", "capture_state", "restore_state", "pack_rng_state", "unpack_rng_state",
+    "CheckpointTimer", "StopSignal", "install_sigterm_handler",
+]
+
+FORMAT_VERSION = 1
+STEP_FILE = "step-{step:09d}.ckpt"          # the step number decides which file is newest
+STEP_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
+BEST_FILE = "best.ckpt"
+MAGIC = b"KKNBCKPT"
+END_MAGIC = b"KKNBEND\n"
+CHECKSUM = "crc32"
+# Meta keys that must agree between a checkpoint and the run resuming from it.
+COMPAT_KEYS = ("model", "classes", "num_classes", "img_size", "in_chans", "fold", "batch_size", "seed")
+
+_PREFIX = struct.Struct(">8sII")            # magic, format version, header length
+_TRAILER = struct.Struct(">QI8s")           # payload length, CRC32, end magic
+_MAX_HEADER = 16 << 20
+_CHUNK = 8 << 20                            # read size when verifying
+_SLICE = 256 << 10                          # write size when saving: fits in the CPU's L2 cache
+_TEMP = re.compile(r"^\.(.+)\.(\d+)\.tmp$")  # .step-000000100.ckpt.<pid>.tmp
+_ZIP = b"PK\x03\x04"
+_LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.device, torch.dtype, torch.Size)
+
+Log = Callable[[str], None]
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written; the checkpoints saved before it are intact."""
+
+
+class _Invalid(ValueError):
+    """Why a file is not a usable checkpoint (the caller adds the file name)."""
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    state: Mapping[str, Any],
+    directory: str | os.PathLike,
+    *,
+    step: int,
+    keep: int = 3,
+    best: bool = False,
+    meta: Mapping[str, Any] | None = None,
+    log: Log | None = print,
+) -> Path:
+    """Write `state` atomically and durably as `STEP_FILE` in `directory`; returns its path.
+
+    Temp file, fsync, `os.replace`, fsync of the directory; only then, when `best`, `BEST_FILE`
+    is pointed at it, and the step files beyond the newest `keep` (and any with a higher step: an
+    abandoned or torn timeline) are deleted; `BEST_FILE` is kept besides those. A failed write
+    raises `CheckpointError` and leaves every earlier checkpoint as it was. `meta` (JSON values)
+    goes into the header, for `read_meta` and `check_compatible` without loading the state.
+    One writer per folder: use a folder per fold (step numbers restart with each fold).
+    """
+    step = _check_count("step", step, low=0)
+    keep = _check_count("keep", keep, low=1)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"state must be a dict of state_dicts and values, not {type(state).__name__}.")
+    _check_loadable(state, "state")
+    header = _encode_header(step, meta)
+    directory = Path(directory)
+    path = directory / STEP_FILE.format(step=step)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _save_error(path, e) from e
+    _remove_stale_temps(directory, log)
+    _write_atomic(path, header, state)
+    if best:
+        _publish_best(path)
+    _prune(directory, keep, path, log)
+    return path
+
+
+def _check_count(name: str, value: Any, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}={value!r} must be an integer >= {low}.")
+    return int(value)
+
+
+def _check_loadable(obj: Any, where: str) -> None:
+    """Refuse, before writing, anything a weights_only load could not read back."""
+    kind = type(obj)
+    if kind in _LEAVES:
+        return
+    if isinstance(obj, torch.Tensor):
+        if kind in (torch.Tensor, torch.nn.Parameter):
+            return
+    elif kind in (dict, OrderedDict):
+        for key, value in obj.items():
+            _check_loadable(key, f"a key of {where}")
+            _check_loadable(value, f"{where}[{key!r}]")
+        return
+    elif kind in (list, tuple, set):
+        for i, value in enumerate(obj):
+            _check_loadable(value, f"{where}[{i}]")
+        return
+    raise ValueError(
+        f"{where} is a {kind.__module__}.{kind.__qualname__}, which a safe load (weights_only=True) cannot "
+        "read back. Store tensors, numbers, strings, lists and dicts only: numpy arrays as "
+        "torch.from_numpy(a), numpy numbers as float(x) or int(x), objects as their state_dict()."
+    )
+
+
+def _encode_header(step: int, meta: Mapping[str, Any] | None) -> bytes:
+    header = {"format": FORMAT_VERSION, "step": step, "checksum": CHECKSUM, "torch": torch.__version__,
+              "saved_unix": round(time.time(), 3), "meta": dict(meta or {})}
+    try:
+        return json.dumps(header, allow_nan=True, sort_keys=True).encode()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"meta must hold JSON values only (str, numbers, lists, dicts): {e}.") from None
+
+
+class _CrcWriter:
+    """A write-only file wrapper keeping a running CRC32 and byte count of what went through it.
+
+    Large writes go through in `_SLICE` pieces, each checksummed just before it is copied to the
+    file, so the copy reads it from the CPU cache: the CRC then costs compute only, not a second
+    pass over memory. (A helper thread would hide it on an idle machine, but each hand-off waits
+    for a free core while DataLoader workers keep the cores busy.)
+    """
+
+    def __init__(self, f: Any) -> None:
+        self._f, self.crc, self.size, self.error = f, 0, 0, None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        for start in range(0, view.nbytes, _SLICE):
+            piece = view[start : start + _SLICE]
+            self.crc = zlib.crc32(piece, self.crc)
+            try:
+                self._f.write(piece)
+            except OSError as e:
+                self.error = self.error or e  # kept: torch may replace it by its own RuntimeError
+                raise
+        self.size += view.nbytes
+        return view.nbytes
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+@contextlib.contextmanager
+def _without_record_crc() -> Iterator[None]:
+    """torch.save computes a CRC32 per zip record that torch.load never checks; the file's own
+    checksum replaces it, so it is switched off while writing."""
+    get = getattr(torch.serialization, "get_crc32_options", None)
+    set_ = getattr(torch.serialization, "set_crc32_options", None)
+    if get is None or set_ is None:
+        yield
+        return
+    before = get()
+    set_(False)
+    try:
+        yield
+    finally:
+        set_(before)
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write_atomic(path: Path, header: bytes, state: Mapping[str, Any]) -> None:
+    tmp = _temp_path(path)
+    writer = None
+    try:
+        with open(tmp, "wb") as f:
+            writer = _CrcWriter(f)
+            writer.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)))
+            writer.write(header)
+            start = writer.size
+            with _without_record_crc():
+                torch.save(dict(state), writer)
+            f.write(_TRAILER.pack(writer.size - start, writer.crc, END_MAGIC))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as e:
+        _unlink_quietly(tmp)
+        cause = _os_error_in(e) or (writer.error if writer is not None else None)
+        if isinstance(e, Exception) and cause is not None:
+            raise _save_error(path, cause) from e
+        raise
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind `e`: torch reports a failed write as a RuntimeError whose context is it."""
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None or isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _publish_best(path: Path) -> None:
+    """Point `BEST_FILE` at `path`: a hard link (instant), or a copy where links are unsupported."""
+    best = path.with_name(BEST_FILE)
+    tmp = _temp_path(best)
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, best)
+        _fsync_dir(best.parent)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise CheckpointError(e.errno, f"{path.name} was saved, but {best} could not be updated: "
+                                       f"{e.strerror or e}. Free disk space; the previous best is intact.") from e
+
+
+def _prune(directory: Path, keep: int, saved: Path, log: Log | None) -> None:
+    """After `saved` is durable: drop step files newer than it, then all but the newest `keep`."""
+    saved_step = _step_of(saved.name)
+    files = list_checkpoints(directory)
+    newer = [p for s, p in files if s > saved_step]
+    older = [p for s, p in files if s <= saved_step]
+    for p in newer + older[:-keep]:
+        if p == saved:
+            continue
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            _say(log, f"could not delete the old checkpoint {p}: {e}")
+        else:
+            if p in newer:
+                _say(log, f"removed {p.name}: it is newer than the checkpoint just saved (step {saved_step}), "
+                          "so it belongs to an abandoned or torn run")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable; file systems that cannot sync a directory (some FUSE mounts) skip it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EISDIR):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _save_error(path: Path, e: OSError) -> CheckpointError:
+    intact = [p for _, p in list_checkpoints(path.parent)]  # the new file is never among them half-written
+    kept = f"The previous checkpoints are intact (newest: {intact[-1].name})." if intact else \
+        "No earlier checkpoint exists in that folder."
+    hint = "Free disk space (old runs, large outputs) or use a bigger disk; " if e.errno == errno.ENOSPC else ""
+    return CheckpointError(e.errno, f"could not save checkpoint {path}: {e.strerror or e}. {kept} "
+                                    f"{hint}training can go on without this save.")
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no safe liveness check: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _remove_stale_temps(directory: Path, log: Log | None) -> None:
+    """Temp files left by a save that was killed (its process is gone) are removed."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            m = _TEMP.match(entry.name)
+            if m and (int(m.group(2)) == os.getpid() or not _pid_alive(int(m.group(2)))):
+                _unlink_quietly(Path(entry.path))
+                _say(log, f"removed {entry.name}, left by an interrupted save")
+
+
+def _say(log: Log | None, message: str) -> None:
+    if log is not None:
+        log(message)
+
+
+# ----------------------------------------------------------------------------- finding
+
+
+def _step_of(name: str) -> int:
+    m = STEP_PATTERN.match(name)
+    return int(m.group(1)) if m else -1
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """`(step, path)` of every step file in `directory`, oldest first, by step number (unverified)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(_step_of(p.name), p) for p in directory.iterdir() if STEP_PATTERN.match(p.name)]
+    return sorted(found, key=lambda sp: sp[0])
+
+
+def _candidates(directory: Path) -> list[Path]:
+    """Step files newest first, with `BEST_FILE` placed by the step in its header."""
+    ranked = [(step, 1, p) for step, p in list_checkpoints(directory)]
+    best = directory / BEST_FILE
+    if best.is_file():
+        try:
+            with open(best, "rb") as f:
+                ranked.append((_read_layout(f).step, 0, best))
+        except (_Invalid, OSError):
+            ranked.append((-1, 0, best))
+    return [p for _, _, p in sorted(ranked, key=lambda r: (r[0], r[1]), reverse=True)]
+
+
+def find_latest(directory: str | os.PathLike, *, log: Log | None = print) -> Path | None:
+    """The newest checkpoint whose checksum holds; torn or corrupt ones are skipped with a message."""
+    for path in _candidates(Path(directory)):
+        try:
+            with open(path, "rb") as f:
+                _verify(f, _read_layout(f))
+        except (_Invalid, OSError) as e:
+            _say(log, f"skipping {path.name}: {e}; trying the previous checkpoint")
+            continue
+        return path
+    return None
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint found by `load_latest`: where, which step, its meta, its state, what was skipped."""
+
+    path: Path
+    step: int
+    meta: dict[str, Any]
+    state: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)
+
+
+def load_latest(
+    directory: str | os.PathLike, *, map_location: Any = "cpu", log: Log | None = print
+) -> LoadedCheckpoint | None:
+    """Load the newest valid checkpoint in `directory`, or None if there is none.
+
+    A torn, corrupt or unsafe file is skipped with a message and the previous one is tried.
+    """
+    skipped: list[str] = []
+    for path in _candidates(Path(directory)):
+        try:
+            with open(path, "rb") as f:
+                layout = _read_layout(f)
+                _verify(f, layout)
+                state = _load_payload(f, layout, path, map_location)
+        except (ValueError, OSError) as e:
+            reason = f"skipping {path.name}: {e}"
+            skipped.append(reason)
+            _say(log, f"{reason}; trying the previous checkpoint")
+            continue
+        if skipped:
+            _say(log, f"resuming from {path.name} (step {layout.step})")
+        return LoadedCheckpoint(path, layout.step, layout.meta, state, skipped)
+    return None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Layout:
+    step: int
+    meta: dict[str, Any]
+    payload_start: int
+    payload_len: int
+    crc: int
+
+
+def _read_layout(f: Any) -> _Layout:
+    """Check the prefix, header and trailer (not yet the checksum); raise `_Invalid` with the reason."""
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    head = f.read(_PREFIX.size)
+    if size == 0:
+        raise _Invalid("empty (0 bytes): the save was interrupted")
+    if head[: len(MAGIC)] != MAGIC[: len(head)]:
+        what = "a plain torch.save file" if head.startswith(_ZIP) else "not a kagglekit checkpoint"
+        raise _Invalid(f"{what} (no checkpoint header), so it cannot be verified")
+    if len(head) < _PREFIX.size:
+        raise _Invalid(f"truncated at {size} bytes: the save was interrupted")
+    _, version, hlen = _PREFIX.unpack(head)
+    if version > FORMAT_VERSION:
+        raise _Invalid(f"written in checkpoint format {version}, newer than this kagglekit_nb reads "
+                       f"({FORMAT_VERSION}): upgrade kagglekit_nb")
+    if version < 1 or hlen > _MAX_HEADER:
+        raise _Invalid("the header is corrupt")
+    if _PREFIX.size + hlen + _TRAILER.size > size:
+        raise _Invalid(f"truncated at {size:,} bytes: the save was interrupted")
+    header_bytes = f.read(hlen)
+    f.seek(size - _TRAILER.size)
+    payload_len, crc, end = _TRAILER.unpack(f.read(_TRAILER.size))
+    if end != END_MAGIC:
+        raise _Invalid(f"truncated or torn ({size:,} bytes, no end marker): the save did not finish")
+    if _PREFIX.size + hlen + payload_len + _TRAILER.size != size:
+        raise _Invalid(f"torn: {size:,} bytes where the trailer promises "
+                       f"{_PREFIX.size + hlen + payload_len + _TRAILER.size:,}")
+    try:
+        header = json.loads(header_bytes)
+        step = header["step"]
+        meta = header["meta"]
+        if header.get("checksum") != CHECKSUM or not isinstance(step, int) or not isinstance(meta, dict):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise _Invalid("the header is corrupt") from None
+    return _Layout(step, meta, _PREFIX.size + hlen, payload_len, crc)
+
+
+def _verify(f: Any, layout: _Layout) -> None:
+    """Recompute the CRC32 of everything before the trailer."""
+    f.seek(0)
+    left, crc = layout.payload_start + layout.payload_len, 0
+    buf = bytearray(min(_CHUNK, max(left, 1)))
+    view = memoryview(buf)
+    while left > 0:
+        n = f.readinto(view[: min(left, len(buf))])
+        if not n:
+            raise _Invalid("truncated while reading")
+        crc = zlib.crc32(view[:n], crc)
+        left -= n
+    if crc != layout.crc:
+        raise _Invalid("checksum mismatch: the file is corrupt (damaged on disk or in transfer)")
+
+
+class _Window:
+    """The payload region of an open file, seen as a file of its own (for torch.load)."""
+
+    def __init__(self, f: Any, start: int, length: int) -> None:
+        self._f, self._start, self._len, self._pos = f, start, length, 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._len}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._len - self._pos if n is None or n < 0 else min(n, self._len - self._pos)
+        if n <= 0:
+            return b""
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        n = min(len(view), self._len - self._pos)
+        if n <= 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        got = self._f.readinto(view[:n])
+        self._pos += got
+        return got
+
+
+def _load_payload(f: Any, layout: _Layout, path: Path, map_location: Any) -> dict[str, Any]:
+    state = _torch_load(_Window(f, layout.payload_start, layout.payload_len), path, map_location)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint's dict")
+    return state
+
+
+def _torch_load(source: Any, path: Path, map_location: Any) -> Any:
+    """torch.load with weights_only=True, its failures turned into messages naming the file."""
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(e), re.S)
+            detail = reason.group(1) if reason else str(e).splitlines()[0]
+            raise ValueError(f"{path} cannot be loaded safely ({detail}): it is corrupt or not a torch file.") from None
+        raise ValueError(
+            f"refusing to load {path}: it holds Python objects ({found.group(1)}) that would run code when loaded. "
+            "Checkpoints may hold only tensors, numbers, strings, lists and dicts; if you made this file, "
+            "save plain state_dicts instead. Never load a file from a source you do not trust with "
+            "weights_only=False."
+        ) from None
+    except (RuntimeError, EOFError, KeyError, AttributeError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path} is not a readable torch file ({first}); it may be truncated or corrupt.") from None
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint (verified), a plain torch file or `.safetensors` weights; never runs code.
+
+    Files from `save_checkpoint` are checked against their CRC first. Plain `torch.save` files
+    (e.g. pretrained weights from a Kaggle dataset) load with `weights_only=True`; anything that
+    would execute code on load is refused with a ValueError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: check the path, or use "
+                                "find_latest(folder) to find the newest valid checkpoint.")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, map_location)
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC))
+        if head == MAGIC:
+            try:
+                layout = _read_layout(f)
+                _verify(f, layout)
+            except _Invalid as e:
+                raise ValueError(f"{path} cannot be used: {e}. Use an earlier checkpoint "
+                                 "(load_latest(folder) falls back by itself) or start fresh.") from None
+            return _load_payload(f, layout, path, map_location)
+    if not (head.startswith(_ZIP) or head[:1] == b"\x80"):
+        raise ValueError(f"{path} is not a checkpoint or a torch/safetensors weights file "
+                         "(unrecognised content): check that the path points at the right file.")
+    return _torch_load(path, path, map_location)
+
+
+def _load_safetensors(path: Path, map_location: Any) -> dict[str, Any]:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ValueError(f"{path} is a .safetensors file: install the safetensors package to read it.") from None
+    try:
+        return load_file(path, device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable .safetensors file ({e}).") from None
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The `meta` a checkpoint was saved with (read from its header, without loading the state)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: check the path.")
+    with open(path, "rb") as f:
+        try:
+            return _read_layout(f).meta
+        except _Invalid as e:
+            raise ValueError(f"{path} cannot be used: {e}.") from None
+
+
+# ----------------------------------------------------------------------------- compatibility
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list) and len(value) > 6:
+        return f"{len(value)} items [{', '.join(map(repr, value[:5]))}, ...]"
+    return repr(value)
+
+
+def check_compatible(
+    saved_meta: Mapping[str, Any], current_meta: Mapping[str, Any], keys: Sequence[str] = COMPAT_KEYS
+) -> list[str]:
+    """Differences between a checkpoint's meta and this run's, as sentences ([] = compatible).
+
+    Only `keys` present in `current_meta` are compared; values are compared as JSON (a tuple
+    equals a list). The caller decides between a fresh start and an error.
+    """
+    differences = []
+    for key in keys:
+        if key not in current_meta:
+            continue
+        current = json.loads(json.dumps(current_meta[key], default=str))
+        if key not in saved_meta:
+            differences.append(f"{key}: the checkpoint does not record it (this run: {_short(current)})")
+        elif saved_meta[key] != current:
+            differences.append(f"{key}: the checkpoint has {_short(saved_meta[key])}, this run has {_short(current)}")
+    return differences
+
+
+# ----------------------------------------------------------------------------- full state
+
+
+def pack_rng_state() -> dict[str, Any]:
+    """`repro.rng_state()` in a form a weights_only load accepts (numpy's key array as a tensor)."""
+    state = rng_state()
+    version, internal, gauss = state["python"]
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    packed: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": state["torch"],
+    }
+    if "cuda" in state:
+        packed["cuda"] = list(state["cuda"])
+    return packed
+
+
+def unpack_rng_state(packed: Mapping[str, Any]) -> None:
+    """Restore what `pack_rng_state` captured; the next random numbers are then the saved ones."""
+    try:
+        py, npy = packed["python"], packed["numpy"]
+        state: dict[str, Any] = {
+            "python": (py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]),
+            "numpy": (npy["bit_generator"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                      npy["has_gauss"], npy["cached_gaussian"]),
+            "torch": packed["torch"],
+        }
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"the saved RNG state is incomplete or malformed ({e!r}): it cannot be restored "
+                         "exactly. Start fresh, or restore with allow_partial=True to skip it.") from None
+    if "cuda" in packed:
+        state["cuda"] = packed["cuda"]
+    restore_rng_state(state)
+
+
+def capture_state(objects: Mapping[str, Any], **values: Any) -> dict[str, Any]:
+    """Everything a resume needs in one dict: each object's `state_dict()`, the RNG states, `values`.
+
+    >>> state = capture_state({"model": model, "optimizer": opt}, epoch=3, step=1200)
+    """
+    state: dict[str, Any] = {"format": FORMAT_VERSION, "objects": sorted(objects), "rng": pack_rng_state()}
+    for name, obj in objects.items():
+        if not callable(getattr(obj, "state_dict", None)):
+            raise ValueError(f"objects[{name!r}] ({type(obj).__name__}) has no state_dict(): it cannot be saved.")
+        state[name] = obj.state_dict()
+    clash = sorted(set(values) & set(state))
+    if clash:
+        raise ValueError(f"values {clash} clash with names already in the state; rename them.")
+    state.update(values)
+    return state
+
+
+def restore_state(
+    state: Mapping[str, Any],
+    objects: Mapping[str, Any],
+    *,
+    allow_partial: bool = False,
+    log: Log | None = print,
+) -> list[str]:
+    """Load every object's state and the RNG states from `state`; returns what was not restored.
+
+    Restores everything or raises: an object the checkpoint lacks, or a saved one not given here,
+    is a ValueError unless `allow_partial=True`, in which case it is reported and returned.
+    """
+    if state.get("format", 0) > FORMAT_VERSION:
+        raise ValueError(f"the checkpoint's state format {state['format']} is newer than this kagglekit_nb "
+                         f"reads ({FORMAT_VERSION}): upgrade kagglekit_nb.")
+    saved = set(state.get("objects", ()))
+    gaps = [f"{n} (not in the checkpoint)" for n in objects if n not in state]
+    gaps += [f"{n} (saved, but not given to restore)" for n in sorted(saved - set(objects))]
+    if "rng" not in state:
+        gaps.append("rng (not in the checkpoint)")
+    if gaps and not allow_partial:
+        raise ValueError("the checkpoint cannot be restored completely: " + "; ".join(gaps) + ". A partial resume "
+                         "would not continue the same run; start fresh, or pass allow_partial=True to accept it.")
+    for name, obj in objects.items():
+        if name not in state:
+            continue
+        try:
+            obj.load_state_dict(state[name])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            detail = " ".join(str(e).split()).rstrip(".")
+            raise ValueError(f"could not restore {name!r} from the checkpoint: {detail}. The checkpoint was saved "
+                             "for a different setup (model, classes, optimizer); start fresh.") from e
+    if "rng" in state:
+        unpack_rng_state(state["rng"])
+    if gaps:
+        _say(log, "partial restore, these start fresh: " + "; ".join(gaps))
+    return gaps
+
+
+# ----------------------------------------------------------------------------- when to save
+
+
+class CheckpointTimer:
+    """Says when a time-cadence save is due: `every` seconds (or "5m") on a monotonic clock.
+
+    >>> timer = CheckpointTimer("5m")
+    >>> if timer.due(): save(...); timer.reset()
+    """
+
+    def __init__(self, every: float | str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = parse_duration(every, name="CHECKPOINT_EVERY")
+        self._clock = clock
+        self._last = clock()
+
+    def due(self) -> bool:
+        """True once `every_s` has passed since the start or the last `reset`."""
+        return self._clock() - self._last >= self.every_s
+
+    def reset(self) -> None:
+        """Start the next interval now (call after each save, whatever triggered it)."""
+        self._last = self._clock()
+
+    def remaining(self) -> float:
+        """Seconds until the next save is due (0 when due)."""
+        return max(0.0, self.every_s - (self._clock() - self._last))
+
+
+@dataclass
+class StopSignal:
+    """Which stop signal arrived (None until one does); truthy once one has."""
+
+    received: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.received is not None
+
+
+@contextlib.contextmanager
+def install_sigterm_handler(
+    callback: Callable[[str], None] | None = None,
+    *,
+    signals: Sequence[int] = (signal.SIGTERM,),
+) -> Iterator[StopSignal]:
+    """Within the block, SIGTERM (and any other `signals`, e.g. SIGINT) only sets a `StopSignal`.
+
+    The loop checks it at step boundaries, saves there and stops. Nothing is saved inside the
+    handler: it may have interrupted a save. `callback(name)` runs in the handler, so keep it to
+    logging. The same signal a second time goes to the previous handler (a stuck run can still be
+    killed or interrupted). The previous handlers are restored on exit.
+    """
+    flag = StopSignal()
+    previous: dict[int, Any] = {}
+    seen: set[int] = set()
+
+    def handler(signum: int, frame: Any) -> None:
+        if signum in seen:
+            _pass_on(signum, frame, previous.get(signum))
+            return
+        seen.add(signum)
+        name = signal.Signals(signum).name
+        if flag.received is None:
+            flag.received = name
+        if callback is not None:
+            callback(name)
+
+    try:
+        for sig in signals:
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError as e:
+        _restore_handlers(previous)
+        raise ValueError(f"install_sigterm_handler must run in the main thread (notebook cells do): {e}") from None
+    try:
+        yield flag
+    finally:
+        _restore_handlers(previous)
+
+
+def _pass_on(signum: int, frame: Any, prev: Any) -> None:
+    if callable(prev):
+        prev(signum, frame)
+    elif prev == signal.SIG_IGN:
+        return
+    elif signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    else:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _restore_handlers(previous: Mapping[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
