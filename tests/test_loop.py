@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from kagglekit_nb import loop
 from kagglekit_nb.loop import FitResult, default_workers, evaluate, fit, make_loader, predict
 from kagglekit_nb.metrics import Metric, get_metric
 
@@ -78,6 +81,16 @@ def test_val_and_test_loaders_never_shuffle_and_keep_every_sample():
     assert _order(loader) == list(range(21))
     assert _order(loader) == list(range(21))
     assert [len(b) for b in loader] == [8, 8, 5]
+
+
+def test_iterating_a_validation_loader_leaves_the_global_rng_alone():
+    loader = make_loader(_Index(10), 4, train=False, num_workers=0)
+    before = torch.get_rng_state()
+    assert _order(loader) == list(range(10))
+    assert torch.equal(torch.get_rng_state(), before)
+    naive = torch.utils.data.DataLoader(_Index(10), batch_size=4)
+    _order(naive)
+    assert not torch.equal(torch.get_rng_state(), before)
 
 
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "8", None])
@@ -329,3 +342,501 @@ def test_predict_averages_tta():
     expected = (torch.softmax(x, 1) + torch.softmax(-x, 1) + torch.softmax(2 * x, 1)) / 3
     np.testing.assert_allclose(probs, expected.numpy(), rtol=1e-6)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- options and pure decisions
+
+from kagglekit_nb.loop import (  # noqa: E402
+    LoopOptions, SmokeReport, amp_dtype, device_warnings, learning_check, memory_report, plateau_mode,
+    restore_training_state, smoke_step, steps_per_epoch, training_state, use_channels_last,
+)
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _fit(model, train_loader, val_loader, *, lr=0.5, epochs=2, opt=None, **kw):
+    opt = opt or torch.optim.SGD(model.parameters(), lr=lr)
+    return fit(model, train_loader, val_loader, optimizer=opt, loss_fn=kw.pop("loss_fn", nn.CrossEntropyLoss()),
+               epochs=epochs, device="cpu", metric=kw.pop("metric", get_metric("accuracy")),
+               log=kw.pop("log", None), **kw)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"accumulate": 0}, "accumulate=0 must be an integer >= 1"),
+    ({"accumulate": 2.0}, "accumulate=2.0"),
+    ({"clip_grad_norm": 0}, "clip_grad_norm=0 must be a positive number"),
+    ({"amp": "fp8"}, "amp='fp8' is not valid; use None"),
+    ({"scheduler_interval": "batch"}, "scheduler_interval='batch' is not valid; use 'step', 'epoch'"),
+    ({"nan_policy": "ignore"}, "nan_policy='ignore' is not valid; choose one of restore, raise"),
+    ({"watchdog_s": -1}, "watchdog_s=-1"),
+    ({"check_every": 0}, "check_every=0"),
+    ({"oom_retries": -1}, "oom_retries=-1"),
+    ({"compile": ""}, "compile=''"),
+    ({"channels_last": "yes"}, "channels_last='yes'"),
+])
+def test_loop_options_reject_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        LoopOptions(**kwargs)
+
+
+def test_fit_rejects_bad_arguments():
+    train_loader, val_loader = _loaders()
+    with pytest.raises(ValueError, match="epochs=-1"):
+        _fit(_model(), train_loader, val_loader, epochs=-1)
+    with pytest.raises(ValueError, match="options=.*must be a LoopOptions"):
+        _fit(_model(), train_loader, val_loader, options={"accumulate": 2})
+    empty = make_loader(_Index(3), 4, train=True, num_workers=0, drop_last=True)
+    with pytest.raises(ValueError, match="train_loader yields no batches"):
+        _fit(_model(), empty, val_loader)
+
+
+@pytest.mark.parametrize(("amp", "device", "capability", "expected"), [
+    (None, "cpu", None, None),              # off on the CPU unless asked
+    ("bf16", "cpu", None, torch.bfloat16),
+    (True, "cpu", None, torch.bfloat16),
+    (None, "cuda", (7, 5), torch.float16),  # T4: fp16 (+ GradScaler)
+    (None, "cuda", (6, 0), torch.float16),  # P100
+    (None, "cuda", (8, 0), torch.bfloat16),  # A100
+    (None, "cuda", (9, 0), torch.bfloat16),  # H100
+    ("fp16", "cuda", (9, 0), torch.float16),
+    (False, "cuda", (9, 0), None),
+    ("off", "cuda", (7, 5), None),
+])
+def test_amp_dtype_follows_the_device(amp, device, capability, expected):
+    assert amp_dtype(amp, device, capability) == expected
+
+
+def test_amp_bf16_on_an_old_gpu_is_an_error():
+    with pytest.raises(ValueError, match=r"amp='bf16' needs a GPU of compute capability 8.0.*\(7, 5\)"):
+        amp_dtype("bf16", "cuda", (7, 5))
+
+
+def test_channels_last_is_automatic_on_cuda_only():
+    assert use_channels_last(None, "cuda") is True
+    assert use_channels_last(None, "cpu") is False
+    assert use_channels_last(True, "cpu") is True and use_channels_last(False, "cuda") is False
+
+
+def test_plateau_mode_and_steps_per_epoch():
+    assert plateau_mode(get_metric("accuracy")) == "max"
+    assert plateau_mode(get_metric("log_loss")) == "min"
+    loader = make_loader(_Index(50), 8, train=False, num_workers=0)  # 7 batches
+    assert [steps_per_epoch(loader, k) for k in (1, 2, 3, 7, 8)] == [7, 4, 3, 1, 1]
+
+
+def test_learning_check():
+    t = np.array([0, 1, 2, 3] * 5)
+    uniform = np.full((20, 4), 0.25)
+    assert "ln(4) = 1.3863" in learning_check(uniform, t)
+    good = np.where(t[:, None] == np.arange(4), 0.7, 0.1)
+    assert learning_check(good, t) is None
+    assert learning_check(uniform, t.astype(float)) is None  # not class indices
+    assert learning_check(uniform, np.array([0, 1, 2, 9] * 5)) is None  # labels outside the classes
+
+
+def test_device_warnings_and_memory_report():
+    assert device_warnings("cuda:0", cuda_available=True, model_device="cuda:0") == []
+    (w,) = device_warnings("cuda", cuda_available=True, batch_device="cpu")
+    assert "but the batches are on the CPU" in w
+    gib = 2**30
+    line = memory_report(3 * gib, 4 * gib, 16 * gib)
+    assert line == ("GPU memory after the first step: peak 3.00 GiB allocated, 4.00 GiB reserved, "
+                    "of 16.00 GiB (19%)")
+    assert "close to the limit" in memory_report(15 * gib, 15 * gib, 16 * gib)
+
+
+# --------------------------------------------------------------------------- accumulation, clipping, AMP
+
+
+class _Recording(torch.optim.SGD):
+    def __init__(self, params, lr=0.0):
+        super().__init__(params, lr=lr)
+        self.grads: list[torch.Tensor] = []
+
+    def step(self, closure=None):
+        self.grads.append(self.param_groups[0]["params"][0].grad.clone())
+        return super().step(closure)
+
+
+def _batch_grads(loader, model=None) -> list[torch.Tensor]:
+    model = model or _model()
+    out = []
+    for x, y in loader:
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        out.append(model.weight.grad.clone())
+    return out
+
+
+def test_accumulation_averages_each_window_including_the_last_partial_one():
+    train = make_loader(_separable(40, seed=1), 8, train=True, seed=3, num_workers=0, drop_last=False)  # 5 batches
+    _, val_loader = _loaders()
+    model = _model()
+    opt = _Recording(model.parameters())
+    result = _fit(model, train, val_loader, epochs=1, opt=opt, options=LoopOptions(accumulate=2))
+    g = _batch_grads(make_loader(_separable(40, seed=1), 8, train=True, seed=3, num_workers=0, drop_last=False))
+    assert result.steps == 3 == len(opt.grads)
+    torch.testing.assert_close(opt.grads[0], (g[0] + g[1]) / 2)
+    torch.testing.assert_close(opt.grads[1], (g[2] + g[3]) / 2)
+    torch.testing.assert_close(opt.grads[2], g[4])  # the last window holds one batch: not divided by 2
+
+
+def test_accumulation_matches_one_big_batch():
+    big, val_loader = _loaders(train_seed=5, batch_size=16)
+    small, _ = _loaders(train_seed=5, batch_size=8)
+    a, b = _model(), _model()
+    _fit(a, big, val_loader, epochs=2)
+    result = _fit(b, small, val_loader, epochs=2, options=LoopOptions(accumulate=2))
+    assert result.steps == 2 * 4
+    torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """A dataset without a length: the loop cannot know where the last window ends."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __iter__(self):
+        return iter(self.ds)
+
+
+def test_accumulation_without_a_known_length_still_averages_the_last_window():
+    ds = _separable(40, seed=1)
+    stream = torch.utils.data.DataLoader(_Stream(ds), batch_size=8)
+    _, val_loader = _loaders()
+    model = _model()
+    opt = _Recording(model.parameters())
+    result = _fit(model, stream, val_loader, epochs=1, opt=opt, options=LoopOptions(accumulate=2))
+    g = _batch_grads(torch.utils.data.DataLoader(ds, batch_size=8))
+    assert result.steps == 3
+    torch.testing.assert_close(opt.grads[2], g[4])
+
+
+def _clipped(loader, max_norm: float) -> list[torch.Tensor]:
+    """The weight gradient of each batch after scaling the total (weight + bias) norm down to `max_norm`."""
+    model = _model()
+    out = []
+    for x, y in loader:
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        total = torch.cat([model.weight.grad.flatten(), model.bias.grad]).norm()
+        assert total > max_norm  # every raw gradient is above the limit
+        out.append(model.weight.grad * max_norm / total)
+    return out
+
+
+def test_clipping_limits_the_gradient_norm():
+    train_loader, val_loader = _loaders(train_seed=2)
+    model = _model()
+    opt = _Recording(model.parameters())
+    _fit(model, train_loader, val_loader, epochs=1, opt=opt, options=LoopOptions(clip_grad_norm=0.05))
+    want = _clipped(_loaders(train_seed=2)[0], 0.05)
+    assert len(opt.grads) == len(want) == 8
+    for got, w in zip(opt.grads, want):
+        torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-7)
+
+
+def test_fp16_clipping_unscales_before_clipping():
+    """Under fp16 the GradScaler multiplies the loss (x65536): clipping the scaled gradients would shrink
+    the true step 65536-fold. The clipped gradient must be the true one at the limit."""
+    train_loader, val_loader = _loaders(train_seed=2)
+    model = _model()
+    opt = _Recording(model.parameters())
+    _fit(model, train_loader, val_loader, epochs=1, opt=opt, options=LoopOptions(amp="fp16", clip_grad_norm=0.05))
+    want = _clipped(_loaders(train_seed=2)[0], 0.05)
+    # At the initial scale the fp16 gradients overflow: GradScaler skips that step and halves its scale.
+    assert len(opt.grads) == 7
+    for got, w in zip(opt.grads, want[1:]):
+        torch.testing.assert_close(got, w, rtol=2e-2, atol=1e-4)  # fp16 forward: close, not bit-equal
+
+
+def test_bf16_autocast_covers_the_forward_and_the_loss():
+    seen: list[tuple[torch.dtype, bool]] = []
+
+    class Probe(nn.Linear):
+        def forward(self, x):
+            out = super().forward(x)
+            seen.append((out.dtype, torch.is_autocast_enabled("cpu")))
+            return out
+
+    def loss_fn(logits, y):
+        seen.append((logits.dtype, torch.is_autocast_enabled("cpu")))
+        return F.cross_entropy(logits, y)
+
+    torch.manual_seed(0)
+    model = Probe(2, 2)
+    train_loader, val_loader = _loaders()
+    result = _fit(model, train_loader, val_loader, epochs=1, loss_fn=loss_fn, options=LoopOptions(amp="bf16"))
+    assert result.steps == 8
+    assert seen and all(s == (torch.bfloat16, True) for s in seen)
+    assert model.weight.dtype == torch.float32  # weights stay in full precision
+
+
+def test_channels_last_keeps_the_results():
+    def conv():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8, generator=g), torch.arange(32) % 2
+    loaders = lambda: (make_loader(TensorDataset(x, y), 8, train=True, seed=1, num_workers=0),
+                       make_loader(TensorDataset(x, y), 8, train=False, num_workers=0))
+    a, b = conv(), conv()
+    _fit(a, *loaders(), lr=0.1)
+    _fit(b, *loaders(), lr=0.1, options=LoopOptions(channels_last=True))
+    assert b[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(a[0].weight, b[0].weight.contiguous(), rtol=1e-5, atol=1e-6)
+
+
+def test_compile_option_trains_the_same_weights():
+    a, b = _model(), _model()
+    _fit(a, *_loaders(train_seed=1))
+    result = _fit(b, *_loaders(train_seed=1), options=LoopOptions(compile="eager"))
+    assert _same(_weights(a), _weights(b))
+    assert set(result.best_state) == {"weight", "bias"}  # the plain module's keys, not _orig_mod.*
+
+
+# --------------------------------------------------------------------------- schedulers
+
+
+def test_epoch_interval_steps_the_scheduler_once_per_epoch():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    result = _fit(model, *_loaders(), epochs=3, opt=opt, scheduler=sched,
+                  options=LoopOptions(scheduler_interval="epoch"))
+    assert [h["lr"] for h in result.history] == [1.0, 0.5, 0.25]
+
+
+def test_plateau_scheduler_is_per_epoch_only():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max")
+    with pytest.raises(ValueError, match="scheduler_interval='step' with ReduceLROnPlateau"):
+        _fit(model, *_loaders(), opt=opt, scheduler=plateau, options=LoopOptions(scheduler_interval="step"))
+
+
+def test_one_cycle_per_step_reaches_its_last_step_exactly():
+    model = _model()
+    train_loader, val_loader = _loaders()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=3 * steps_per_epoch(train_loader, 2))
+    result = _fit(model, train_loader, val_loader, epochs=3, opt=opt, scheduler=sched,
+                  options=LoopOptions(accumulate=2))
+    assert result.steps == 12 and sched.last_epoch == 12  # one more step would raise in OneCycleLR
+
+
+# --------------------------------------------------------------------------- NaN guard, OOM, watchdog
+
+
+class _NanOnce:
+    """Cross-entropy, except that call number `at` returns NaN (a bad batch, an fp16 overflow)."""
+
+    def __init__(self, at: int):
+        self.at, self.calls = at, 0
+
+    def __call__(self, logits, y):
+        self.calls += 1
+        loss = F.cross_entropy(logits, y)
+        return loss * float("nan") if self.calls == self.at else loss
+
+
+def test_nan_loss_restores_the_last_good_state_and_halves_the_lr_once():
+    train_loader, val_loader = _loaders()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.4, total_steps=3 * 8)
+    logged: list[str] = []
+    loss_fn = _NanOnce(at=12)  # in epoch 2
+    result = _fit(model, train_loader, val_loader, epochs=3, opt=opt, scheduler=sched, loss_fn=loss_fn,
+                  log=logged.append)
+    assert result.stop_reason == "completed"
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.steps == 24 and sched.last_epoch == 24
+    assert torch.isfinite(model.weight).all()
+    assert opt.param_groups[0]["max_lr"] == pytest.approx(0.2)  # the whole schedule halved
+    (w,) = result.warnings
+    assert "NaN/inf in epoch 2" in w and "start of epoch 1" in w  # the last good state: taken at the start
+    assert any(m.startswith("WARNING: the training loss became NaN/inf") for m in logged)
+
+
+def test_nan_policy_raise_stops_at_once():
+    with pytest.raises(FloatingPointError, match="NaN/inf in epoch 1.*nan_policy='restore'"):
+        _fit(_model(), *_loaders(), loss_fn=_NanOnce(at=3), options=LoopOptions(nan_policy="raise"))
+
+
+def test_nan_is_found_between_epochs_by_the_periodic_check():
+    steps: list[tuple[int, int]] = []
+    loss_fn = _NanOnce(at=3)
+    with pytest.raises(FloatingPointError):
+        _fit(_model(), *_loaders(), loss_fn=loss_fn, epochs=1, on_step=lambda e, b: steps.append((e, b)),
+             options=LoopOptions(nan_policy="raise", check_every=4))
+    assert steps == [(0, 8)] * 4  # stopped at the first check after the NaN (step 3), at step 4
+
+
+def test_out_of_memory_beyond_the_retries_is_an_error():
+    class Always(nn.Linear):
+        def forward(self, x):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory in epoch 1 at batch size 2 after 2 halvings"):
+        _fit(Always(2, 2), *_loaders(), options=LoopOptions(oom_retries=2))
+
+
+def test_first_batch_returns_the_batch_or_times_out_without_waiting():
+    assert loop._first_batch(iter([1, 2]), 5.0) == 1
+    with pytest.raises(StopIteration):
+        loop._first_batch(iter([]), 5.0)
+    release = threading.Event()
+
+    class Stuck:
+        def __next__(self):
+            release.wait()
+            return "late"
+
+    try:
+        with pytest.raises(TimeoutError, match="no batch within 0s"):
+            loop._first_batch(Stuck(), 0)
+    finally:
+        release.set()
+
+
+def test_watchdog_rebuilds_a_stuck_loader_without_workers(monkeypatch):
+    def stuck(iterator, limit_s):
+        assert limit_s == 30
+        raise TimeoutError("no batch")
+
+    monkeypatch.setattr(loop, "_first_batch", stuck)
+    train_ds, val_ds = _separable(64, seed=1), _separable(40, seed=2)
+    with_workers = make_loader(train_ds, 8, train=True, seed=4, num_workers=1)
+    logged: list[str] = []
+    a = _model()
+    result = _fit(a, with_workers, make_loader(val_ds, 16, train=False, num_workers=0), log=logged.append,
+                  options=LoopOptions(watchdog_s=30))
+    assert any("rebuilt with num_workers=0" in w for w in result.warnings)
+    assert any("1 worker processes gave no batch within 30s" in m for m in logged)
+    b = _model()
+    _fit(b, make_loader(train_ds, 8, train=True, seed=4, num_workers=0), make_loader(val_ds, 16, train=False,
+                                                                                     num_workers=0))
+    assert _same(_weights(a), _weights(b))  # the same batches, in the same order
+
+
+# --------------------------------------------------------------------------- pre-flight and smoke step
+
+
+class _Noisy(nn.Module):
+    """BatchNorm and dropout: state and randomness a careless smoke step would disturb."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), nn.Linear(8, 2))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_preflight_checks_one_validation_batch_and_changes_nothing():
+    logged: list[str] = []
+    a = _Noisy()
+    torch.manual_seed(1)
+    result = _fit(a, *_loaders(train_seed=2), log=logged.append)
+    b = _Noisy()
+    torch.manual_seed(1)
+    _fit(b, *_loaders(train_seed=2), options=LoopOptions(preflight=False))
+    assert _same(_weights(a), _weights(b))
+    assert set(result.preflight) == {"first_step_s", "eval_batch_s"}
+    assert any(m.startswith("pre-flight ok: first optimizer step") for m in logged)
+
+
+def test_smoke_step_is_timed_and_leaves_no_trace():
+    model = _Noisy()
+    train_loader, val_loader = _loaders(train_seed=6)
+    before = _weights(model)
+    torch.manual_seed(3)
+    np.random.seed(3)
+    report = smoke_step(model, train_loader, val_loader, loss_fn=nn.CrossEntropyLoss(), device="cpu")
+    assert isinstance(report, SmokeReport)
+    assert report.step_s > 0 and report.eval_s_per_sample > 0 and math.isfinite(report.loss)
+    assert _same(_weights(model), before)  # BatchNorm statistics included
+    assert all(p.grad is None for p in model.parameters())
+    draws = torch.rand(3), np.random.rand(3)
+    torch.manual_seed(3)
+    np.random.seed(3)
+    assert torch.equal(draws[0], torch.rand(3)) and np.array_equal(draws[1], np.random.rand(3))
+    labels = lambda loader: [y.tolist() for _, y in loader]
+    assert labels(train_loader) == labels(_loaders(train_seed=6)[0])  # the shuffle generator is untouched
+
+
+def test_smoke_step_raises_on_a_non_finite_loss():
+    with pytest.raises(FloatingPointError, match="the first training batch gives loss nan"):
+        smoke_step(_model(), *_loaders(), loss_fn=lambda logits, y: F.cross_entropy(logits, y) * float("nan"),
+                   device="cpu")
+
+
+# --------------------------------------------------------------------------- state, hooks, several processes
+
+
+def test_training_state_round_trip_continues_identically():
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    train_loader, val_loader = _loaders()
+    _fit(model, train_loader, val_loader, epochs=1, opt=opt)
+    saved = copy.deepcopy(training_state(model, opt))
+    assert set(saved) == {"model", "optimizer", "scheduler", "scaler", "rng"}
+    assert saved["optimizer"]["state"]  # Adam's moments are in it
+    after = torch.rand(2)
+    restore_training_state(copy.deepcopy(saved), model, opt)
+    assert torch.equal(torch.rand(2), after)  # the RNG streams are restored too
+    with pytest.raises(ValueError, match=r"missing \['scheduler'\]"):
+        restore_training_state(saved, model, opt, torch.optim.lr_scheduler.StepLR(opt, 1))
+
+
+def test_on_step_reports_the_samples_each_optimizer_step_consumed():
+    seen: list[tuple[int, int]] = []
+    train = make_loader(_separable(60, seed=1), 8, train=True, seed=0, num_workers=0, drop_last=False)  # 8 batches
+    _fit(_model(), train, _loaders()[1], epochs=2, on_step=lambda epoch, n: seen.append((epoch, n)),
+         options=LoopOptions(accumulate=3))
+    assert seen == [(0, 24), (0, 24), (0, 12), (1, 24), (1, 24), (1, 12)]  # the last batch holds 4 samples
+
+
+def test_fit_under_distributed_data_parallel(tmp_path):
+    """One process of a DDP run (gloo on the CPU): the same weights as without DDP, plain state-dict keys,
+    a distributed train sampler re-shuffled each epoch, validation in full on every process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        train_ds, val_ds = _separable(64, seed=1), _separable(40, seed=2)
+        train = make_loader(train_ds, 8, train=True, seed=3, num_workers=0, distributed=True)
+        assert isinstance(train.sampler, torch.utils.data.distributed.DistributedSampler)
+        assert isinstance(make_loader(val_ds, 16, train=False, num_workers=0).sampler,
+                          torch.utils.data.SequentialSampler)
+        orders: list[list[int]] = []
+        real_set_epoch = train.sampler.set_epoch
+
+        def set_epoch(epoch):
+            real_set_epoch(epoch)
+            orders.append(list(train.sampler))
+
+        train.sampler.set_epoch = set_epoch
+        ddp = nn.parallel.DistributedDataParallel(_model())
+        result = _fit(ddp, train, make_loader(val_ds, 16, train=False, num_workers=0),
+                      options=LoopOptions(accumulate=2))
+        assert len(orders) == 2 and orders[0] != orders[1]
+        assert set(result.best_state) == {"weight", "bias"}
+        plain = _model()
+        train.sampler.set_epoch = real_set_epoch
+        _fit(plain, train, make_loader(val_ds, 16, train=False, num_workers=0), options=LoopOptions(accumulate=2))
+        torch.testing.assert_close(ddp.module.weight, plain.weight)
+        assert loop.is_main_process()
+    finally:
+        dist.destroy_process_group()
+    assert loop.is_main_process()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 import types
@@ -34,7 +33,7 @@ from torch.utils.data import Dataset
 
 from .. import folds as _folds
 from ..budget import plan_epochs
-from ..loop import evaluate, fit, make_loader, predict
+from ..loop import fit, make_loader, predict, smoke_step, steps_per_epoch
 from ..metrics import get_metric
 from ..run import Run, start_run
 
@@ -444,32 +443,16 @@ class TrainResult:
         return pd.DataFrame.from_dict(self.folds, orient="index").rename_axis("fold")
 
 
-def _estimate_epoch(model, train_loader, val_loader, loss_fn, device, optimizer) -> tuple[float, float]:
+def _estimate_epoch(model, train_loader, val_loader, loss_fn, device) -> tuple[float, float]:
     """Smoke step: one forward/backward and one evaluation batch, timed; returns (epoch s, s/image eval).
 
-    Gradients are discarded (no optimizer step), so the model is unchanged.
+    The smoke step leaves no trace (weights, BatchNorm statistics, RNGs, shuffle order), so whether
+    it ran in this session does not change what a fold learns.
     """
-    model.train()
-    x, y = next(iter(train_loader))
-    x, y = x.to(device), y.to(device)
-    times = []
-    for _ in range(2):  # the first call pays one-off setup costs
-        t0 = time.monotonic()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        times.append(time.monotonic() - t0)
-    optimizer.zero_grad(set_to_none=True)
-    if not math.isfinite(loss.item()):
-        raise FloatingPointError(f"the first training batch gives loss {loss.item()}: check the labels and LR.")
-    xv, _ = next(iter(val_loader))
-    t0 = time.monotonic()
-    with torch.inference_mode():
-        model.eval()
-        model(xv.to(device))
-    per_image = (time.monotonic() - t0) / len(xv)
+    smoke = smoke_step(model, train_loader, val_loader, loss_fn=loss_fn, device=device)
     # Optimizer step and loading add ~15% to forward/backward on small models.
-    epoch_s = times[-1] * 1.15 * len(train_loader) + per_image * len(val_loader.dataset)
-    return epoch_s, per_image
+    epoch_s = smoke.step_s * 1.15 * len(train_loader) + smoke.eval_s_per_sample * len(val_loader.dataset)
+    return epoch_s, smoke.eval_s_per_sample
 
 
 def train(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> TrainResult:
@@ -509,7 +492,7 @@ def train(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> TrainRe
                                  num_workers=cfg.NUM_WORKERS)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.LR, weight_decay=cfg.WEIGHT_DECAY)
         if epoch_s is None:
-            epoch_s, per_image = _estimate_epoch(model, train_loader, val_loader, loss_fn, run.device, optimizer)
+            epoch_s, per_image = _estimate_epoch(model, train_loader, val_loader, loss_fn, run.device)
             run.budget.reserve_s = _reserve_s(per_image, len(comp.test), n_folds, len(tta))
             run.log(f"smoke step ok: ~{epoch_s:.1f}s per epoch; reserve for predict + verify "
                     f"{run.budget.reserve_s:.0f}s")
@@ -524,7 +507,7 @@ def train(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> TrainRe
         run.log(f"fold {k}: {len(tr)} train / {len(va)} valid, plan {epochs} epochs "
                 f"(~{epochs * epoch_s:.0f}s); {fits} fold(s) fit at this pace")
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.LR, total_steps=max(1, epochs * len(train_loader)), pct_start=0.2)
+            optimizer, max_lr=cfg.LR, total_steps=max(1, epochs * steps_per_epoch(train_loader)), pct_start=0.2)
 
         def should_stop(where: str, _step=[None]) -> str | None:  # noqa: B006 - per-fold closure state
             need = epoch_s / max(1, len(train_loader)) if where == "step" else per_image * len(va)
@@ -538,7 +521,7 @@ def train(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> TrainRe
         with run.budget.timed("train"):
             fr = fit(model, train_loader, val_loader, optimizer=optimizer, loss_fn=loss_fn, epochs=epochs,
                      device=run.device, metric=metric, scheduler=scheduler, should_stop=should_stop,
-                     on_epoch_end=log_epoch)
+                     on_epoch_end=log_epoch, log=run.log)
         full_epochs = [h["seconds"] for h in fr.history if not h["partial"]]
         if full_epochs:  # re-plan on measured speed
             epoch_s = float(np.mean(full_epochs))
