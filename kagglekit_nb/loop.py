@@ -241,13 +241,15 @@ def make_loader(
     drop_last: bool | None = None,
     distributed: bool | None = None,
 ) -> DataLoader:
-    """A DataLoader with safe defaults: only `train=True` shuffles, with a seeded generator.
+    """A DataLoader with safe defaults: only `train=True` shuffles, through a `ResumableSampler`
+    (order from (seed, epoch), resumable mid-epoch) over `IndexSeeded(dataset)` (augmentation from
+    (seed, epoch, index), whatever the number of workers).
 
     Every loader has its own generator (unused for order when not training), so iterating a
     validation loader never draws from the global torch RNG: evaluating more or less often does
     not change the dropout masks of training.
 
-    `distributed=None` splits a train loader across processes (DistributedSampler, seeded) when
+    `distributed=None` splits a train loader across processes (the sampler shards by rank) when
     torch.distributed runs with several processes; validation and test loaders are never split, so
     every process sees the same scores and takes the same best-epoch and early-stopping decisions.
     """
@@ -263,19 +265,20 @@ def make_loader(
     # A last batch of one sample breaks BatchNorm in training; keep every sample at inference.
     drop = (train and len(dataset) > batch_size) if drop_last is None else drop_last
     sampler = None
-    if split:
-        from torch.utils.data.distributed import DistributedSampler
+    if train:  # order and augmentation a function of (seed, epoch, index): exact mid-epoch resume
+        from .sampler import IndexSeeded, ResumableSampler
 
-        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
+        replicas, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if split else (1, 0)
+        sampler = ResumableSampler(dataset, seed=seed, num_replicas=replicas, rank=rank, with_epoch=True)
+        dataset = IndexSeeded(dataset, seed)
     extra: dict[str, Any] = {}
     if workers > 0:
         extra.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=seed_worker)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
-        generator=make_generator(seed) if sampler is None else None,
+        generator=make_generator(seed),
         num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
         drop_last=drop,
@@ -523,8 +526,8 @@ class SmokeReport:
 def _peek(loader: DataLoader) -> Any:
     """The loader's first batch, read in this process (no worker processes started)."""
     if loader.batch_size is not None and not isinstance(loader.dataset, IterableDataset):
-        n = min(loader.batch_size, len(loader.dataset))
-        return loader.collate_fn([loader.dataset[i] for i in range(n)])
+        keys = [key for _, key in zip(range(loader.batch_size), loader.sampler)]  # (epoch, index) or index
+        return loader.collate_fn([loader.dataset[key] for key in keys])
     return next(iter(loader))
 
 
@@ -798,8 +801,7 @@ def _run_batches(s: _Step, r: _Run, batches: Iterator, n: int | None, k: int, ep
         if pos == window - 1:
             ep.steps += 1
             ep.batches = i + 1
-            if on_step is not None:
-                on_step(epoch, samples)
+            _consumed(r, epoch, samples, on_step)
             samples = 0
             if r.preflight_due:
                 r.preflight_due = False
@@ -816,8 +818,16 @@ def _run_batches(s: _Step, r: _Run, batches: Iterator, n: int | None, k: int, ep
                 p.grad.mul_(k / (pos + 1))
         _optimizer_step(s)
         ep.steps += 1
-        if on_step is not None:
-            on_step(epoch, samples)
+        _consumed(r, epoch, samples, on_step)
+
+
+def _consumed(r: _Run, epoch: int, samples: int, on_step: StepHook | None) -> None:
+    """After an optimizer step: a resumable sampler learns what was trained on, then `on_step`."""
+    advance = getattr(r.loader.sampler, "advance", None)
+    if advance is not None:
+        advance(samples)
+    if on_step is not None:
+        on_step(epoch, samples)
 
 
 def _preflight(s: _Step, r: _Run, loss: torch.Tensor, step_s: float) -> bool:
@@ -882,6 +892,8 @@ def _train_epoch(s: _Step, r: _Run, epoch: int, opts: LoopOptions, should_stop: 
     sampler = getattr(r.loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)  # DistributedSampler: a new order each epoch, the same on every process
+        if r.n_batches is not None:  # a resumable sampler restored mid-epoch yields only what is left
+            r.n_batches = _loader_len(r.loader)
     start = _rng_point(r.loader)
     ep = _Epoch(loss_sum=torch.zeros((), device=s.device))
     done = 0
@@ -899,9 +911,12 @@ def _train_epoch(s: _Step, r: _Run, epoch: int, opts: LoopOptions, should_stop: 
         if not ep.oom:
             return ep
         ep.oom = False
-        done = 2 * (done + ep.batches)
+        resumable = hasattr(r.loader.sampler, "advance")
+        done = 0 if resumable else 2 * (done + ep.batches)
         ep.batches = 0
         _back_off(s, r, f"in epoch {epoch + 1}")
+        if resumable:  # the sampler yields exactly the samples not yet trained on
+            r.n_batches = _loader_len(r.loader)
         if done == 0 and ep.steps == 0:
             _rewind(r.loader, start)  # nothing applied yet: the epoch restarts exactly as planned
             ep.loss_sum.zero_()
@@ -952,16 +967,20 @@ class _Snapshot:
         t0 = time.monotonic()
         self.state = _cpu_copy(training_state(s.model, s.optimizer, s.scheduler_all, s.scaler))
         gen = r.loader.generator
+        sampler = r.loader.sampler
         self.where = (epoch, result.steps, since_best, len(result.history),
-                      None if gen is None else gen.get_state())
+                      None if gen is None else gen.get_state(),
+                      sampler.state_dict() if hasattr(sampler, "advance") else None)
         self.taken = time.monotonic()
         self.cost = self.taken - t0
 
     def restore(self, s: _Step, r: _Run, result: FitResult) -> tuple[int, int]:
         restore_training_state(_cpu_copy(self.state), s.model, s.optimizer, s.scheduler_all, s.scaler)
-        epoch, steps, since_best, n_history, gen = self.where
+        epoch, steps, since_best, n_history, gen, sampler_state = self.where
         if gen is not None and r.loader.generator is not None:
             r.loader.generator.set_state(gen)
+        if sampler_state is not None:
+            r.loader.sampler.load_state_dict(sampler_state)
         result.steps = steps
         del result.history[n_history:]
         return epoch, since_best
@@ -984,6 +1003,8 @@ def fit(
     on_step: StepHook | None = None,
     on_epoch_end: Callable[[dict[str, float], FitResult], None] | None = None,
     log: Log | None = print,
+    start_epoch: int = 0,
+    resume: FitResult | None = None,
 ) -> FitResult:
     """Train for up to `epochs`, evaluating after each; keeps the best weights by `metric`
     (its direction decides what "best" means, for early stopping and ReduceLROnPlateau too).
@@ -991,9 +1012,13 @@ def fit(
     The model must already be on `device` and the optimizer built from its parameters afterwards.
     `should_stop(where)` is asked before each optimizer step ('step') and each evaluation ('eval');
     a non-empty answer ends training with that reason. `on_step(epoch, samples)` is called after each
-    optimizer step with the number of samples it consumed (what a resumable sampler advances by).
+    optimizer step with the number of samples it consumed; a resumable sampler (make_loader's train
+    loaders) is advanced by fit itself, so a checkpoint taken in a hook holds the exact position.
     A sampler with `set_epoch` (DistributedSampler, resumable samplers) gets it before each epoch.
     Warnings go to `log` (rank 0 only) and to `FitResult.warnings`.
+
+    To continue a run, pass `start_epoch` (0-based; a resumable sampler restored mid-epoch continues
+    that epoch where it stopped) and `resume`, the history and best score so far.
     """
     opts = LoopOptions() if options is None else options
     if not isinstance(opts, LoopOptions):
@@ -1001,8 +1026,12 @@ def fit(
     _check_int("epochs", epochs, 0)
     if patience is not None:
         _check_int("patience", patience, 0)
+    _check_int("start_epoch", start_epoch, 0)
     device = torch.device(device)
     result = FitResult()
+    if resume is not None:
+        result.history, result.steps = list(resume.history), resume.steps
+        result.best_score, result.best_epoch = resume.best_score, resume.best_epoch
 
     def say(message: str, warning: bool = False) -> None:
         if warning:
@@ -1022,6 +1051,11 @@ def fit(
         say(w, warning=True)
     dtype = amp_dtype(opts.amp, device.type, _capability(device))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    if hasattr(train_loader.sampler, "restart"):  # a fresh fit reads whole epochs; a resume keeps its position
+        if resume is None:
+            train_loader.sampler.restart(start_epoch)
+        else:
+            train_loader.sampler.set_epoch(start_epoch)
     n_batches = _loader_len(train_loader)
     if n_batches == 0:
         raise ValueError(f"train_loader yields no batches ({len(train_loader.dataset)} samples, batch size "
@@ -1034,7 +1068,8 @@ def fit(
     r = _Run(loader=train_loader, val_loader=val_loader, n_batches=n_batches, accumulate=opts.accumulate,
              oom_left=opts.oom_retries, say=say, preflight_due=opts.preflight, watchdog_s=opts.watchdog_s)
     snapshot = _Snapshot() if opts.nan_policy == "restore" else None
-    since_best, epoch = 0, 0
+    since_best = 0 if result.best_epoch is None else len(result.history) - result.best_epoch
+    epoch = start_epoch
     while epoch < epochs:
         t0 = time.monotonic()
         if snapshot is not None and snapshot.due():
@@ -1049,7 +1084,7 @@ def fit(
         reason = ep.reason
         if not reason and should_stop is not None:
             reason = should_stop("eval")
-        if reason and ep.steps == 0:
+        if reason:  # no evaluation of a cut epoch: the time is kept for what the stop asked for
             result.stop_reason = reason
             break
         ev = _evaluate(s, r, loss_fn, metric)
@@ -1060,10 +1095,9 @@ def fit(
             "score": ev["score"],
             "lr": float(optimizer.param_groups[0]["lr"]),
             "seconds": time.monotonic() - t0,
-            "partial": bool(reason),
         }
         result.history.append(row)
-        if opts.learning_check and len(result.history) == 1 and not reason:
+        if opts.learning_check and len(result.history) == 1:
             warning = learning_check(ev["probs"], ev["targets"])
             if warning:
                 say(warning, warning=True)
@@ -1073,16 +1107,13 @@ def fit(
             result.best_probs = ev["probs"]
         else:
             since_best += 1
-        if scheduler is not None and interval == "epoch" and not reason:
+        if scheduler is not None and interval == "epoch":
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(ev["score"])
             else:
                 scheduler.step()
         if on_epoch_end is not None:
             on_epoch_end(row, result)
-        if reason:
-            result.stop_reason = reason
-            break
         if patience is not None and since_best > patience:
             result.stop_reason = f"early stopping: no improvement for {since_best} epochs"
             break

@@ -128,6 +128,10 @@ class ResumableSampler(Sampler):
         if epoch != self.epoch:
             self.epoch, self.position = epoch, 0
 
+    def restart(self, epoch: int = 0) -> None:
+        """Go to the start of `epoch`, even the current one (a fresh run over the same loader)."""
+        self.epoch, self.position = _check_int("epoch", epoch), 0
+
     def advance(self, n_samples: int) -> None:
         """Record that the loop consumed `n_samples` more samples of this epoch (call after each step)."""
         n = _check_int("n_samples", n_samples)

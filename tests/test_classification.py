@@ -371,7 +371,7 @@ def test_tiny_run_trains_predicts_writes_and_resumes(tmp_path):
     assert all(info["status"] == "done" and info["epochs_done"] == 2 for info in result.folds.values())
     assert result.cv_score is not None and 0.0 <= result.cv_score <= 1.0
     for k in (0, 1):
-        assert (run.dir / "checkpoints" / f"fold{k}.pt").is_file()
+        assert (run.dir / "checkpoints" / f"fold{k}" / "best.ckpt").is_file()
         oof = pd.read_csv(run.dir / f"oof_fold{k}.csv", dtype={"id": str})
         assert set(oof["id"]) == set(comp.train["id"][folds.to_numpy() == k])
 
@@ -389,13 +389,13 @@ def test_tiny_run_trains_predicts_writes_and_resumes(tmp_path):
     assert record["folds_done"] == [0, 1] and record["submission"] == "model"
 
     # running again with the same OUTPUT_DIR keeps the finished folds instead of retraining them
-    stamp = (run.dir / "checkpoints" / "fold0.pt").stat().st_mtime_ns
+    stamp = (run.dir / "checkpoints" / "fold0" / "best.ckpt").stat().st_mtime_ns
     run2 = clf.start(cfg, environ={}, echo=lambda message: None)
     assert run2.previous is not None and run2.record["sessions"] == 2
     comp2 = clf.load_competition(cfg, run2)
     again = clf.train(comp2, clf.make_folds(comp2, cfg, run2), cfg, run2)
     assert sorted(again.folds) == [0, 1] and again.plan == {}
-    assert (run.dir / "checkpoints" / "fold0.pt").stat().st_mtime_ns == stamp
+    assert (run.dir / "checkpoints" / "fold0" / "best.ckpt").stat().st_mtime_ns == stamp
     assert again.cv_score == pytest.approx(result.cv_score)
 
 
@@ -423,10 +423,13 @@ def test_done_fold_with_a_lost_checkpoint_is_retrained_or_reported(tmp_path):
     comp = clf.load_competition(cfg, run)
     folds = clf.make_folds(comp, cfg, run)
     assert sorted(clf.train(comp, folds, cfg, run).folds) == [0]
-    (run.dir / "checkpoints" / "fold0.pt").unlink()  # e.g. an output folder only partly kept
+    (run.dir / "checkpoints" / "fold0" / "best.ckpt").unlink()  # e.g. an output folder only partly kept
     try:
         again = clf.train(comp, folds, cfg, run)
     except (FileNotFoundError, ValueError):
         return  # failing loudly is fine too
     assert sorted(again.folds) == [0]
-    assert (run.dir / "checkpoints" / "fold0.pt").is_file()
+    # the step checkpoint of the finished fold is still there: prediction uses it (as 'last')
+    from kagglekit_nb.cv import fold_models
+
+    assert [(k, which) for k, _, which in fold_models(run, 1)] in ([(0, "best")], [(0, "last")])

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from kagglekit_nb import loop
+from kagglekit_nb.checkpoint import pack_rng_state, unpack_rng_state
 from kagglekit_nb.loop import FitResult, default_workers, evaluate, fit, make_loader, predict
 from kagglekit_nb.metrics import Metric, get_metric
 
@@ -62,9 +63,14 @@ def test_train_loader_shuffles_with_a_seeded_order():
     torch.manual_seed(123)  # the global RNG must not change the order
     b = make_loader(ds, 8, train=True, seed=5, num_workers=0)
     c = make_loader(ds, 8, train=True, seed=6, num_workers=0)
-    a1, a2 = _order(a), _order(a)
-    assert (a1, a2) == (_order(b), _order(b))  # same seed: same order, epoch after epoch
-    assert a1 != _order(c)
+    def epoch_order(loader, epoch):
+        loader.sampler.set_epoch(epoch)  # as fit does before each epoch
+        return _order(loader)
+
+    a1, a2 = epoch_order(a, 0), epoch_order(a, 1)
+    assert (a1, a2) == (epoch_order(b, 0), epoch_order(b, 1))  # same seed: same order, epoch after epoch
+    assert a1 == epoch_order(a, 0)  # the order is a function of (seed, epoch) alone
+    assert a1 != epoch_order(c, 0)
     assert a1 != a2  # a new order each epoch
     assert sorted(a1) == list(range(40)) and a1 != list(range(40))
 
@@ -135,7 +141,7 @@ def test_fit_learns_and_keeps_the_best_weights():
     assert result.stop_reason == "completed"
     assert result.steps == 4 * 8
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
-    assert not any(h["partial"] for h in result.history)
+    assert all(set(h) == {"epoch", "train_loss", "val_loss", "score", "lr", "seconds"} for h in result.history)
     assert result.best_score >= 0.95 > before
     scores = [h["score"] for h in result.history]
     assert result.best_score == max(scores)
@@ -202,7 +208,7 @@ def test_fit_steps_the_scheduler_once_per_optimizer_step():
     assert [h["lr"] for h in result.history] == [pytest.approx(0.5**8), pytest.approx(0.5**16)]
 
 
-def test_fit_stops_mid_epoch_when_asked():
+def test_fit_stops_mid_epoch_when_asked_without_evaluating_the_cut_epoch():
     model = _model()
     train_loader, val_loader = _loaders()
     calls: list[str] = []
@@ -211,27 +217,40 @@ def test_fit_stops_mid_epoch_when_asked():
         calls.append(where)
         return "budget: out of time" if calls.count("step") > 10 else None
 
+    states, on_epoch_end = _snapshot_hook(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     result = fit(model, train_loader, val_loader, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), epochs=5,
-                 device="cpu", metric=get_metric("accuracy"), should_stop=should_stop)
+                 device="cpu", metric=get_metric("accuracy"), should_stop=should_stop, on_epoch_end=on_epoch_end)
     assert result.stop_reason == "budget: out of time"
     assert result.steps == 10  # 8 in epoch 1, 2 in epoch 2, then the 11th step was refused
     assert calls == ["step"] * 8 + ["eval"] + ["step"] * 3
-    assert len(result.history) == 2
-    assert [h["partial"] for h in result.history] == [False, True]
-    assert result.best_state is not None
+    assert [h["epoch"] for h in result.history] == [1]  # the cut epoch 2 has no row: it was not evaluated
+    assert len(states) == 1 and result.best_epoch == 1
+    assert _same(result.best_state, states[0])
+    assert not torch.equal(model.weight, states[0]["weight"])  # the 2 steps of epoch 2 stay in the model
 
 
-def test_fit_stop_at_evaluation_ends_training_after_that_epoch():
+def test_fit_stop_at_evaluation_ends_training_without_evaluating_that_epoch():
     model = _model()
+    weight = model.weight.detach().clone()
     train_loader, val_loader = _loaders()
+    calls: list[str] = []
+
+    def should_stop(where):
+        calls.append(where)
+        return "signal: SIGTERM" if where == "eval" else None
+
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    ended: list[dict] = []
     result = fit(model, train_loader, val_loader, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), epochs=5,
-                 device="cpu", metric=get_metric("accuracy"),
-                 should_stop=lambda where: "signal: SIGTERM" if where == "eval" else None)
+                 device="cpu", metric=get_metric("accuracy"), should_stop=should_stop,
+                 on_epoch_end=lambda row, r: ended.append(row))
     assert result.stop_reason == "signal: SIGTERM"
     assert result.steps == 8
-    assert len(result.history) == 1
+    assert calls == ["step"] * 8 + ["eval"]
+    assert result.history == [] and ended == []
+    assert result.best_state is None and result.best_score is None and result.best_epoch is None
+    assert not torch.equal(model.weight, weight)  # the epoch's training is kept, for a checkpoint
 
 
 def test_fit_stopped_before_the_first_step_keeps_nothing():
@@ -550,11 +569,24 @@ def test_fp16_clipping_unscales_before_clipping():
     model = _model()
     opt = _Recording(model.parameters())
     _fit(model, train_loader, val_loader, epochs=1, opt=opt, options=LoopOptions(amp="fp16", clip_grad_norm=0.05))
-    want = _clipped(_loaders(train_seed=2)[0], 0.05)
-    # At the initial scale the fp16 gradients overflow: GradScaler skips that step and halves its scale.
+    batches = list(_loaders(train_seed=2)[0])
+    want = _clipped(batches, 0.05)
+    # At the initial scale (2**16) fp16 gradients overflow: GradScaler skips the first such step and halves its
+    # scale, after which none overflows (lr=0: the weights, hence each batch's gradient, never change).
+    skipped = next(i for i, (x, y) in enumerate(batches) if _fp16_overflows(x, y, 2.0**16))
+    assert not any(_fp16_overflows(x, y, 2.0**15) for x, y in batches[skipped + 1:])
     assert len(opt.grads) == 7
-    for got, w in zip(opt.grads, want[1:]):
+    for got, w in zip(opt.grads, want[:skipped] + want[skipped + 1:]):
         torch.testing.assert_close(got, w, rtol=2e-2, atol=1e-4)  # fp16 forward: close, not bit-equal
+
+
+def _fp16_overflows(x: torch.Tensor, y: torch.Tensor, scale: float) -> bool:
+    """Whether the fp16 gradients of one batch, with the loss multiplied by `scale`, are not finite."""
+    model = _model()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = F.cross_entropy(model(x), y)
+    (loss * scale).backward()
+    return not all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_bf16_autocast_covers_the_forward_and_the_loss():
@@ -799,6 +831,135 @@ def test_training_state_round_trip_continues_identically():
         restore_training_state(saved, model, opt, torch.optim.lr_scheduler.StepLR(opt, 1))
 
 
+class _Jittered(Dataset):
+    """Random augmentation from torch's and numpy's global RNGs, as a hand-written transform draws it."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        noise = 0.2 * torch.randn(x.shape) + torch.from_numpy(np.random.normal(0, 0.2, x.shape).astype(np.float32))
+        return x + noise, y
+
+
+def _resumable_run(epochs: int = 2):
+    """Model (dropout + BatchNorm), AdamW, a per-step OneCycleLR over `epochs`, an augmented train loader."""
+    model = _Noisy()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.02)
+    train = make_loader(_Jittered(_separable(64, seed=1)), 8, train=True, seed=4, num_workers=0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=epochs * len(train))
+    return model, opt, sched, train, make_loader(_separable(40, seed=2), 16, train=False, num_workers=0)
+
+
+def _seed_run() -> None:
+    """The global RNGs every run of `_resumable_run` starts from."""
+    torch.manual_seed(5)
+    np.random.seed(5)
+
+
+def _save_point(model, opt, sched, train) -> dict:
+    """What a checkpoint holds, copied as saving to a file would."""
+    return copy.deepcopy({"training": training_state(model, opt, sched), "sampler": train.sampler.state_dict(),
+                          "rng": pack_rng_state()})
+
+
+def _restored(saved: dict):
+    """Fresh objects, built as a new session builds them, then restored from `saved`."""
+    model, opt, sched, train, val = _resumable_run()
+    restore_training_state(copy.deepcopy(saved["training"]), model, opt, sched)
+    train.sampler.load_state_dict(saved["sampler"])
+    unpack_rng_state(saved["rng"])
+    return model, opt, sched, train, val
+
+
+def _end_state(run: tuple, result: FitResult) -> dict:
+    """Where a run ended: weights (BatchNorm statistics included), optimizer moments, scheduler position, the
+    next random numbers, and its FitResult."""
+    model, opt, sched = run[:3]
+    return {"weights": _weights(model), "opt": copy.deepcopy(opt.state_dict()["state"]),
+            "sched": sched.last_epoch, "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state()[1].copy(), "result": result}
+
+
+@pytest.fixture(scope="module")
+def straight_run() -> dict:
+    """2 epochs of `_resumable_run` without a stop (fit advances its resumable sampler step by step)."""
+    run = _resumable_run()
+    _seed_run()
+    result = _fit(run[0], *run[3:], opt=run[1], scheduler=run[2], epochs=2)
+    return _end_state(run, result)
+
+
+def _assert_same_run(want: dict, got: dict) -> None:
+    """Everything exactly equal, and the last epoch scored the same."""
+    assert _same(got["weights"], want["weights"])
+    assert got["opt"].keys() == want["opt"].keys() and all(_same(got["opt"][k], want["opt"][k]) for k in want["opt"])
+    assert got["sched"] == want["sched"] == 16
+    assert torch.equal(got["torch_rng"], want["torch_rng"]) and np.array_equal(got["numpy_rng"], want["numpy_rng"])
+    a, b = want["result"], got["result"]
+    assert a.steps == b.steps == 16
+    assert (b.best_epoch, b.best_score) == (a.best_epoch, a.best_score)
+    assert len(b.history) == len(a.history) == 2
+    keys = ("epoch", "val_loss", "score", "lr")
+    assert [b.history[-1][k] for k in keys] == [a.history[-1][k] for k in keys]
+
+
+def test_fit_resumes_at_an_epoch_boundary_exactly(straight_run):
+    """2 epochs straight == 1 epoch, save, restore into fresh objects, fit(start_epoch=1, resume=...)."""
+    first = _resumable_run()
+    _seed_run()
+    head = _fit(first[0], *first[3:], opt=first[1], scheduler=first[2], epochs=1)
+    saved = _save_point(*first[:4])
+    torch.rand(100), np.random.rand(100)  # anything may run between saving and resuming
+    assert not _same(_weights(first[0]), straight_run["weights"])
+
+    again = _restored(saved)
+    tail = _fit(again[0], *again[3:], opt=again[1], scheduler=again[2], epochs=2, start_epoch=1, resume=head)
+    _assert_same_run(straight_run, _end_state(again, tail))
+    assert tail.history[0] == head.history[0]
+    assert tail.history[1]["train_loss"] == straight_run["result"].history[1]["train_loss"]  # the same whole epoch
+
+    # The control: without the RNG state the dropout masks differ, so the weights do.
+    model, opt, sched, train, val = _resumable_run()
+    model.load_state_dict(saved["training"]["model"])
+    opt.load_state_dict(saved["training"]["optimizer"])
+    sched.load_state_dict(saved["training"]["scheduler"])
+    train.sampler.load_state_dict(saved["sampler"])
+    _fit(model, train, val, opt=opt, scheduler=sched, epochs=2, start_epoch=1, resume=head)
+    assert not _same(_weights(model), straight_run["weights"])
+
+
+@pytest.mark.parametrize("k", [3, 11])  # stopped in epoch 1, or in epoch 2 after one evaluated epoch
+def test_fit_resumes_mid_epoch_exactly(straight_run, k):
+    """Stopped by should_stop after k of 16 steps, saved, restored into fresh objects and run to the end: the
+    same run as without the stop."""
+    first = _resumable_run()
+    done: list[int] = []
+
+    def on_step(epoch, n):  # fit has advanced the sampler by the n samples this step trained on
+        done.append(n)
+
+    _seed_run()
+    head = _fit(first[0], *first[3:], opt=first[1], scheduler=first[2], epochs=2, on_step=on_step,
+                should_stop=lambda where: "budget" if where == "step" and len(done) == k else None)
+    assert head.stop_reason == "budget" and head.steps == k
+    assert len(head.history) == k // 8  # only whole epochs were evaluated
+    saved = _save_point(*first[:4])
+    assert (saved["sampler"]["epoch"], saved["sampler"]["position"]) == (k // 8, 8 * (k % 8))
+    torch.rand(100), np.random.rand(100)
+
+    again = _restored(saved)
+    assert len(again[3]) == 8 - k % 8  # the resumed epoch yields only the batches not yet trained on
+    tail = _fit(again[0], *again[3:], opt=again[1], scheduler=again[2], epochs=2, start_epoch=k // 8,
+                resume=head)
+    _assert_same_run(straight_run, _end_state(again, tail))
+    assert tail.history[:len(head.history)] == head.history
+
+
 def test_on_step_reports_the_samples_each_optimizer_step_consumed():
     seen: list[tuple[int, int]] = []
     train = make_loader(_separable(60, seed=1), 8, train=True, seed=0, num_workers=0, drop_last=False)  # 8 batches
@@ -807,16 +968,34 @@ def test_on_step_reports_the_samples_each_optimizer_step_consumed():
     assert seen == [(0, 24), (0, 24), (0, 12), (1, 24), (1, 24), (1, 12)]  # the last batch holds 4 samples
 
 
-def test_fit_under_distributed_data_parallel(tmp_path):
-    """One process of a DDP run (gloo on the CPU): the same weights as without DDP, plain state-dict keys,
-    a distributed train sampler re-shuffled each epoch, validation in full on every process."""
+def test_fit_under_distributed_data_parallel(tmp_path, monkeypatch):
+    """One process of a DDP run (gloo on the CPU): the train sampler takes this rank's share of the common
+    order, re-shuffled each epoch; validation is whole on every process; plain state-dict keys; the same
+    weights as the single-process run."""
     import torch.distributed as dist
 
+    from kagglekit_nb.sampler import ResumableSampler
+
+    train_ds, val_ds = _separable(64, seed=1), _separable(40, seed=2)
+    single = make_loader(train_ds, 8, train=True, seed=3, num_workers=0)
+    indices = lambda loader: [i for _, i in loader.sampler]  # noqa: E731 - keys are (epoch, index)
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
-        train_ds, val_ds = _separable(64, seed=1), _separable(40, seed=2)
+        with monkeypatch.context() as m:  # what rank 0 and rank 1 of a two-process run build
+            m.setattr(dist, "get_world_size", lambda group=None: 2)
+            shards = []
+            for rank in (0, 1):
+                m.setattr(dist, "get_rank", lambda group=None, rank=rank: rank)
+                shards.append(make_loader(train_ds, 8, train=True, seed=3, num_workers=0))  # split automatically
+            whole = make_loader(train_ds, 8, train=True, seed=3, num_workers=0, distributed=False)
+        for rank, shard in enumerate(shards):
+            assert isinstance(shard.sampler, ResumableSampler)
+            assert (shard.sampler.num_replicas, shard.sampler.rank) == (2, rank)
+            assert indices(shard) == indices(single)[rank::2] and len(shard) == 4
+        assert (whole.sampler.num_replicas, indices(whole)) == (1, indices(single))
+
         train = make_loader(train_ds, 8, train=True, seed=3, num_workers=0, distributed=True)
-        assert isinstance(train.sampler, torch.utils.data.distributed.DistributedSampler)
+        assert (train.sampler.num_replicas, train.sampler.rank) == (1, 0)
         assert isinstance(make_loader(val_ds, 16, train=False, num_workers=0).sampler,
                           torch.utils.data.SequentialSampler)
         orders: list[list[int]] = []
@@ -824,19 +1003,18 @@ def test_fit_under_distributed_data_parallel(tmp_path):
 
         def set_epoch(epoch):
             real_set_epoch(epoch)
-            orders.append(list(train.sampler))
+            orders.append(indices(train))
 
         train.sampler.set_epoch = set_epoch
         ddp = nn.parallel.DistributedDataParallel(_model())
         result = _fit(ddp, train, make_loader(val_ds, 16, train=False, num_workers=0),
                       options=LoopOptions(accumulate=2))
-        assert len(orders) == 2 and orders[0] != orders[1]
+        assert len(orders) == 2 and orders[0] != orders[1] and sorted(orders[1]) == list(range(64))
         assert set(result.best_state) == {"weight", "bias"}
-        plain = _model()
-        train.sampler.set_epoch = real_set_epoch
-        _fit(plain, train, make_loader(val_ds, 16, train=False, num_workers=0), options=LoopOptions(accumulate=2))
-        torch.testing.assert_close(ddp.module.weight, plain.weight)
         assert loop.is_main_process()
     finally:
         dist.destroy_process_group()
     assert loop.is_main_process()
+    plain = _model()
+    _fit(plain, single, make_loader(val_ds, 16, train=False, num_workers=0), options=LoopOptions(accumulate=2))
+    assert _same(_weights(ddp.module), _weights(plain))

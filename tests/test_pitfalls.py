@@ -187,24 +187,57 @@ class _Augmented(Dataset):
 
 
 def test_pitfall_seeds_set_in_one_place_only():
-    """Seeding torch alone leaves numpy augmentation (and python's random) unseeded: runs differ."""
+    """Seeding torch alone leaves numpy augmentation (and python's random) unseeded: runs differ. The kit
+    seeds every RNG in one call, and its train loader seeds each item's augmentation from (seed, epoch,
+    index), so even a run seeded the naive way reproduces."""
 
-    def run(seed_fn) -> dict[str, torch.Tensor]:
+    def run(seed_fn, loader_fn) -> dict[str, torch.Tensor]:
         seed_fn(7)
         model = nn.Sequential(nn.Linear(2, 8), nn.Dropout(0.2), nn.Linear(8, 2))
-        train = make_loader(_Augmented(_blobs(48, 1)), 8, train=True, seed=7, num_workers=0)
+        train = loader_fn(_Augmented(_blobs(48, 1)))
         val = make_loader(_blobs(16, 2), 8, train=False, num_workers=0)
         _fit(model, train, val, lr=0.1, epochs=2)
         return _weights(model)
 
-    kit_a = run(seed_everything)
+    kit = lambda ds: make_loader(ds, 8, train=True, seed=7, num_workers=0)  # noqa: E731
+    naive = lambda ds: DataLoader(ds, batch_size=8, shuffle=True)  # noqa: E731 - order from torch, noise from numpy
+    kit_a = run(seed_everything, kit)
     np.random.random(5)  # other cells ran in between
-    kit_b = run(seed_everything)
-    assert _same(kit_a, kit_b)
-    naive_a = run(torch.manual_seed)
+    assert _same(kit_a, run(seed_everything, kit))
+    naive_a = run(torch.manual_seed, naive)
     np.random.random(5)
-    naive_b = run(torch.manual_seed)
-    assert not _same(naive_a, naive_b)
+    assert not _same(naive_a, run(torch.manual_seed, naive))
+    assert _same(run(torch.manual_seed, kit), run(torch.manual_seed, kit))  # the kit's loader seeds numpy per item
+
+
+class _Images(Dataset):
+    """Tiny images through an albumentations pipeline, as the image tasks build them."""
+
+    def __init__(self, transform):
+        self.images = np.random.default_rng(0).integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.transform(image=self.images[i])["image"].copy()), i % 2
+
+
+def test_pitfall_albumentations_has_its_own_rng():
+    """albumentations 2 draws from the pipeline's own generator, seeded from the OS when Compose(seed=None):
+    seed_everything cannot reach it. The kit's train loader seeds the dataset's `transform` per item."""
+    A = pytest.importorskip("albumentations")
+
+    def first_epoch(loader_fn) -> torch.Tensor:
+        seed_everything(7)
+        pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=1.0)])  # seed=None
+        return torch.cat([x for x, _ in loader_fn(_Images(pipeline))])
+
+    naive = lambda ds: DataLoader(ds, batch_size=3, shuffle=True)  # noqa: E731
+    assert not torch.equal(first_epoch(naive), first_epoch(naive))
+    kit = lambda ds: make_loader(ds, 3, train=True, seed=7, num_workers=0)  # noqa: E731
+    assert torch.equal(first_epoch(kit), first_epoch(kit))
 
 
 def test_pitfall_accuracy_under_class_imbalance():
@@ -384,14 +417,17 @@ def test_pitfall_normalisation_mismatch_between_training_and_inference(tmp_path)
     """Inference must normalise like training: the kit takes mean/std from the model and saves them with it."""
     import timm
 
-    from kagglekit_nb.tasks.classification import _load_fold_model, _save_fold_model, normalization, transforms
+    from kagglekit_nb.checkpoint import save_checkpoint
+    from kagglekit_nb.cv import load_fold_model
+    from kagglekit_nb.tasks.classification import normalization, transforms
 
     model = timm.create_model("resnet18", pretrained=False, num_classes=3, in_chans=3,
                               pretrained_cfg_overlay={"mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2)})
     mean, std = normalization(model, 3)
     assert (mean, std) == ([0.5] * 3, [0.2] * 3)  # the model's own statistics, not ImageNet's by habit
-    _save_fold_model(tmp_path / "fold0.pt", model.state_dict(), {"mean": mean, "std": std, "img_size": 16})
-    meta = _load_fold_model(tmp_path / "fold0.pt")["meta"]
+    path = save_checkpoint({"model": model.state_dict()}, tmp_path / "fold0", step=0,
+                           meta={"mean": mean, "std": std, "img_size": 16}, log=None)
+    _, meta = load_fold_model(path)
     img = np.random.default_rng(1).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
     at_training = transforms(16, mean, std, train=False)(image=img)["image"]
     at_inference = transforms(meta["img_size"], meta["mean"], meta["std"], train=False)(image=img)["image"]
@@ -514,6 +550,7 @@ def test_pitfall_out_of_memory():
     torch.testing.assert_close(model.lin.weight, reference.lin.weight, rtol=1e-5, atol=1e-6)
     # naive: the run dies
     naive = _NeedsSmallBatches()
+    naive_loader, _ = _loaders(batch=32)
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        for x, y in train_loader:
+        for x, y in naive_loader:
             F.cross_entropy(naive(x), y).backward()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 import types
 import typing
 from collections.abc import Mapping
@@ -32,8 +31,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .. import folds as _folds
-from ..budget import plan_epochs
-from ..loop import fit, make_loader, predict, smoke_step, steps_per_epoch
+from ..cv import CVResult, FoldSetup, fold_models, load_fold_model, train_folds
+from ..loop import make_loader, predict
 from ..metrics import get_metric
 from ..run import Run, start_run
 
@@ -44,7 +43,6 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 REQUIRED_FILES = ("train.csv", "sample_submission.csv")
-CHECKPOINT_NAME = "fold{fold}.pt"
 LABELS_FILE = "labels.json"
 TTA_CHOICES = ("none", "hflip", "vflip", "hvflip")
 
@@ -72,6 +70,9 @@ class Config:
     METRIC: str = "accuracy"
     HFLIP: bool = False                # horizontal flips in augmentation (wrong for digits/text)
     TTA: str = "none"                  # "none", "hflip", "vflip", "hvflip"
+    PATIENCE: int | None = None        # stop a fold after this many epochs without improvement (None = never)
+    CHECKPOINT_EVERY: str = "3m"       # full-state checkpoint cadence (also at every epoch end and on SIGTERM)
+    FOLDS_PER_SESSION: int | None = None  # train at most this many unfinished folds per run (None = all)
     LABEL_COLUMN: str | None = None    # None = the sample submission's target column
     NUM_WORKERS: int | None = None     # None = automatic
     DEVICE: str | None = None          # None = CUDA when available
@@ -413,196 +414,88 @@ def make_folds(comp: Competition, cfg: Config, run: Run) -> pd.Series:
                              path=run.dir / _folds.FOLDS_FILE)
 
 
-def _checkpoint(run: Run, fold: int) -> Path:
-    return run.checkpoints / CHECKPOINT_NAME.format(fold=fold)
-
-
-def _save_fold_model(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"state_dict": state, "meta": meta}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _load_fold_model(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@dataclass
-class TrainResult:
-    """Per-fold results, the out-of-fold score, and the plan that was followed."""
-
-    folds: dict[int, dict[str, Any]] = field(default_factory=dict)
-    cv_score: float | None = None
-    plan: dict[str, Any] = field(default_factory=dict)
-    stop_reason: str = "completed"
-
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame.from_dict(self.folds, orient="index").rename_axis("fold")
-
-
-def _estimate_epoch(model, train_loader, val_loader, loss_fn, device) -> tuple[float, float]:
-    """Smoke step: one forward/backward and one evaluation batch, timed; returns (epoch s, s/image eval).
-
-    The smoke step leaves no trace (weights, BatchNorm statistics, RNGs, shuffle order), so whether
-    it ran in this session does not change what a fold learns.
-    """
-    smoke = smoke_step(model, train_loader, val_loader, loss_fn=loss_fn, device=device)
-    # Optimizer step and loading add ~15% to forward/backward on small models.
-    epoch_s = smoke.step_s * 1.15 * len(train_loader) + smoke.eval_s_per_sample * len(val_loader.dataset)
-    return epoch_s, smoke.eval_s_per_sample
-
-
-def train(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> TrainResult:
-    """Train every unfinished fold inside the budget; a fold already done is kept, not retrained."""
-    metric = get_metric(cfg.METRIC)
-    registry = _folds.FoldRegistry(run.dir)
-    result = TrainResult()
-    n_folds = cfg.TRAIN_FOLDS or cfg.FOLDS
-    todo = []
-    for k in range(n_folds):
-        if registry.is_done(k) and _checkpoint(run, k).exists():
-            result.folds[k] = registry.get(k)
-        else:
-            if registry.is_done(k):
-                run.log(f"fold {k} is marked done but {_checkpoint(run, k)} is missing: retraining it")
-            todo.append(k)
-    if len(todo) < n_folds:
-        run.log(f"folds already done: {sorted(result.folds)} (kept); to train: {todo}")
-    run.budget.add_phase("setup", run.budget.elapsed() - sum(run.budget.phases.values()))
-    tta = _tta(cfg.TTA)
-    epoch_s = per_image = None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.LABEL_SMOOTHING)
-    for i, k in enumerate(todo):
-        train_idx = np.flatnonzero(folds.to_numpy() != k)
-        val_idx = np.flatnonzero(folds.to_numpy() == k)
-        torch.manual_seed(cfg.SEED + k)  # each fold's init depends on the fold, not on what ran before
-        model = build_model(cfg, comp.n_classes, comp.in_chans).to(run.device)
-        mean, std = normalization(model, comp.in_chans)
-        tr, va = comp.train.iloc[train_idx], comp.train.iloc[val_idx]
-        train_ds = ImageDataset(tr["path"].tolist(), tr["label"].to_numpy(),
-                                transforms(cfg.IMG_SIZE, mean, std, train=True, hflip=cfg.HFLIP), comp.in_chans)
-        val_ds = ImageDataset(va["path"].tolist(), va["label"].to_numpy(),
-                              transforms(cfg.IMG_SIZE, mean, std, train=False), comp.in_chans)
-        train_loader = make_loader(train_ds, cfg.BATCH_SIZE, train=True, seed=cfg.SEED + k, device=run.device,
-                                   num_workers=cfg.NUM_WORKERS)
-        val_loader = make_loader(val_ds, cfg.BATCH_SIZE * 2, train=False, device=run.device,
-                                 num_workers=cfg.NUM_WORKERS)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.LR, weight_decay=cfg.WEIGHT_DECAY)
-        if epoch_s is None:
-            epoch_s, per_image = _estimate_epoch(model, train_loader, val_loader, loss_fn, run.device)
-            run.budget.reserve_s = _reserve_s(per_image, len(comp.test), n_folds, len(tta))
-            run.log(f"smoke step ok: ~{epoch_s:.1f}s per epoch; reserve for predict + verify "
-                    f"{run.budget.reserve_s:.0f}s")
-        epochs, fits = plan_epochs(available_s=run.budget.training_left(), epoch_s=epoch_s,
-                                   folds_left=len(todo) - i, max_epochs=cfg.EPOCHS,
-                                   min_epochs=min(cfg.MIN_EPOCHS, cfg.EPOCHS))
-        result.plan[f"fold{k}"] = {"epochs": epochs, "epoch_s": round(epoch_s, 2), "folds_that_fit": fits}
-        if epochs == 0:
-            result.stop_reason = "budget: no time left for another fold"
-            run.log(f"fold {k}: skipped, the budget leaves no time for one epoch (~{epoch_s:.0f}s)")
-            break
-        run.log(f"fold {k}: {len(tr)} train / {len(va)} valid, plan {epochs} epochs "
-                f"(~{epochs * epoch_s:.0f}s); {fits} fold(s) fit at this pace")
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.LR, total_steps=max(1, epochs * steps_per_epoch(train_loader)), pct_start=0.2)
-
-        def should_stop(where: str, _step=[None]) -> str | None:  # noqa: B006 - per-fold closure state
-            need = epoch_s / max(1, len(train_loader)) if where == "step" else per_image * len(va)
-            return None if run.budget.fits(need) else "budget: stopped to keep time for predict + verify"
-
-        def log_epoch(row: dict[str, float], fr) -> None:
-            run.log(f"fold {k} epoch {row['epoch']}/{epochs}: train_loss {row['train_loss']:.4f} "
-                    f"val_loss {row['val_loss']:.4f} {cfg.METRIC} {row['score']:.4f} ({row['seconds']:.1f}s)")
-
-        t0 = time.monotonic()
-        with run.budget.timed("train"):
-            fr = fit(model, train_loader, val_loader, optimizer=optimizer, loss_fn=loss_fn, epochs=epochs,
-                     device=run.device, metric=metric, scheduler=scheduler, should_stop=should_stop,
-                     on_epoch_end=log_epoch, log=run.log)
-        full_epochs = [h["seconds"] for h in fr.history if not h["partial"]]
-        if full_epochs:  # re-plan on measured speed
-            epoch_s = float(np.mean(full_epochs))
-        if fr.best_state is None:
-            result.stop_reason = fr.stop_reason
-            run.log(f"fold {k}: stopped before its first evaluation ({fr.stop_reason}); no model kept")
-            break
-        info = {"status": "done", "score": fr.best_score, "best_epoch": fr.best_epoch,
-                "epochs_done": len(fr.history), "steps": fr.steps, "seconds": round(time.monotonic() - t0, 1),
-                "stop_reason": fr.stop_reason, "checkpoint": CHECKPOINT_NAME.format(fold=k)}
-        _save_fold_model(_checkpoint(run, k), fr.best_state, {
-            "model": cfg.MODEL, "img_size": cfg.IMG_SIZE, "in_chans": comp.in_chans,
-            "classes": comp.classes, "mean": mean, "std": std, "fold": k, "score": fr.best_score})
-        oof = pd.DataFrame(fr.best_probs, columns=[f"p{c}" for c in range(comp.n_classes)])
-        oof.insert(0, "id", va["id"].to_numpy())
-        oof.insert(1, "label", va["label"].to_numpy())
-        oof.to_csv(run.dir / f"oof_fold{k}.csv", index=False)
-        registry.mark(k, **info)
-        result.folds[k] = info
-        run.log(f"fold {k}: best {cfg.METRIC} {fr.best_score:.4f} at epoch {fr.best_epoch} ({fr.stop_reason})")
-        if fr.stop_reason.startswith("budget"):
-            result.stop_reason = fr.stop_reason
-            break
-    result.cv_score = _oof_score(run, comp, metric, sorted(result.folds))
-    if result.cv_score is not None:
-        run.log(f"CV {cfg.METRIC} (out-of-fold, {len(result.folds)} folds): {result.cv_score:.4f}")
-    run.record.update(train_summary(result, cfg))
-    run.save()
-    return result
-
-
 def _reserve_s(per_image: float, n_test: int, n_folds: int, n_tta: int) -> float:
     """Time kept for prediction, writing and verification: measured throughput x the real test
     size x folds x TTA, doubled for loading and model building, plus a fixed margin."""
     return 2.0 * per_image * n_test * n_folds * (1 + n_tta) + 10.0 + 0.5 * n_folds
 
 
-def _oof_score(run: Run, comp: Competition, metric, folds: list[int]) -> float | None:
-    frames = [pd.read_csv(run.dir / f"oof_fold{k}.csv") for k in folds if (run.dir / f"oof_fold{k}.csv").exists()]
-    if not frames:
-        return None
-    oof = pd.concat(frames)
-    return metric(oof["label"].to_numpy(), oof[[f"p{c}" for c in range(comp.n_classes)]].to_numpy())
+def _fold_meta(cfg: Config, comp: Competition, fold: int) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed (and what prediction needs to rebuild it)."""
+    return {"model": cfg.MODEL, "classes": comp.classes, "img_size": cfg.IMG_SIZE, "in_chans": comp.in_chans,
+            "fold": fold, "batch_size": cfg.BATCH_SIZE, "seed": cfg.SEED, "lr": cfg.LR, "folds": cfg.FOLDS}
 
 
-def train_summary(result: TrainResult, cfg: Config) -> dict[str, Any]:
-    return {"cv_score": result.cv_score, "metric": cfg.METRIC, "folds_done": sorted(result.folds),
-            "folds": {str(k): v for k, v in result.folds.items()}, "plan": result.plan,
-            "stop_reason": result.stop_reason}
+def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: int) -> FoldSetup:
+    """Model, optimizer, loaders and loss of fold `k` (the model is built on its device first)."""
+    val_mask = folds.to_numpy() == k
+    tr, va = comp.train[~val_mask], comp.train[val_mask]
+    model = build_model(cfg, comp.n_classes, comp.in_chans).to(run.device)
+    mean, std = normalization(model, comp.in_chans)
+    train_ds = ImageDataset(tr["path"].tolist(), tr["label"].to_numpy(),
+                            transforms(cfg.IMG_SIZE, mean, std, train=True, hflip=cfg.HFLIP), comp.in_chans)
+    val_ds = ImageDataset(va["path"].tolist(), va["label"].to_numpy(),
+                          transforms(cfg.IMG_SIZE, mean, std, train=False), comp.in_chans)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.LR, weight_decay=cfg.WEIGHT_DECAY)
+    meta = {**_fold_meta(cfg, comp, k), "mean": mean, "std": std}
+    return FoldSetup(
+        model=model, optimizer=optimizer,
+        train_loader=make_loader(train_ds, cfg.BATCH_SIZE, train=True, seed=cfg.SEED + k, device=run.device,
+                                 num_workers=cfg.NUM_WORKERS),
+        val_loader=make_loader(val_ds, cfg.BATCH_SIZE * 2, train=False, device=run.device,
+                               num_workers=cfg.NUM_WORKERS),
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.LABEL_SMOOTHING),
+        val_ids=va["id"].tolist(), val_targets=va["label"].to_numpy(),
+        make_scheduler=lambda opt, total: torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.LR, total_steps=total, pct_start=0.2),
+        meta=meta)
+
+
+def train(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> CVResult:
+    """Train every unfinished fold inside the budget; finished folds are kept, interrupted ones
+    resume exactly where their last checkpoint left them."""
+    n_folds = cfg.TRAIN_FOLDS or cfg.FOLDS
+    n_tta = len(_tta(cfg.TTA))
+    return train_folds(
+        run, n_folds=n_folds, setup=lambda k: _setup_fold(comp, folds, cfg, run, k),
+        metric=get_metric(cfg.METRIC), max_epochs=cfg.EPOCHS, min_epochs=cfg.MIN_EPOCHS,
+        max_new_folds=cfg.FOLDS_PER_SESSION, patience=cfg.PATIENCE, checkpoint_every=cfg.CHECKPOINT_EVERY,
+        predict_cost=lambda per_item: _reserve_s(per_item, len(comp.test), n_folds, n_tta))
 
 
 # ----------------------------------------------------------------------------- predict & submit
 
 
 def predict_test(comp: Competition, cfg: Config, run: Run) -> np.ndarray | None:
-    """Average class probabilities over every saved fold model (+ TTA); None if no fold trained."""
-    registry = _folds.FoldRegistry(run.dir)
-    done = [k for k in registry.done() if _checkpoint(run, k).exists()]
-    if not done:
+    """Average class probabilities over every fold model that exists (best epoch, else the last
+    checkpoint of an interrupted fold) and the TTA views; None if no fold has a model."""
+    models = fold_models(run, cfg.TRAIN_FOLDS or cfg.FOLDS)
+    missing = sorted(set(range(cfg.TRAIN_FOLDS or cfg.FOLDS)) - {k for k, _, _ in models})
+    if missing:
+        run.log(f"folds without any model (skipped): {missing}")
+    if not models:
         run.log("no trained fold model: the emergency baseline will be written instead")
         return None
     total = None
     with run.budget.timed("predict"):
-        for k in done:
-            ckpt = _load_fold_model(_checkpoint(run, k))
-            meta = ckpt["meta"]
+        for k, path, which in models:
+            weights, meta = load_fold_model(path)
             if list(meta["classes"]) != comp.classes:
-                raise ValueError(f"fold {k}'s model was trained on classes {meta['classes'][:10]}, the data now "
-                                 f"has {comp.classes[:10]}: use a new OUTPUT_DIR.")
+                raise ValueError(f"fold {k}'s model ({path}) was trained on classes {meta['classes'][:10]}, the "
+                                 f"data now has {comp.classes[:10]}: use a new OUTPUT_DIR.")
             model = build_model(dataclasses.replace(cfg, MODEL=meta["model"], WEIGHTS=None),
                                 comp.n_classes, meta["in_chans"])
-            model.load_state_dict(ckpt["state_dict"])
+            model.load_state_dict(weights)
             model.to(run.device)
             ds = ImageDataset(comp.test["path"].tolist(), None,
                               transforms(meta["img_size"], meta["mean"], meta["std"], train=False), meta["in_chans"])
             loader = make_loader(ds, cfg.BATCH_SIZE * 2, train=False, device=run.device, num_workers=cfg.NUM_WORKERS)
             probs = predict(model, loader, device=run.device, tta=_tta(cfg.TTA))
             total = probs if total is None else total + probs
-    run.log(f"predicted {len(comp.test)} test images with {len(done)} fold model(s) {done}, TTA {cfg.TTA}")
-    run.record["predicted_with_folds"] = done
-    return total / len(done)
+    used = [f"{k} ({which})" for k, _, which in models]
+    run.log(f"predicted {len(comp.test)} test images with fold models {', '.join(used)}, TTA {cfg.TTA}")
+    run.record["predicted_with"] = used
+    return total / len(models)
 
 
 def write_submission(comp: Competition, probs: np.ndarray | None, run: Run) -> Path:

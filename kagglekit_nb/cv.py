@@ -1,0 +1,336 @@
+"""Cross-validation training that survives kills and time limits: every unfinished fold, inside the
+budget, with full-state checkpoints and exact mid-epoch resume.
+
+    result = train_folds(run, n_folds=5, setup=setup_fold, metric=get_metric("accuracy"),
+                         max_epochs=EPOCHS, predict_cost=lambda s_per_item: ...)
+
+`setup(fold)` builds the fold's model (on its device), optimizer, loaders and loss: a `FoldSetup`.
+Its train loader must use a `ResumableSampler` (the order is then a function of the seed and the
+epoch alone, and a resume skips straight to the saved position). Each fold keeps its checkpoints in
+`<run>/checkpoints/fold<k>/`: a step file on a time cadence, at every epoch end and when stopping,
+and `best.ckpt` (the state at the best epoch), which is what prediction uses.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import checkpoint as ckpt
+from .budget import plan_epochs
+from .folds import FoldRegistry
+from .loop import FitResult, LoopOptions, fit, smoke_step, steps_per_epoch
+from .metrics import Metric
+from .run import Run
+
+__all__ = ["FoldSetup", "CVResult", "train_folds", "fold_dir", "fold_models", "oof_score"]
+
+FOLD_DIR = "fold{fold}"
+OOF_FILE = "oof_fold{fold}.csv"
+
+
+@dataclass
+class FoldSetup:
+    """What a task provides for one fold (everything already on its device)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: DataLoader                  # with a ResumableSampler
+    val_loader: DataLoader                    # never shuffled
+    loss_fn: Callable
+    val_ids: Sequence[Any]                    # for the out-of-fold file, in val_loader order
+    val_targets: np.ndarray
+    make_scheduler: Callable[[torch.optim.Optimizer, int], Any] | None = None  # (optimizer, total steps)
+    meta: dict[str, Any] = field(default_factory=dict)  # saved with every checkpoint; must match to resume
+
+
+@dataclass
+class CVResult:
+    """Per-fold outcome, the out-of-fold score, the plan followed and why training ended."""
+
+    folds: dict[int, dict[str, Any]] = field(default_factory=dict)
+    cv_score: float | None = None
+    plan: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str = "completed"
+    resumed: list[dict[str, Any]] = field(default_factory=list)
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame.from_dict(self.folds, orient="index").rename_axis("fold")
+
+    def summary(self) -> dict[str, Any]:
+        return {"cv_score": self.cv_score, "folds_done": sorted(k for k, v in self.folds.items()
+                                                               if v.get("status") == "done"),
+                "folds": {str(k): v for k, v in self.folds.items()}, "plan": self.plan,
+                "stop_reason": self.stop_reason, "resumed_from": self.resumed}
+
+
+def fold_dir(run: Run, fold: int) -> Path:
+    """The checkpoint folder of one fold."""
+    return run.checkpoints / FOLD_DIR.format(fold=fold)
+
+
+def fold_models(run: Run, n_folds: int) -> list[tuple[int, Path, str]]:
+    """(fold, file, 'best' | 'last') for every fold that has a model: best.ckpt, else the newest
+    valid step checkpoint; folds without any are left out."""
+    out = []
+    for k in range(n_folds):
+        directory = fold_dir(run, k)
+        best = directory / ckpt.BEST_FILE
+        if best.exists():
+            out.append((k, best, "best"))
+        else:
+            last = ckpt.find_latest(directory, log=run.log) if directory.exists() else None
+            if last is not None:
+                out.append((k, last, "last"))
+    return out
+
+
+def _write_oof(run: Run, fold: int, ids: Sequence[Any], targets: np.ndarray, probs: np.ndarray) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(probs, columns=[f"p{c}" for c in range(probs.shape[1])])
+    frame.insert(0, "id", list(ids))
+    frame.insert(1, "target", targets)
+    path = run.dir / OOF_FILE.format(fold=fold)
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def oof_score(run: Run, metric: Metric, folds: Sequence[int]) -> float | None:
+    """The metric over the out-of-fold predictions (best epoch) of `folds`."""
+    import pandas as pd
+
+    frames = [pd.read_csv(p) for k in folds if (p := run.dir / OOF_FILE.format(fold=k)).exists()]
+    if not frames:
+        return None
+    oof = pd.concat(frames)
+    return metric(oof["target"].to_numpy(), oof[[c for c in oof.columns if c.startswith("p")]].to_numpy())
+
+
+def _plan_table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+class _Fold:
+    """One fold's training: checkpoint state, hooks for `fit`, and the resume."""
+
+    def __init__(self, run: Run, k: int, fs: FoldSetup, metric: Metric, stop: ckpt.StopSignal,
+                 timer: ckpt.CheckpointTimer, keep: int, step_s: float, eval_s: float):
+        self.run, self.k, self.fs, self.metric, self.stop, self.timer, self.keep = run, k, fs, metric, stop, timer, keep
+        self.step_s, self.eval_s = step_s, eval_s
+        self.sampler = fs.train_loader.sampler
+        self.dir = fold_dir(run, k)
+        self.epoch, self.global_step = 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.plan: dict[str, Any] = {}
+        self.objects: dict[str, Any] = {"model": fs.model, "optimizer": fs.optimizer, "sampler": self.sampler}
+
+    def save(self, *, best: bool = False) -> None:
+        state = ckpt.capture_state(
+            self.objects, epoch=self.epoch, global_step=self.global_step, history=self.history,
+            best_score=self.best_score, best_epoch=self.best_epoch, plan=self.plan, fold=self.k,
+            config=self.run.config)
+        try:
+            ckpt.save_checkpoint(state, self.dir, step=self.global_step, keep=self.keep, best=best,
+                                 meta=self.fs.meta, log=self.run.log)
+        except ckpt.CheckpointError as e:  # the previous checkpoint is intact: keep training
+            self.run.log(f"WARNING: checkpoint not saved ({e}); training goes on, the last good one is kept")
+        self.timer.reset()
+
+    def on_step(self, epoch: int, samples: int) -> None:  # fit has advanced the sampler already
+        self.epoch, self.global_step = epoch, self.global_step + 1
+
+    def should_stop(self, where: str) -> str | None:
+        reason = None
+        if self.stop:
+            reason = f"signal: {self.stop.received} received; checkpoint saved"
+        elif not self.run.budget.fits(self.step_s if where == "step" else self.eval_s):
+            reason = "budget: stopped to keep time for predict + verify"
+        if reason or (where == "step" and self.timer.due()):
+            self.save()
+        return reason
+
+    def on_epoch_end(self, row: dict[str, Any], fr: FitResult) -> None:
+        self.history = [dict(h) for h in fr.history]
+        self.best_score, self.best_epoch = fr.best_score, fr.best_epoch
+        improved = fr.best_epoch == row["epoch"]
+        if improved:
+            _write_oof(self.run, self.k, self.fs.val_ids, self.fs.val_targets, fr.best_probs)
+        self.epoch = row["epoch"]  # the next epoch starts at position 0
+        self.save(best=improved)
+        self.run.log(f"fold {self.k} epoch {row['epoch']}/{self.plan['epochs']}: train_loss "
+                     f"{row['train_loss']:.4f} val_loss {row['val_loss']:.4f} {self.metric.name} "
+                     f"{row['score']:.4f} ({row['seconds']:.1f}s){' *' if improved else ''}")
+
+    def resume(self, found: ckpt.LoadedCheckpoint) -> tuple[FitResult, dict[str, Any]]:
+        state = found.state
+        ckpt.restore_state(state, self.objects, log=self.run.log)
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.history, self.plan = list(state["history"]), dict(state["plan"])
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        age = time.time() - found.path.stat().st_mtime
+        info = {"fold": self.k, "epoch": self.epoch, "step": self.global_step,
+                "position": self.sampler.position, "file": str(found.path), "age_s": round(age, 1)}
+        self.run.log(f"fold {self.k}: resumed from {found.path.name} (epoch {self.epoch + 1}, sample "
+                     f"{self.sampler.position} of {self.sampler.num_samples}, step {self.global_step}; "
+                     f"saved {age / 60:.1f} min ago)")
+        return FitResult(history=self.history, best_score=self.best_score, best_epoch=self.best_epoch,
+                         steps=self.global_step), info
+
+
+def train_folds(
+    run: Run,
+    *,
+    n_folds: int,
+    setup: Callable[[int], FoldSetup],
+    metric: Metric,
+    max_epochs: int,
+    min_epochs: int = 1,
+    folds: Sequence[int] | None = None,
+    max_new_folds: int | None = None,
+    options: LoopOptions | None = None,
+    patience: int | None = None,
+    checkpoint_every: float | str = "3m",
+    keep: int = 2,
+    predict_cost: Callable[[float], float] | None = None,
+    signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+) -> CVResult:
+    """Train every unfinished fold within the budget and return what exists.
+
+    A fold already done is kept; a fold with checkpoints resumes exactly where it stopped (and
+    follows the plan it was started with); the rest are planned from a timed smoke step so that
+    epochs x folds fit the budget minus the reserve that `predict_cost(seconds per validation item)`
+    asks for. Training stops at step granularity when the budget or a signal (SIGTERM, SIGINT)
+    says so, after saving a checkpoint.
+    """
+    registry = FoldRegistry(run.dir)
+    result = CVResult()
+    wanted = list(range(n_folds)) if folds is None else list(folds)
+    todo = []
+    for k in wanted:
+        if registry.is_done(k) and (fold_dir(run, k) / ckpt.BEST_FILE).exists():
+            result.folds[k] = registry.get(k)
+        else:
+            if registry.is_done(k):
+                run.log(f"fold {k} is marked done but its best.ckpt is missing: training it again")
+            todo.append(k)
+    if len(todo) < len(wanted):
+        run.log(f"folds already done: {sorted(result.folds)} (kept); to train: {todo}")
+    if max_new_folds is not None:
+        todo = todo[:max_new_folds]
+    run.budget.add_phase("setup", run.budget.elapsed() - sum(run.budget.phases.values()))
+    timer = ckpt.CheckpointTimer(checkpoint_every)
+    epoch_s = eval_item_s = None
+    with ckpt.install_sigterm_handler(lambda name: run.log(f"{name} received: stopping at the next step"),
+                                      signals=signals) as stop:
+        for i, k in enumerate(todo):
+            if stop:
+                result.stop_reason = f"signal: {stop.received}"
+                break
+            torch.manual_seed(run.seed + k)  # a fold's initial weights depend on the fold alone
+            fs = setup(k)
+            if not hasattr(fs.train_loader.sampler, "advance"):
+                raise ValueError("FoldSetup.train_loader must use a ResumableSampler (kagglekit_nb.sampler): "
+                                 "without it a resume cannot continue the same data order.")
+            steps_full = steps_per_epoch(fs.train_loader, (options or LoopOptions()).accumulate)
+            n_val = len(fs.val_loader.dataset)
+            found = ckpt.load_latest(fold_dir(run, k), log=run.log) if fold_dir(run, k).exists() else None
+            if found is not None:
+                diffs = ckpt.check_compatible(found.meta, fs.meta, keys=tuple(fs.meta))
+                if diffs:
+                    raise ValueError(
+                        f"the checkpoints in {fold_dir(run, k)} come from a different setup: " + "; ".join(diffs)
+                        + f". Use a new OUTPUT_DIR (or RUN_NAME), or delete {fold_dir(run, k)} to start over.")
+            if epoch_s is None:
+                smoke = smoke_step(fs.model, fs.train_loader, fs.val_loader, loss_fn=fs.loss_fn, device=run.device)
+                eval_item_s = smoke.eval_s_per_sample
+                # The optimizer step and data loading add ~15% to forward/backward on small models.
+                epoch_s = smoke.step_s * 1.15 * steps_full + eval_item_s * n_val
+                if predict_cost is not None:
+                    run.budget.reserve_s = predict_cost(eval_item_s)
+                run.log(f"sizing: ~{epoch_s:.1f}s per epoch ({steps_full} steps + {n_val} validation items); "
+                        f"reserve for predict + write + verify: {run.budget.reserve_s:.0f}s")
+            f = _Fold(run, k, fs, metric, stop, timer, keep, step_s=epoch_s / max(1, steps_full) * 1.5,
+                      eval_s=eval_item_s * n_val * 1.5)
+            resume = None
+            if found is not None:
+                f.plan = dict(found.state["plan"])
+            else:
+                epochs, fits = plan_epochs(available_s=run.budget.training_left(), epoch_s=epoch_s,
+                                           folds_left=len(todo) - i, max_epochs=max_epochs,
+                                           min_epochs=min(min_epochs, max_epochs))
+                f.plan = {"epochs": epochs, "epoch_s": round(epoch_s, 2), "folds_that_fit": fits,
+                          "steps_per_epoch": steps_full}
+            result.plan[f"fold{k}"] = f.plan
+            if f.plan["epochs"] == 0:
+                result.stop_reason = "budget: no time left for one more epoch"
+                run.log(f"fold {k}: not started, the budget leaves no time for one epoch (~{epoch_s:.0f}s)")
+                break
+            if found is None:
+                left = run.budget.training_left()
+                run.log(f"plan for fold {k}:\n" + _plan_table([
+                    ("epochs", f"{f.plan['epochs']} of {max_epochs} (at least {min(min_epochs, max_epochs)})"),
+                    ("time per epoch", f"~{epoch_s:.1f}s"),
+                    ("folds that fit", f"{f.plan['folds_that_fit']} of {len(todo) - i} left"),
+                    ("training time left", "unlimited" if not math.isfinite(left) else f"{left:.0f}s"),
+                    ("reserve", f"{run.budget.reserve_s:.0f}s")]))
+            scheduler = None
+            if fs.make_scheduler is not None:
+                scheduler = fs.make_scheduler(fs.optimizer, max(1, f.plan["epochs"] * f.plan["steps_per_epoch"]))
+                f.objects["scheduler"] = scheduler
+            if found is not None:
+                resume, info = f.resume(found)
+                result.resumed.append(info)
+            t0 = time.monotonic()
+            with run.budget.timed("train"):
+                fr = fit(fs.model, fs.train_loader, fs.val_loader, optimizer=fs.optimizer, loss_fn=fs.loss_fn,
+                         epochs=f.plan["epochs"], device=run.device, metric=metric, scheduler=scheduler,
+                         patience=patience, options=options, should_stop=f.should_stop, on_step=f.on_step,
+                         on_epoch_end=f.on_epoch_end, log=run.log, start_epoch=f.epoch, resume=resume)
+            measured = [h["seconds"] for h in fr.history[len(resume.history) if resume else 0:]]
+            if measured:
+                new = float(np.median(measured))
+                if abs(new / epoch_s - 1) > 0.2:
+                    run.log(f"re-planning: an epoch takes {new:.1f}s, not the {epoch_s:.1f}s planned")
+                epoch_s = new
+            stopped = fr.stop_reason.startswith(("budget", "signal"))
+            info = {"status": "partial" if stopped else "done", "score": fr.best_score,
+                    "best_epoch": fr.best_epoch, "epochs_done": len(fr.history), "steps": f.global_step,
+                    "seconds": round(time.monotonic() - t0, 1), "stop_reason": fr.stop_reason}
+            registry.mark(k, **info)
+            result.folds[k] = info
+            best = "no epoch finished" if fr.best_score is None else \
+                f"best {metric.name} {fr.best_score:.4f} at epoch {fr.best_epoch}"
+            run.log(f"fold {k}: {best} ({fr.stop_reason})")
+            if stopped:
+                result.stop_reason = fr.stop_reason
+                break
+    scored = [k for k, v in result.folds.items() if v.get("score") is not None]
+    result.cv_score = oof_score(run, metric, sorted(scored))
+    if result.cv_score is not None:
+        run.log(f"CV {metric.name} (out-of-fold, folds {sorted(scored)}): {result.cv_score:.4f}")
+    run.record.update(result.summary())
+    run.save()
+    return result
+
+
+def load_fold_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The model weights and meta of a fold checkpoint (best or last), loaded safely."""
+    state = ckpt.load_checkpoint(path)
+    return state["model"], ckpt.read_meta(path)
+
