@@ -235,6 +235,17 @@ def find_competition_dir(
     )
 
 
+def find_previous_run(run_name: str, *, input_root: str | Path = KAGGLE_INPUT, max_depth: int = 4) -> Path | None:
+    """The newest folder named ``run_name`` holding a ``run.json`` under ``input_root``: on Kaggle, an
+    earlier version's output attached as an input, whose checkpoints a new session resumes from."""
+    _check_run_name(run_name)
+    root = Path(input_root)
+    if not root.is_dir():
+        return None
+    found = [p for _, p in _walk_dirs(root, max_depth) if p.name == run_name and (p / "run.json").is_file()]
+    return max(found, key=lambda p: (p / "run.json").stat().st_mtime) if found else None
+
+
 # --------------------------------------------------------------------------- directories
 
 

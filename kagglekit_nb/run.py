@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -106,11 +107,14 @@ def start_run(
     environ: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.monotonic,
     echo: Callable[[str], None] = print,
+    input_root: str | Path | None = None,
 ) -> Run:
     """Seed everything, resolve the budget and output folder, and open (or reopen) the run.
 
     `output_dir=None` uses the platform's persistent run dir (Drive on Colab, /kaggle/working on
-    Kaggle, ./runs/<run_name> elsewhere).
+    Kaggle, ./runs/<run_name> elsewhere). A new output folder is seeded with the run of the same
+    name found under `input_root` (default on Kaggle: /kaggle/input, where an earlier version's output
+    attached as an input appears), so a new session continues it.
     """
     from . import env
 
@@ -125,6 +129,13 @@ def start_run(
         if out.exists() and not out.is_dir():
             raise ValueError(f"OUTPUT_DIR={str(output_dir)!r} is a file, not a folder: choose a folder path.")
         out.mkdir(parents=True, exist_ok=True)
+    seeded_from = None
+    search = input_root if input_root is not None else (env.KAGGLE_INPUT if platform == "kaggle" else None)
+    if search is not None and not (out / RUN_FILE).exists():
+        found = env.find_previous_run(run_name, input_root=search)
+        if found is not None and found.resolve() != out.resolve():
+            shutil.copytree(found, out, dirs_exist_ok=True)  # inputs are read-only: continue in a copy
+            seeded_from = str(found)
     previous = None
     if (out / RUN_FILE).exists():
         try:
@@ -134,6 +145,9 @@ def start_run(
     run = Run(name=run_name, dir=out.resolve(), budget=bud, device=select_device(device), seed=seed,
               platform=platform, config=dict(config), previous=previous, echo=echo)
     run.record["sessions"] = (previous or {}).get("sessions", 0) + 1
+    if seeded_from:
+        run.record["continued_from_input"] = seeded_from
+        run.log(f"continuing the run found in {seeded_from} (copied into {run.dir})")
     report = env.environment_report(environ=environ, paths={"output": run.dir})
     run.record["environment"] = report
     limit = f"{bud.total_s:.0f}s ({bud.source})" if bud.limited else "none"
