@@ -128,9 +128,18 @@ class _Fold:
     """One fold's training: checkpoint state, hooks for `fit`, and the resume."""
 
     def __init__(self, run: Run, k: int, fs: FoldSetup, metric: Metric, stop: ckpt.StopSignal,
-                 timer: ckpt.CheckpointTimer, keep: int, step_s: float, eval_s: float):
+                 timer: ckpt.CheckpointTimer, keep: int, step_s: float, eval_s: float, accumulate: int = 1):
         self.run, self.k, self.fs, self.metric, self.stop, self.timer, self.keep = run, k, fs, metric, stop, timer, keep
+        self.accumulate = accumulate
+        # Durations are read on the budget's clock, the one the budget is spent on. The smoke step
+        # times the model alone: once steps and evaluations are seen, the slower of the two counts.
+        self.clock = run.budget.clock
+        self.planned_step_s, self.planned_eval_s = step_s, eval_s
         self.step_s, self.eval_s = step_s, eval_s
+        self._step_mark: float | None = None   # after the previous step check of this epoch
+        self._eval_mark: float | None = None   # when this epoch's evaluation began
+        self._epoch_mark = self.clock()
+        self.epoch_seconds: list[float] = []
         self.sampler = fs.train_loader.sampler
         self.dir = fold_dir(run, k)
         self.epoch, self.global_step = 0, 0
@@ -156,16 +165,37 @@ class _Fold:
         self.epoch, self.global_step = epoch, self.global_step + 1
 
     def should_stop(self, where: str) -> str | None:
+        now = self.clock()
+        if where == "step":
+            if self._step_mark is not None:
+                self.step_s = max(self.planned_step_s, 1.5 * (now - self._step_mark))
+            # The epoch's last step must leave time for its evaluation: a checkpoint taken between
+            # the two would hold a finished, unevaluated epoch, which fit cannot resume.
+            last = len(self.fs.train_loader) <= self.accumulate
+            need = self.step_s + (self.eval_s if last else 0.0)
+        else:
+            self._step_mark, self._eval_mark = None, now
+            need = self.eval_s
         reason = None
-        if self.stop:
+        if self.stop and where == "step":
             reason = f"signal: {self.stop.received} received; checkpoint saved"
-        elif not self.run.budget.fits(self.step_s if where == "step" else self.eval_s):
+        elif not self.run.budget.fits(need):
             reason = "budget: stopped to keep time for predict + verify"
-        if reason or (where == "step" and self.timer.due()):
+        # At "eval" nothing is saved (see above): a signal lets the evaluation run and stops at the
+        # next step, after the epoch-end checkpoint; the budget stops there and the previous
+        # checkpoint is the one to resume from.
+        if where == "step" and (reason or self.timer.due()):
             self.save()
+        if where == "step":
+            self._step_mark = self.clock()
         return reason
 
     def on_epoch_end(self, row: dict[str, Any], fr: FitResult) -> None:
+        now = self.clock()
+        if self._eval_mark is not None:
+            self.eval_s = max(self.planned_eval_s, 1.5 * (now - self._eval_mark))
+        self.epoch_seconds.append(now - self._epoch_mark)
+        self._epoch_mark = now
         self.history = [dict(h) for h in fr.history]
         self.best_score, self.best_epoch = fr.best_score, fr.best_epoch
         improved = fr.best_epoch == row["epoch"]
@@ -181,6 +211,9 @@ class _Fold:
         state = found.state
         ckpt.restore_state(state, self.objects, log=self.run.log)
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        # Saved at an epoch end, the sampler still stands at the end of the epoch before (fit moves
+        # it on, as here): report the position training continues from.
+        self.sampler.set_epoch(self.epoch)
         self.history, self.plan = list(state["history"]), dict(state["plan"])
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         age = time.time() - found.path.stat().st_mtime
@@ -209,6 +242,7 @@ def train_folds(
     keep: int = 2,
     predict_cost: Callable[[float], float] | None = None,
     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+    expected_meta: Callable[[int], dict[str, Any]] | None = None,
 ) -> CVResult:
     """Train every unfinished fold within the budget and return what exists.
 
@@ -223,7 +257,13 @@ def train_folds(
     wanted = list(range(n_folds)) if folds is None else list(folds)
     todo = []
     for k in wanted:
-        if registry.is_done(k) and (fold_dir(run, k) / ckpt.BEST_FILE).exists():
+        best = fold_dir(run, k) / ckpt.BEST_FILE
+        if registry.is_done(k) and best.exists():
+            if expected_meta is not None:  # a finished fold of another setup must not join this ensemble
+                diffs = ckpt.check_compatible(ckpt.read_meta(best), expected_meta(k), keys=tuple(expected_meta(k)))
+                if diffs:
+                    raise ValueError(f"fold {k} in {run.dir} was trained with another setup: " + "; ".join(diffs)
+                                     + ". Use a new OUTPUT_DIR (or RUN_NAME) for the new settings.")
             result.folds[k] = registry.get(k)
         else:
             if registry.is_done(k):
@@ -247,7 +287,8 @@ def train_folds(
             if not hasattr(fs.train_loader.sampler, "advance"):
                 raise ValueError("FoldSetup.train_loader must use a ResumableSampler (kagglekit_nb.sampler): "
                                  "without it a resume cannot continue the same data order.")
-            steps_full = steps_per_epoch(fs.train_loader, (options or LoopOptions()).accumulate)
+            accumulate = (options or LoopOptions()).accumulate
+            steps_full = steps_per_epoch(fs.train_loader, accumulate)
             n_val = len(fs.val_loader.dataset)
             found = ckpt.load_latest(fold_dir(run, k), log=run.log) if fold_dir(run, k).exists() else None
             if found is not None:
@@ -266,7 +307,7 @@ def train_folds(
                 run.log(f"sizing: ~{epoch_s:.1f}s per epoch ({steps_full} steps + {n_val} validation items); "
                         f"reserve for predict + write + verify: {run.budget.reserve_s:.0f}s")
             f = _Fold(run, k, fs, metric, stop, timer, keep, step_s=epoch_s / max(1, steps_full) * 1.5,
-                      eval_s=eval_item_s * n_val * 1.5)
+                      eval_s=eval_item_s * n_val * 1.5, accumulate=accumulate)
             resume = None
             if found is not None:
                 f.plan = dict(found.state["plan"])
@@ -296,13 +337,13 @@ def train_folds(
             if found is not None:
                 resume, info = f.resume(found)
                 result.resumed.append(info)
-            t0 = time.monotonic()
+            t0 = run.budget.clock()
             with run.budget.timed("train"):
                 fr = fit(fs.model, fs.train_loader, fs.val_loader, optimizer=fs.optimizer, loss_fn=fs.loss_fn,
                          epochs=f.plan["epochs"], device=run.device, metric=metric, scheduler=scheduler,
                          patience=patience, options=options, should_stop=f.should_stop, on_step=f.on_step,
                          on_epoch_end=f.on_epoch_end, log=run.log, start_epoch=f.epoch, resume=resume)
-            measured = [h["seconds"] for h in fr.history[len(resume.history) if resume else 0:]]
+            measured = f.epoch_seconds
             if measured:
                 new = float(np.median(measured))
                 if abs(new / epoch_s - 1) > 0.2:
@@ -311,7 +352,7 @@ def train_folds(
             stopped = fr.stop_reason.startswith(("budget", "signal"))
             info = {"status": "partial" if stopped else "done", "score": fr.best_score,
                     "best_epoch": fr.best_epoch, "epochs_done": len(fr.history), "steps": f.global_step,
-                    "seconds": round(time.monotonic() - t0, 1), "stop_reason": fr.stop_reason}
+                    "seconds": round(run.budget.clock() - t0, 1), "stop_reason": fr.stop_reason}
             registry.mark(k, **info)
             result.folds[k] = info
             best = "no epoch finished" if fr.best_score is None else \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import json
@@ -433,3 +434,17 @@ def test_done_fold_with_a_lost_checkpoint_is_retrained_or_reported(tmp_path):
     from kagglekit_nb.cv import fold_models
 
     assert [(k, which) for k, _, which in fold_models(run, 1)] in ([(0, "best")], [(0, "last")])
+
+
+def test_done_folds_of_another_setup_are_refused(tmp_path):
+    data = _tiny(tmp_path / "c", per_class=8, n_test=2)
+    cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="2h", SEED=0, IMG_SIZE=16,
+                 MODEL="test_resnet", EPOCHS=1, MIN_EPOCHS=1, FOLDS=2, TRAIN_FOLDS=1, BATCH_SIZE=4,
+                 NUM_WORKERS=0, DEVICE="cpu")
+    run = clf.start(cfg, environ={}, echo=lambda message: None)
+    comp = clf.load_competition(cfg, run)
+    folds = clf.make_folds(comp, cfg, run)
+    clf.train(comp, folds, cfg, run)
+    bigger = dataclasses.replace(cfg, IMG_SIZE=24)  # same OUTPUT_DIR, other image size
+    with pytest.raises(ValueError, match=r"fold 0 .* another setup: img_size: the checkpoint has 16, this run has 24"):
+        clf.train(comp, folds, bigger, run)

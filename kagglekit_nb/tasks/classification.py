@@ -460,7 +460,8 @@ def train(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> CVResul
         run, n_folds=n_folds, setup=lambda k: _setup_fold(comp, folds, cfg, run, k),
         metric=get_metric(cfg.METRIC), max_epochs=cfg.EPOCHS, min_epochs=cfg.MIN_EPOCHS,
         max_new_folds=cfg.FOLDS_PER_SESSION, patience=cfg.PATIENCE, checkpoint_every=cfg.CHECKPOINT_EVERY,
-        predict_cost=lambda per_item: _reserve_s(per_item, len(comp.test), n_folds, n_tta))
+        predict_cost=lambda per_item: _reserve_s(per_item, len(comp.test), n_folds, n_tta),
+        expected_meta=lambda k: _fold_meta(cfg, comp, k))
 
 
 # ----------------------------------------------------------------------------- predict & submit
