@@ -81,7 +81,8 @@ def run_plain(args, train_ds, val_ds) -> tuple[float, float, dict[str, torch.Ten
     loss_fn = nn.CrossEntropyLoss()
     t0, c0 = time.perf_counter(), time.process_time()
     best, best_state, best_probs, history = -1.0, None, None, []
-    for _ in range(args.epochs):
+    for epoch in range(args.epochs):
+        train.sampler.set_epoch(epoch)  # the usual call for a distributed/seeded sampler
         model.train()
         total, count = torch.zeros(()), 0
         for x, y in train:
