@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from .budget import plan_epochs
 from .folds import FoldRegistry
-from .loop import FitResult, LoopOptions, fit, smoke_step, steps_per_epoch
+from .loop import FitResult, LoopOptions, fit, make_scaler, smoke_step, steps_per_epoch
 from .metrics import Metric
 from .run import Run
 
@@ -334,6 +334,9 @@ def train_folds(
             if fs.make_scheduler is not None:
                 scheduler = fs.make_scheduler(fs.optimizer, max(1, f.plan["epochs"] * f.plan["steps_per_epoch"]))
                 f.objects["scheduler"] = scheduler
+            scaler = make_scaler(options, run.device)  # fp16 AMP: its loss scale is part of the state
+            if scaler is not None:
+                f.objects["scaler"] = scaler
             if found is not None:
                 resume, info = f.resume(found)
                 result.resumed.append(info)
@@ -342,7 +345,8 @@ def train_folds(
                 fr = fit(fs.model, fs.train_loader, fs.val_loader, optimizer=fs.optimizer, loss_fn=fs.loss_fn,
                          epochs=f.plan["epochs"], device=run.device, metric=metric, scheduler=scheduler,
                          patience=patience, options=options, should_stop=f.should_stop, on_step=f.on_step,
-                         on_epoch_end=f.on_epoch_end, log=run.log, start_epoch=f.epoch, resume=resume)
+                         on_epoch_end=f.on_epoch_end, log=run.log, start_epoch=f.epoch, resume=resume,
+                         scaler=scaler)
             measured = f.epoch_seconds
             if measured:
                 new = float(np.median(measured))

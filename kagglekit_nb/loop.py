@@ -41,7 +41,7 @@ __all__ = [
     "LoopOptions", "FitResult", "SmokeReport", "fit", "evaluate", "predict", "smoke_step",
     "make_loader", "default_workers", "steps_per_epoch", "amp_dtype", "use_channels_last",
     "plateau_mode", "learning_check", "device_warnings", "memory_report", "training_state",
-    "restore_training_state", "is_main_process",
+    "restore_training_state", "is_main_process", "make_scaler",
 ]
 
 StopHook = Callable[[str], "str | None"]
@@ -207,6 +207,13 @@ def memory_report(peak_bytes: int, reserved_bytes: int, total_bytes: int) -> str
     if share > 0.9:
         line += " - close to the limit: an epoch with larger inputs may run out of memory"
     return line
+
+
+def make_scaler(options: LoopOptions | None, device: torch.device | str) -> torch.amp.GradScaler | None:
+    """The GradScaler `fit` uses with these options on `device` (fp16 AMP), or None (bf16, fp32)."""
+    device = torch.device(device)
+    dtype = amp_dtype((options or LoopOptions()).amp, device.type, _capability(device))
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
 
 def is_main_process() -> bool:
@@ -1005,6 +1012,7 @@ def fit(
     log: Log | None = print,
     start_epoch: int = 0,
     resume: FitResult | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> FitResult:
     """Train for up to `epochs`, evaluating after each; keeps the best weights by `metric`
     (its direction decides what "best" means, for early stopping and ReduceLROnPlateau too).
@@ -1018,7 +1026,8 @@ def fit(
     Warnings go to `log` (rank 0 only) and to `FitResult.warnings`.
 
     To continue a run, pass `start_epoch` (0-based; a resumable sampler restored mid-epoch continues
-    that epoch where it stopped) and `resume`, the history and best score so far.
+    that epoch where it stopped) and `resume`, the history and best score so far; with fp16 AMP pass
+    the restored `scaler` too (`make_scaler` builds one to checkpoint), else fit makes its own.
     """
     opts = LoopOptions() if options is None else options
     if not isinstance(opts, LoopOptions):
@@ -1050,7 +1059,8 @@ def fit(
                              model_device=None if first is None else first.device):
         say(w, warning=True)
     dtype = amp_dtype(opts.amp, device.type, _capability(device))
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    if scaler is None and dtype == torch.float16:
+        scaler = make_scaler(opts, device)
     if hasattr(train_loader.sampler, "restart"):  # a fresh fit reads whole epochs; a resume keeps its position
         if resume is None:
             train_loader.sampler.restart(start_epoch)

@@ -367,7 +367,7 @@ def test_predict_averages_tta():
 
 from kagglekit_nb.loop import (  # noqa: E402
     LoopOptions, SmokeReport, amp_dtype, device_warnings, learning_check, memory_report, plateau_mode,
-    restore_training_state, smoke_step, steps_per_epoch, training_state, use_channels_last,
+    make_scaler, restore_training_state, smoke_step, steps_per_epoch, training_state, use_channels_last,
 )
 
 
@@ -1018,3 +1018,20 @@ def test_fit_under_distributed_data_parallel(tmp_path, monkeypatch):
     plain = _model()
     _fit(plain, single, make_loader(val_ds, 16, train=False, num_workers=0), options=LoopOptions(accumulate=2))
     assert _same(_weights(ddp.module), _weights(plain))
+
+
+def test_make_scaler_only_for_fp16_and_fit_uses_the_one_given():
+    assert make_scaler(LoopOptions(), "cpu") is None  # AMP is off on the CPU unless asked
+    assert make_scaler(LoopOptions(amp="bf16"), "cpu") is None
+    scaler = make_scaler(LoopOptions(amp="fp16"), "cpu")
+    assert isinstance(scaler, torch.amp.GradScaler)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    ds = torch.utils.data.TensorDataset(x, y)
+    train = make_loader(ds, 8, train=True, seed=0, num_workers=0)
+    val = make_loader(ds, 8, train=False, num_workers=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, train, val, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), epochs=1, device="cpu",
+        metric=get_metric("accuracy"), options=LoopOptions(amp="fp16", preflight=False), scaler=scaler, log=None)
+    assert scaler.state_dict()["_growth_tracker"] == 4  # the given scaler counted the 4 steps
