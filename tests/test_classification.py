@@ -415,7 +415,8 @@ def test_no_trained_fold_writes_the_baseline(tmp_path, run):
     assert run.record["submission"].startswith("emergency baseline")
 
 
-def test_done_fold_with_a_lost_checkpoint_is_retrained_or_reported(tmp_path):
+def _one_fold_run(tmp_path):
+    """A tiny competition with fold 0 of 2 trained for one epoch: (cfg, run, comp, folds)."""
     data = _tiny(tmp_path / "c", per_class=8, n_test=2)
     cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="2h", SEED=0, IMG_SIZE=16,
                  MODEL="test_resnet", EPOCHS=1, MIN_EPOCHS=1, FOLDS=2, TRAIN_FOLDS=1, BATCH_SIZE=4,
@@ -424,6 +425,11 @@ def test_done_fold_with_a_lost_checkpoint_is_retrained_or_reported(tmp_path):
     comp = clf.load_competition(cfg, run)
     folds = clf.make_folds(comp, cfg, run)
     assert sorted(clf.train(comp, folds, cfg, run).folds) == [0]
+    return cfg, run, comp, folds
+
+
+def test_done_fold_with_a_lost_checkpoint_is_retrained_or_reported(tmp_path):
+    cfg, run, comp, folds = _one_fold_run(tmp_path)
     (run.dir / "checkpoints" / "fold0" / "best.ckpt").unlink()  # e.g. an output folder only partly kept
     try:
         again = clf.train(comp, folds, cfg, run)
@@ -437,14 +443,7 @@ def test_done_fold_with_a_lost_checkpoint_is_retrained_or_reported(tmp_path):
 
 
 def test_done_folds_of_another_setup_are_refused(tmp_path):
-    data = _tiny(tmp_path / "c", per_class=8, n_test=2)
-    cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="2h", SEED=0, IMG_SIZE=16,
-                 MODEL="test_resnet", EPOCHS=1, MIN_EPOCHS=1, FOLDS=2, TRAIN_FOLDS=1, BATCH_SIZE=4,
-                 NUM_WORKERS=0, DEVICE="cpu")
-    run = clf.start(cfg, environ={}, echo=lambda message: None)
-    comp = clf.load_competition(cfg, run)
-    folds = clf.make_folds(comp, cfg, run)
-    clf.train(comp, folds, cfg, run)
+    cfg, run, comp, folds = _one_fold_run(tmp_path)
     bigger = dataclasses.replace(cfg, IMG_SIZE=24)  # same OUTPUT_DIR, other image size
     with pytest.raises(ValueError, match=r"fold 0 .* another setup: img_size: the checkpoint has 16, this run has 24"):
         clf.train(comp, folds, bigger, run)
