@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._atomic import write_json
+
 __all__ = ["make_folds", "FoldRegistry"]
 
 FOLDS_FILE = "folds.csv"
@@ -96,9 +98,7 @@ class FoldRegistry:
         if status not in ("partial", "done"):
             raise ValueError(f"status={status!r} must be 'partial' or 'done'.")
         self.folds[str(fold)] = {"status": status, **info}
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.folds, indent=2, default=float))
-        os.replace(tmp, self.path)
+        write_json(self.path, self.folds, default=float)
 
     def done(self) -> list[int]:
         return sorted(int(k) for k, v in self.folds.items() if v.get("status") == "done")

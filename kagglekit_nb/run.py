@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ._atomic import write_json
 from .budget import Budget
 from .repro import seed_everything
 
@@ -39,15 +40,6 @@ def select_device(device: str | None = None) -> torch.device:
             "(Kaggle: Settings > Accelerator; Colab: Runtime > Change runtime type) or use DEVICE=None."
         )
     return dev
-
-
-def _atomic_write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _json_default(obj: Any) -> Any:
@@ -92,7 +84,7 @@ class Run:
         data = {"run_name": self.name, "seed": self.seed, "platform": self.platform,
                 "device": str(self.device), "config": self.config, **self.record, **self.budget.summary()}
         path = self.dir / RUN_FILE
-        _atomic_write_json(path, data)
+        write_json(path, data, default=_json_default)
         return path
 
 

@@ -12,7 +12,6 @@ CSV dialect) and says how to fix each problem; `repair` applies only the fixes a
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import re
@@ -24,6 +23,8 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
+
+from ._atomic import write_json
 
 __all__ = [
     "KINDS",
@@ -89,7 +90,7 @@ class VerificationReport:
 
     def to_json(self, path: PathLike) -> Path:
         """Write the report as JSON atomically (temp file, then `os.replace`)."""
-        return _write_json(Path(path), self.to_dict())
+        return write_json(Path(path), self.to_dict())
 
     def format(self) -> str:
         """Return a human-readable multi-line report."""
@@ -890,22 +891,6 @@ def write_csv(df: pd.DataFrame, path: PathLike) -> Path:
     return path
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _jsonable(value: Any) -> Any:
     """Convert numpy scalars and containers to plain JSON types."""
     if isinstance(value, dict):
@@ -956,7 +941,7 @@ def finalize(submission_path: PathLike, sample: SampleLike, out_dir: PathLike, *
     if not report.valid and options and report.kind in KINDS and path.is_file():
         report, outcome = _try_repair(path, sample, labels, report, options)
     if report.valid:
-        _write_json(json_path, {**report.to_dict(), "outcome": outcome})
+        write_json(json_path, {**report.to_dict(), "outcome": outcome})
         return report
     reasons = list(report.errors)
     extra: dict[str, Any] = {"outcome": "invalid", "baseline_written": False}
@@ -967,7 +952,7 @@ def finalize(submission_path: PathLike, sample: SampleLike, out_dir: PathLike, *
         message += f"; an emergency baseline ({extra['baseline_note']}) was written to {path}"
         if "invalid_copy" in extra:
             message += f" and the broken file kept as {extra['invalid_copy']}"
-    _write_json(json_path, {**report.to_dict(), **extra})
+    write_json(json_path, {**report.to_dict(), **extra})
     raise SubmissionError(f"{message}; details in {json_path}:\n"
                           + "\n".join(f"  - {r}" for r in reasons), report)
 

@@ -20,7 +20,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .. import folds as _folds
+from .._atomic import write_json
 from ..cv import CVResult, FoldSetup, fold_models, load_fold_model, train_folds
 from ..loop import make_loader, predict
 from ..metrics import get_metric
@@ -316,9 +317,7 @@ def _save_labels(comp: Competition, run: Run) -> None:
             raise ValueError(f"{path} holds classes {saved['classes'][:10]} but the data now has "
                              f"{comp.classes[:10]}: use a new OUTPUT_DIR for different data.")
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 # ----------------------------------------------------------------------------- data
