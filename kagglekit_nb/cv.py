@@ -32,10 +32,13 @@ from .loop import FitResult, LoopOptions, fit, make_scaler, smoke_step, steps_pe
 from .metrics import Metric
 from .run import Run
 
-__all__ = ["FoldSetup", "CVResult", "train_folds", "fold_dir", "fold_models", "oof_score"]
+__all__ = ["CVResult", "FoldSetup", "fold_dir", "fold_models", "oof_score", "train_folds"]
 
 FOLD_DIR = "fold{fold}"
 OOF_FILE = "oof_fold{fold}.csv"
+OOF_MAPS_FILE = "oof_fold{fold}.npz"   # segmentation: flat targets and predicted classes per pixel
+HISTORY_FILE = "history.csv"            # one row per finished epoch of every fold
+HISTORY_COLUMNS = ("fold", "epoch", "train_loss", "val_loss", "score", "lr", "seconds")
 
 
 @dataclass
@@ -99,6 +102,14 @@ def fold_models(run: Run, n_folds: int) -> list[tuple[int, Path, str]]:
 def _write_oof(run: Run, fold: int, ids: Sequence[Any], targets: np.ndarray, probs: np.ndarray) -> None:
     import pandas as pd
 
+    probs, targets = np.asarray(probs), np.asarray(targets)
+    if probs.ndim > 2:  # per-pixel class maps: keep the predicted class of every pixel, not the probabilities
+        path = run.dir / OOF_MAPS_FILE.format(fold=fold)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, ids=np.asarray([str(i) for i in ids]), target=targets.reshape(-1),
+                            pred=probs.argmax(1).astype(np.uint8).reshape(-1))
+        tmp.replace(path)
+        return
     frame = pd.DataFrame(probs, columns=[f"p{c}" for c in range(probs.shape[1])])
     frame.insert(0, "id", list(ids))
     frame.insert(1, "target", targets)
@@ -108,10 +119,31 @@ def _write_oof(run: Run, fold: int, ids: Sequence[Any], targets: np.ndarray, pro
     tmp.replace(path)
 
 
-def oof_score(run: Run, metric: Metric, folds: Sequence[int]) -> float | None:
-    """The metric over the out-of-fold predictions (best epoch) of `folds`."""
+def _write_history(run: Run, fold: int, history: Sequence[dict[str, Any]]) -> None:
+    """Rewrite `history.csv` with this fold's rows replaced (atomically: tmp + os.replace)."""
     import pandas as pd
 
+    path = run.dir / HISTORY_FILE
+    rows = [{"fold": fold, **{c: h.get(c) for c in HISTORY_COLUMNS[1:]}} for h in history]
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(HISTORY_COLUMNS))
+    frame = pd.concat([old[old["fold"] != fold], pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))])
+    frame = frame.sort_values(["fold", "epoch"], kind="stable")
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def oof_score(run: Run, metric: Metric, folds: Sequence[int]) -> float | None:
+    """The metric over the out-of-fold predictions (best epoch) of `folds`.
+
+    Class-probability folds (`oof_fold{k}.csv`) are scored on their probabilities; segmentation folds
+    (`oof_fold{k}.npz`) on the predicted class of every pixel: `metric(targets, classes)`.
+    """
+    import pandas as pd
+
+    maps = [np.load(p) for k in folds if (p := run.dir / OOF_MAPS_FILE.format(fold=k)).exists()]
+    if maps:
+        return metric(np.concatenate([m["target"] for m in maps]), np.concatenate([m["pred"] for m in maps]))
     frames = [pd.read_csv(p) for k in folds if (p := run.dir / OOF_FILE.format(fold=k)).exists()]
     if not frames:
         return None
@@ -203,6 +235,7 @@ class _Fold:
             _write_oof(self.run, self.k, self.fs.val_ids, self.fs.val_targets, fr.best_probs)
         self.epoch = row["epoch"]  # the next epoch starts at position 0
         self.save(best=improved)
+        _write_history(self.run, self.k, self.history)
         self.run.log(f"fold {self.k} epoch {row['epoch']}/{self.plan['epochs']}: train_loss "
                      f"{row['train_loss']:.4f} val_loss {row['val_loss']:.4f} {self.metric.name} "
                      f"{row['score']:.4f} ({row['seconds']:.1f}s){' *' if improved else ''}")

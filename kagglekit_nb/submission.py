@@ -15,6 +15,7 @@ import io
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ __all__ = [
     "baseline",
     "finalize",
     "infer_kind",
+    "register_baseline",
     "register_verifier",
     "repair",
     "verify",
@@ -597,6 +599,28 @@ def register_verifier(kind: str, fn: Verifier, *, replace: bool = False) -> None
     _VERIFIERS[kind] = fn
 
 
+BaselineWriter = Callable[[Path, Any], str | None]
+_BASELINES: dict[str, BaselineWriter] = {}
+
+
+def register_baseline(kind: str, writer: BaselineWriter, *, replace: bool = False) -> None:
+    """Register `writer(path, sample) -> note` that writes an emergency stand-in for a non-CSV kind.
+
+    `finalize` calls it when a submission of that kind stays invalid: the broken one is moved
+    aside to ``<name>.invalid`` and the writer fills `path` anew (the note says what it wrote).
+    """
+    if not isinstance(kind, str) or not kind.strip():
+        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
+    if kind in KINDS:
+        raise ValueError(f"kind {kind!r} is a CSV kind: its baseline is built in (see `baseline`)")
+    if not callable(writer):
+        raise ValueError(f"writer for kind {kind!r} must be callable, got {type(writer).__name__}")
+    if kind in _BASELINES and not replace:
+        raise ValueError(f"a baseline writer for kind {kind!r} is already registered; pass "
+                         f"replace=True to override it")
+    _BASELINES[kind] = writer
+
+
 def _verifier(kind: str) -> Verifier:
     if kind not in _VERIFIERS:
         raise ValueError(f"kind={kind!r} is not a known submission kind; valid kinds: "
@@ -931,6 +955,8 @@ def finalize(submission_path: PathLike, sample: SampleLike, out_dir: PathLike, *
 
     A run never ends without a valid file: when the submission stays invalid it is kept as
     ``<name>.invalid.csv``, the emergency baseline takes its place, and `SubmissionError` lists why.
+    Other kinds get the same treatment when a baseline writer is registered for them
+    (`register_baseline`); the broken submission is then kept as ``<name>.invalid``.
 
     >>> report = finalize(OUTPUT_DIR / "submission.csv", "sample_submission.csv", OUTPUT_DIR)
     """
@@ -948,10 +974,15 @@ def finalize(submission_path: PathLike, sample: SampleLike, out_dir: PathLike, *
     message = f"submission {path} is invalid"
     if report.kind in KINDS:  # a CSV kind: the sample tells us how to write a safe stand-in
         extra.update(_write_baseline(path, sample, train_labels, report.kind, labels))
+    elif report.kind in _BASELINES:
+        extra.update(_write_registered_baseline(path, sample, labels, report.kind))
+    if extra["baseline_written"]:
         extra["baseline_reason"] = "the submission was invalid: " + "; ".join(reasons)
         message += f"; an emergency baseline ({extra['baseline_note']}) was written to {path}"
         if "invalid_copy" in extra:
             message += f" and the broken file kept as {extra['invalid_copy']}"
+    elif "baseline_error" in extra:
+        message += f"; the emergency baseline could not be written ({extra['baseline_error']})"
     write_json(json_path, {**report.to_dict(), **extra})
     raise SubmissionError(f"{message}; details in {json_path}:\n"
                           + "\n".join(f"  - {r}" for r in reasons), report)
@@ -974,6 +1005,40 @@ def _write_baseline(path: Path, sample: SampleLike, train_labels: Sequence[Any] 
     check = verify(path, sample, labels, kind=kind)
     extra.update(baseline_note=base.attrs["note"], baseline_valid=check.valid,
                  baseline_errors=check.errors)
+    return extra
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _write_registered_baseline(path: Path, sample: Any, labels: Sequence[Any] | None,
+                               kind: str) -> dict[str, Any]:
+    """Move the broken submission (file or folder) to `<name>.invalid`, let the kind's writer fill
+    `path`, verify the result. A failing writer puts the original back and is reported."""
+    extra: dict[str, Any] = {"outcome": "invalid", "baseline_written": False}
+    invalid_copy = path.with_name(f"{path.name}.invalid")
+    moved = path.exists() or path.is_symlink()
+    if moved:
+        _remove(invalid_copy)
+        os.replace(path, invalid_copy)
+    try:
+        note = _BASELINES[kind](path, sample)
+    except Exception as exc:  # noqa: BLE001 - reported in verification.json and the SubmissionError
+        _remove(path)
+        if moved:
+            os.replace(invalid_copy, path)
+        extra["baseline_error"] = f"{type(exc).__name__}: {exc}"
+        return extra
+    check = verify(path, sample, labels, kind=kind)
+    extra.update(outcome="baseline", baseline_written=True, baseline_note=note or f"{kind} baseline",
+                 baseline_valid=check.valid, baseline_errors=check.errors,
+                 baseline_stats=check.stats)
+    if moved:
+        extra["invalid_copy"] = str(invalid_copy)
     return extra
 
 

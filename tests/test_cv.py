@@ -13,6 +13,8 @@ import shutil
 import signal
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,10 +23,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from kagglekit_nb import checkpoint as ckpt
 from kagglekit_nb import cv
-from kagglekit_nb.cv import FoldSetup, fold_dir, fold_models, load_fold_model, oof_score, train_folds
+from kagglekit_nb.cv import (
+    FoldSetup,
+    fold_dir,
+    fold_models,
+    load_fold_model,
+    oof_score,
+    train_folds,
+)
 from kagglekit_nb.folds import FoldRegistry
 from kagglekit_nb.loop import SmokeReport, make_loader
-from kagglekit_nb.metrics import get_metric
+from kagglekit_nb.metrics import Metric, get_metric
 from kagglekit_nb.run import start_run
 
 N_POINTS = 240          # split into N_FOLDS folds by index: 160 train / 80 validation points per fold
@@ -191,6 +200,12 @@ def test_reference_run_trains_every_fold_to_the_end(reference):
         assert info["status"] == "done" and info["epochs_done"] == 3 and info["steps"] == 3 * STEPS, k
         assert result.plan[f"fold{k}"]["epochs"] == 3
     assert result.cv_score is not None and result.cv_score > 0.9  # separable data: the models learned
+    history = pd.read_csv(reference["out"] / cv.HISTORY_FILE)
+    assert list(history.columns) == list(cv.HISTORY_COLUMNS)
+    assert history[["fold", "epoch"]].values.tolist() == [[k, e] for k in range(3) for e in (1, 2, 3)]
+    for k, info in result.folds.items():
+        best = history[(history["fold"] == k) & (history["epoch"] == info["best_epoch"])]
+        assert best["score"].item() == info["score"]
 
 
 # --------------------------------------------------------------------------- the plan
@@ -330,6 +345,10 @@ def test_budget_stop_then_resume_ends_with_the_weights_of_an_uninterrupted_run(t
         assert second.folds[k]["score"] == reference["result"].folds[k]["score"]
         assert second.folds[k]["best_epoch"] == reference["result"].folds[k]["best_epoch"]
     assert second.cv_score == reference["result"].cv_score
+    # one row per epoch in history.csv, whichever session trained it
+    resumed_history = pd.read_csv(out / cv.HISTORY_FILE)
+    straight_history = pd.read_csv(reference["out"] / cv.HISTORY_FILE)
+    assert resumed_history[["fold", "epoch", "score"]].equals(straight_history[["fold", "epoch", "score"]])
 
 
 def test_a_stall_before_an_evaluation_stops_there_and_resumes_from_the_epoch_before(tmp_path, reference, smoke):
@@ -516,3 +535,20 @@ def test_done_folds_are_kept_and_nothing_trains_again(tmp_path, reference, smoke
     assert "train" not in run.budget.phases and run.budget.elapsed() == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("checkpoints/fold*/*.ckpt")} == files
     assert any("folds already done: [0, 1, 2] (kept); to train: []" in line for line in lines)
+
+
+def test_segmentation_oof_is_kept_as_class_maps_and_scored_per_pixel(tmp_path):
+    out = tmp_path / "out"
+    run = open_run(out, FakeClock())
+    targets = np.array([[[0, 1], [2, 1]], [[1, 1], [0, 0]]])
+    probs = np.zeros((2, 3, 2, 2))
+    np.put_along_axis(probs, targets[:, None], 1.0, axis=1)  # a perfect prediction ...
+    probs[1, :, 0, 0] = [0.1, 0.2, 0.7]                     # ... but one pixel
+    cv._write_oof(run, 0, ["a", "b"], targets, probs)
+    saved = np.load(out / cv.OOF_MAPS_FILE.format(fold=0))
+    assert saved["pred"].dtype == np.uint8 and saved["pred"].tolist() == [0, 1, 2, 1, 2, 1, 0, 0]
+    assert saved["target"].tolist() == targets.ravel().tolist()
+    seen = []
+    metric = Metric("pixels", lambda t, p: seen.append((t, p)) or float((t == p).mean()), True)
+    assert oof_score(run, metric, [0]) == 7 / 8
+    assert seen[0][1].ndim == 1  # class maps, not probabilities

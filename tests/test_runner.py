@@ -8,7 +8,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kagglekit_nb.runner import NOTEBOOKS, convert_parameters, execute, notebook_parameters, resolve_notebook
+from kagglekit_nb.runner import (
+    NOTEBOOKS,
+    convert_parameters,
+    execute,
+    notebook_parameters,
+    resolve_notebook,
+)
 from kagglekit_nb.tasks.classification import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,15 +144,24 @@ def test_notebook_parameters_of_the_classification_notebook():
     assert type(params["MODEL"]) is str
 
 
-def test_notebook_parameters_match_config_defaults():
-    """The notebook's parameters cell and Config must list the same names with the same defaults."""
-    params = notebook_parameters(NOTEBOOK)
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    assert list(params) == list(defaults)  # same names, same order
-    for name, default in defaults.items():
-        assert params[name] == default, name
-        assert type(params[name]) is type(default), name
-    Config(**params)  # and the notebook's defaults pass Config's own checks
+def _configs():
+    from kagglekit_nb.tasks import glacier_pipeline
+
+    return [("image_classification", Config), ("glacier_pretrain", glacier_pipeline.PretrainConfig),
+            ("glacier_finetune", glacier_pipeline.FinetuneConfig)]
+
+
+@pytest.mark.parametrize(("name", "config"), _configs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_notebook_parameters_match_config_defaults(name, config):
+    """The notebook's parameters cell and its Config must list the same names with the same defaults."""
+    params = notebook_parameters(NOTEBOOK.parent / f"{name}.ipynb")
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    assert sorted(params) == sorted(defaults)
+    assert list(params)[:5] == ["DATA_DIR", "OUTPUT_DIR", "BUDGET", "SEED", "RUN_NAME"]
+    for key, default in defaults.items():
+        assert params[key] == default, key
+        assert type(params[key]) is type(default), key
+    config(**params)  # and the notebook's defaults pass Config's own checks
 
 
 def _notebook(tmp_path, source: str, tagged: bool = True) -> Path:

@@ -467,11 +467,13 @@ class BalancedCropSampler:
         self._cumulative = np.cumsum(self.counts, axis=1)
         self.rng = np.random.default_rng(seed)
 
-    def sample(self) -> tuple[int, int, int]:
-        """(tile index, top, left) of the next crop."""
-        c = int(self.rng.choice(self.n_classes, p=self.class_probs))
+    def sample(self, rng: np.random.Generator | None = None) -> tuple[int, int, int]:
+        """(tile index, top, left) of the next crop, drawn from `rng` (default: the sampler's own stream;
+        a per-item generator makes the crop a pure function of the item's seed)."""
+        rng = self.rng if rng is None else rng
+        c = int(rng.choice(self.n_classes, p=self.class_probs))
         cumulative = self._cumulative[c]
-        k = int(self.rng.integers(cumulative[-1]))
+        k = int(rng.integers(cumulative[-1]))
         tile = int(np.searchsorted(cumulative, k, side="right"))
         k -= int(cumulative[tile - 1]) if tile else 0
         h, w = self.shapes[tile]

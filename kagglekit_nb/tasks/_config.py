@@ -1,0 +1,57 @@
+"""The base of every task's Config: the notebook's parameters, type-checked the same way everywhere."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["NotebookConfig"]
+
+
+class NotebookConfig:
+    """Mixin for a `@dataclass` of notebook parameters (same names and defaults as the parameters cell).
+
+    `from_namespace(globals())` picks the fields out of a notebook's namespace; construction checks
+    every value against its annotation (an int is accepted for a float, a number for a text field such
+    as `-p BUDGET 90`) and subclasses add their own range checks in `check()`.
+    """
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]):
+        """Build from a mapping such as the notebook's `globals()`; types are checked."""
+        values = {f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace}
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+            if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
+                value = float(value)
+                setattr(self, f.name, value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and str in allowed \
+                    and type(value) not in allowed:  # `-p BUDGET 90`, `-p DATA_DIR 2024`: meant as text
+                value = str(value)
+                setattr(self, f.name, value)
+            ok = any(value is None if a is type(None) else
+                     isinstance(value, a) and not (a is int and isinstance(value, bool)) for a in allowed)
+            if not ok:
+                names = " or ".join("None" if a is type(None) else a.__name__ for a in allowed)
+                raise ValueError(f"{f.name}={value!r} has the wrong type: expected {names}.")
+        self.check()
+
+    def check(self) -> None:
+        """Range checks of a task's parameters (raise ValueError saying what to use instead)."""
+
+    def at_least(self, low: float, *names: str) -> None:
+        """Each named parameter (when not None) is at least `low`."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"{name}={value!r} must be at least {low}.")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
