@@ -24,6 +24,9 @@ the speed; it is no defence against a malicious file and need not be: loading is
 `weights_only=True`, which refuses anything that would run code. torch.save's own per-record CRC32,
 which torch.load never checks, is switched off while saving, so the file's checksum costs no more
 than torch's default.
+
+`set_mirror(local, remote)` makes every save under `local` also go to `remote` (Google Drive on
+Colab: see `sync_mirror`), written there atomically after the durable local write.
 """
 from __future__ import annotations
 
@@ -51,10 +54,11 @@ from .budget import parse_duration
 from .repro import restore_rng_state, rng_state
 
 __all__ = [
-    "FORMAT_VERSION", "STEP_FILE", "BEST_FILE", "COMPAT_KEYS", "CheckpointError", "LoadedCheckpoint",
-    "save_checkpoint", "load_checkpoint", "load_latest", "find_latest", "list_checkpoints", "read_meta",
-    "check_compatible", "capture_state", "restore_state", "pack_rng_state", "unpack_rng_state",
-    "CheckpointTimer", "StopSignal", "install_sigterm_handler",
+    "BEST_FILE", "COMPAT_KEYS", "FORMAT_VERSION", "STEP_FILE", "CheckpointError", "CheckpointTimer",
+    "LoadedCheckpoint", "StopSignal", "capture_state", "check_compatible", "clear_mirror", "copy_atomic",
+    "find_latest", "install_sigterm_handler", "list_checkpoints", "load_checkpoint", "load_latest",
+    "mirror_of", "pack_rng_state", "read_meta", "restore_mirror", "restore_state", "save_checkpoint",
+    "set_mirror", "sync_mirror", "unpack_rng_state",
 ]
 
 FORMAT_VERSION = 1
@@ -126,6 +130,8 @@ def save_checkpoint(
     if best:
         _publish_best(path)
     _prune(directory, keep, path, log)
+    if _MIRRORS:
+        _sync_after_save(directory, path, log)
     return path
 
 
@@ -348,6 +354,142 @@ def _say(log: Log | None, message: str) -> None:
         log(message)
 
 
+# ----------------------------------------------------------------------------- mirror (Google Drive)
+#
+# On Colab the run folder lives on Google Drive, a network file system where a write is slow and a
+# runtime that dies mid-write leaves a half-uploaded file. So checkpoints are saved on the local disk
+# first (atomically, as above) and then copied to Drive by `sync_mirror`: a temp name on Drive,
+# fsync, `os.replace`, fsync of the folder. A new runtime starts with an empty local disk;
+# `restore_mirror` copies back what Drive holds before anything looks for a checkpoint.
+
+_MIRRORS: dict[Path, Path] = {}  # local root -> remote root
+
+
+def set_mirror(local_root: str | os.PathLike, remote_root: str | os.PathLike) -> None:
+    """From now on, each `save_checkpoint` under `local_root` is copied to the same place under
+    `remote_root` (e.g. Google Drive) after the durable local write."""
+    _MIRRORS[Path(local_root).resolve()] = Path(remote_root)
+
+
+def clear_mirror(local_root: str | os.PathLike | None = None) -> None:
+    """Stop mirroring `local_root` (every root when None)."""
+    if local_root is None:
+        _MIRRORS.clear()
+    else:
+        _MIRRORS.pop(Path(local_root).resolve(), None)
+
+
+def mirror_of(directory: str | os.PathLike) -> Path | None:
+    """The remote folder `directory` is mirrored to, or None."""
+    directory = Path(directory).resolve()
+    for local, remote in _MIRRORS.items():
+        if directory.is_relative_to(local):
+            return remote / directory.relative_to(local)
+    return None
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy `src` to `dst` so that `dst` is always either absent, the old file or the whole new one.
+
+    Written under a temp name next to `dst`, flushed and fsynced, then `os.replace`d; the folder is
+    fsynced after. A failed copy leaves no temp file behind and `dst` as it was.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = _temp_path(dst)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, _CHUNK)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return dst
+
+
+def _same_checkpoint(a: Path, b: Path) -> bool:
+    """Same size and same trailer (payload length + CRC32 of everything before it): the same file."""
+    try:
+        if not b.is_file() or a.stat().st_size != b.stat().st_size:
+            return False
+        tails = []
+        for path in (a, b):
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - _TRAILER.size))
+                tails.append(f.read())
+        return tails[0] == tails[1]
+    except OSError:
+        return False
+
+
+def sync_mirror(directory: str | os.PathLike, *, log: Log | None = print) -> list[Path]:
+    """Bring the mirror of `directory` up to date; returns the files copied.
+
+    The newest step file goes first, then the older ones and `BEST_FILE`, each with `copy_atomic`
+    and only when the mirror's copy differs; step files the local folder no longer has (pruned by
+    `keep`) are removed from the mirror last, so it always holds a complete checkpoint.
+    """
+    directory = Path(directory)
+    remote = mirror_of(directory)
+    if remote is None:
+        return []
+    remote.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(remote, log)
+    local = [p for _, p in reversed(list_checkpoints(directory))]
+    best = directory / BEST_FILE
+    copied = []
+    for src in local + ([best] if best.is_file() else []):
+        dst = remote / src.name
+        if not _same_checkpoint(src, dst):
+            copied.append(copy_atomic(src, dst))
+    names = {p.name for p in local}
+    for _, p in list_checkpoints(remote):
+        if p.name not in names:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                _say(log, f"could not delete the old checkpoint {p}: {e}")
+    return copied
+
+
+def _sync_after_save(directory: Path, saved: Path, log: Log | None) -> None:
+    remote = mirror_of(directory)
+    if remote is None:
+        return
+    try:
+        sync_mirror(directory, log=log)
+    except OSError as e:
+        _say(log, f"WARNING: {saved.name} is saved in {directory} but could not be copied to {remote}: "
+                  f"{e.strerror or e}. A lost runtime would lose it; the next save tries the copy again.")
+
+
+def restore_mirror(
+    remote_root: str | os.PathLike, local_root: str | os.PathLike, *, log: Log | None = print
+) -> list[Path]:
+    """Copy every checkpoint under `remote_root` that `local_root` lacks (a new runtime's empty
+    disk) to the same place under `local_root`; returns the local files written."""
+    remote_root, local_root = Path(remote_root), Path(local_root)
+    restored = []
+    if not remote_root.is_dir():
+        return restored
+    for folder, _, files in sorted(os.walk(remote_root)):
+        for name in sorted(files):
+            if not (STEP_PATTERN.match(name) or name == BEST_FILE):
+                continue
+            dst = local_root / Path(folder).relative_to(remote_root) / name
+            if dst.exists():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            restored.append(copy_atomic(Path(folder) / name, dst))
+    if restored:
+        _say(log, f"copied {len(restored)} checkpoint file(s) from {remote_root} to {local_root}")
+    return restored
+
+
 # ----------------------------------------------------------------------------- finding
 
 
@@ -548,7 +690,7 @@ def _torch_load(source: Any, path: Path, map_location: Any) -> Any:
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found is None:
-            reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(e), re.S)
+            reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(e), re.DOTALL)
             detail = reason.group(1) if reason else str(e).splitlines()[0]
             raise ValueError(f"{path} cannot be loaded safely ({detail}): it is corrupt or not a torch file.") from None
         raise ValueError(

@@ -4,8 +4,14 @@
     run NOTEBOOK [--data DIR] --out DIR [--budget 10m] [-p NAME VALUE]...
     verify SUBMISSION --sample SAMPLE [--labels a,b] [--json]
     env [--json]
+    push NOTEBOOK --competition SLUG [--dataset OWNER/NAME]... [--kernel OWNER/SLUG]...
+         [--gpu t4x2|p100|none] [--internet on|off] [--public] [--title T] [--out DIR] [--dry-run]
+    download SLUG [--out DIR] [--force]
+    submit FILE --competition SLUG -m MESSAGE [--sample SAMPLE]
+    bundle --out DIR [--only-missing|--all] [--packages SPEC...] [--dataset OWNER/NAME]
 
-Exit codes: 0 success, 1 failure (a failed notebook, an invalid submission), 2 usage error.
+Exit codes: 0 success, 1 failure (a failed notebook, an invalid submission, a refused Kaggle call,
+missing Kaggle credentials), 2 usage error.
 """
 from __future__ import annotations
 
@@ -13,10 +19,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +66,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("env", help="platform, paths, hardware and library versions")
     e.add_argument("--json", action="store_true")
+
+    from .kaggle_io import ACCELERATORS
+
+    k = sub.add_parser("push", help="push a notebook to Kaggle as a new kernel version")
+    k.add_argument("notebook", help="classification, glacier_pretrain, glacier_finetune, isic, or an .ipynb path")
+    k.add_argument("--competition", required=True, help="the competition's name in its URL, e.g. digit-recognizer")
+    k.add_argument("--dataset", action="append", default=[], metavar="OWNER/NAME",
+                   help="attach a dataset, e.g. your kagglekit bundle (repeatable)")
+    k.add_argument("--kernel", action="append", default=[], metavar="OWNER/SLUG",
+                   help="attach another kernel's output, e.g. an earlier run to continue (repeatable)")
+    k.add_argument("--gpu", choices=tuple(ACCELERATORS), default="t4x2", help="accelerator (default: t4x2)")
+    k.add_argument("--internet", choices=("on", "off"), default="on",
+                   help="internet in the session (code competitions need off; default: on)")
+    k.add_argument("--public", action="store_true", help="make the kernel public (default: private)")
+    k.add_argument("--title", help="kernel title, at least 5 characters (default: '<competition> <notebook>')")
+    k.add_argument("--out", help="staging folder for the notebook and kernel-metadata.json "
+                                 "(default: build/kaggle_push/<slug>)")
+    k.add_argument("--dry-run", action="store_true", help="write the staging folder, push nothing")
+
+    w = sub.add_parser("download", help="download and unzip a competition's files where the notebooks look")
+    w.add_argument("competition", metavar="SLUG", help="the competition's name in its URL")
+    w.add_argument("--out", help="folder to unzip into (default: ./input/<SLUG>, found when DATA_DIR is None)")
+    w.add_argument("--force", action="store_true", help="download again over files already there")
+
+    m = sub.add_parser("submit", help="verify a submission file, then submit it to a competition")
+    m.add_argument("file", help="the submission CSV")
+    m.add_argument("--competition", required=True, help="the competition's name in its URL")
+    m.add_argument("-m", "--message", required=True, help="submission description")
+    m.add_argument("--sample", help="sample_submission.csv to verify against (default: next to FILE, "
+                                    "else in ./input/<competition>)")
+
+    b = sub.add_parser("bundle", help="build wheels for internet-off notebooks, to upload as a Kaggle dataset")
+    b.add_argument("--out", required=True, help="folder for the wheels (new, empty, or an earlier bundle)")
+    scope = b.add_mutually_exclusive_group()
+    scope.add_argument("--only-missing", dest="all", action="store_false",
+                       help="the kit + the packages Kaggle's image lacks (default)")
+    scope.add_argument("--all", dest="all", action="store_true",
+                       help="the kit + every dependency, torch included (large)")
+    b.add_argument("--packages", nargs="+", default=[], metavar="SPEC",
+                   help="more requirements to include, e.g. 'lightgbm==4.5.0'")
+    b.add_argument("--dataset", metavar="OWNER/NAME",
+                   help="dataset id for dataset-metadata.json (default: <your user>/kagglekit-nb-wheels)")
     return p
 
 
@@ -116,9 +165,52 @@ def _env(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _push(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> int:
+    from .kaggle_io import KERNEL_METADATA_FILE, push
+
+    result = push(args.notebook, competition=args.competition, datasets=args.dataset, kernels=args.kernel,
+                  gpu=args.gpu, internet=args.internet == "on", public=args.public, title=args.title,
+                  out=args.out, dry_run=args.dry_run, api_factory=api_factory)
+    if args.dry_run:
+        print(f"{result.folder / KERNEL_METADATA_FILE}:\n{json.dumps(result.metadata, indent=2)}")
+    return 0
+
+
+def _download(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> int:
+    from .kaggle_io import download
+
+    folder = download(args.competition, args.out, force=args.force, api_factory=api_factory)
+    print(f"run a notebook on it with: kagglekit run NOTEBOOK --data {folder} --out runs/{args.competition}")
+    return 0
+
+
+def _submit(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> int:
+    from .kaggle_io import SubmissionRefused, submit
+
+    try:
+        submit(args.file, competition=args.competition, message=args.message, sample=args.sample,
+               api_factory=api_factory)
+    except SubmissionRefused as e:
+        print(f"kagglekit submit: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _bundle(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> int:
+    from .kaggle_io import build_bundle
+
+    build_bundle(args.out, all_dependencies=args.all, packages=args.packages, dataset=args.dataset,
+                 api_factory=api_factory)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, *, kaggle_api_factory: Callable[[], Any] | None = None) -> int:
+    """Run the command line; `kaggle_api_factory` replaces `kaggle_io.connect` (a fake API in tests)."""
+    from .kaggle_io import BundleError, KaggleError
+
     start = time.monotonic()
     args = build_parser().parse_args(argv)
+    kaggle_commands = {"push": _push, "download": _download, "submit": _submit, "bundle": _bundle}
     try:
         if args.command == "demo":
             return _demo(args)
@@ -126,7 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, start)
         if args.command == "verify":
             return _verify(args)
+        if args.command in kaggle_commands:
+            return kaggle_commands[args.command](args, kaggle_api_factory)
         return _env(args)
+    except (KaggleError, BundleError) as e:
+        print(f"kagglekit {args.command}: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as e:
         print(f"kagglekit {args.command}: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,18 @@ PLATFORMS = ("kaggle", "colab", "local")
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
 COLAB_CONTENT = Path("/content")
+DRIVE_ROOT = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_SUBDIR = "kagglekit"  # runs live in <drive>/MyDrive/kagglekit/<run_name>
+
+# Off Kaggle, competition data is looked for (and `kagglekit download` puts it) in <working dir>/input,
+# the local stand-in for /kaggle/input; this variable names another folder.
+INPUT_VAR = "KAGGLEKIT_INPUT"
+LOCAL_INPUT_DIR = "input"
+# Pretrained weights: file types looked for, and the local folder searched after /kaggle/input.
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+LOCAL_WEIGHTS_DIR = "weights"
+# A Hugging Face hub snapshot keeps the weights in a folder named after the model.
+_HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 # Set to a true value by our own runner (``kagglekit run``) so notebooks never wait for a human.
 HEADLESS_VAR = "KAGGLEKIT_HEADLESS"
@@ -178,21 +189,45 @@ def _drop_nested(dirs: list[tuple[int, Path]]) -> list[tuple[int, Path]]:
     return kept
 
 
+def input_dir(platform: str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """Where competition data lives: /kaggle/input on Kaggle, elsewhere ``$KAGGLEKIT_INPUT`` or
+    ``<working dir>/input`` (where ``kagglekit download`` puts it)."""
+    env = _env(environ)
+    platform = _check_platform(detect_platform(env) if platform is None else platform)
+    if platform == "kaggle":
+        return KAGGLE_INPUT
+    override = env.get(INPUT_VAR, "").strip()
+    return Path(override).expanduser() if override else working_dir(platform, env) / LOCAL_INPUT_DIR
+
+
+def _default_input_roots(environ: Mapping[str, str] | None) -> list[Path]:
+    roots = [KAGGLE_INPUT, input_dir(environ=environ)]
+    return list(dict.fromkeys(roots))  # on Kaggle both are /kaggle/input
+
+
 def find_competition_dir(
     required: Sequence[str],
     *,
-    input_root: str | Path = KAGGLE_INPUT,
+    input_root: str | Path | None = None,
     slug: str | None = None,
     max_depth: int = 3,
+    environ: Mapping[str, str] | None = None,
 ) -> Path | None:
     """Find the one directory under ``input_root`` holding every ``required`` name or glob pattern.
 
     Finds both ``<root>/<slug>/`` and ``<root>/competitions/<slug>/`` layouts and datasets nested
-    deeper; returns None when nothing matches.
+    deeper; returns None when nothing matches. ``input_root=None`` searches /kaggle/input, then
+    (off Kaggle) the local input folder that ``kagglekit download`` fills (see `input_dir`).
 
     >>> find_competition_dir(["train.csv", "sample_submission.csv"])  # doctest: +SKIP
     PosixPath('/kaggle/input/competitions/titanic')
     """
+    if input_root is None:
+        for root in _default_input_roots(environ):
+            found = find_competition_dir(required, input_root=root, slug=slug, max_depth=max_depth)
+            if found is not None:
+                return found
+        return None
     if isinstance(required, (str, bytes)) or not required:
         raise ValueError(
             f"required={required!r} must be a non-empty list of file names or glob patterns, "
@@ -246,6 +281,90 @@ def find_previous_run(run_name: str, *, input_root: str | Path = KAGGLE_INPUT, m
     return max(found, key=lambda p: (p / "run.json").stat().st_mtime) if found else None
 
 
+def _names_model(name: str, model_name: str) -> bool:
+    """Whether a file or folder name stands for ``model_name``: ``resnet18.pth``,
+    ``resnet18.a1_in1k.safetensors``, ``resnet18-5c106cde.pth`` do; ``resnet18d.pth`` does not."""
+    name, model_name = name.lower(), model_name.lower()
+    if name.startswith("models--"):  # a Hugging Face cache folder: models--timm--resnet18.a1_in1k
+        name = name.rsplit("--", 1)[-1]
+    if not name.startswith(model_name):
+        return False
+    rest = name[len(model_name):]
+    return rest == "" or rest[0] in ".-_"
+
+
+def _weight_files(root: Path, model_name: str, max_depth: int) -> list[Path]:
+    found = []
+    for _, directory in _walk_dirs(root, max_depth):
+        try:
+            with os.scandir(directory) as entries:
+                files = [e.name for e in entries if e.is_file()]
+        except OSError:
+            continue
+        parts = (root.name, *directory.relative_to(root).parts)
+        named_dir = any(_names_model(part, model_name) for part in parts)
+        for name in sorted(files):
+            suffix = Path(name).suffix.lower()
+            if (suffix in WEIGHT_SUFFIXES and _names_model(name, model_name)) or \
+                    (named_dir and name in _HUB_WEIGHT_FILES):
+                found.append(directory / name)
+    return found
+
+
+def find_weights(
+    model_name: str,
+    explicit: str | Path | None = None,
+    *,
+    input_root: str | Path = KAGGLE_INPUT,
+    local_dir: str | Path = LOCAL_WEIGHTS_DIR,
+    max_depth: int = 5,
+    required: bool = True,
+) -> Path | None:
+    """The pretrained weights file for ``model_name`` (a timm or smp encoder name), never downloaded.
+
+    Looks at ``explicit`` (a file, or a folder to search), then under ``input_root`` (datasets and
+    models attached on Kaggle), then in ``local_dir`` (``./weights``), for
+    ``<model_name>*.{safetensors,pth,pt,bin}`` or a hub snapshot folder named after the model.
+    Several matches are an error unless one is named exactly ``<model_name>.<ext>``. Nothing found:
+    FileNotFoundError saying where to put the file (None when ``required=False``).
+
+    >>> find_weights("resnet18")  # doctest: +SKIP
+    PosixPath('/kaggle/input/timm-resnet18/resnet18.a1_in1k.safetensors')
+    """
+    if not isinstance(model_name, str) or not model_name.strip() or "/" in model_name:
+        raise ValueError(f"model_name={model_name!r} must be a model name such as 'resnet18' or "
+                         "'efficientnet_b0' (no path: pass a file as explicit=...).")
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if path.is_file():
+            return path
+        if not path.is_dir():
+            raise FileNotFoundError(f"WEIGHTS={str(explicit)!r} does not exist: point it at the weights file "
+                                    f"(.safetensors/.pth) of {model_name}, or at the folder that holds it.")
+        places = [path]
+    else:
+        places = [Path(input_root), Path(local_dir)]
+    for place in places:
+        if not place.is_dir():
+            continue
+        found = _weight_files(place, model_name, max_depth)
+        exact = [p for p in found if p.stem.lower() == model_name.lower()]
+        if len(found) == 1 or len(exact) == 1:
+            return exact[0] if len(exact) == 1 else found[0]
+        if found:
+            listed = "\n  ".join(map(str, found[:10])) + ("\n  ..." if len(found) > 10 else "")
+            raise ValueError(f"several weights files for {model_name} under {place}:\n  {listed}\n"
+                             "Set WEIGHTS to the one you mean.")
+    if not required:
+        return None
+    looked = ", ".join(str(p) for p in places)
+    raise FileNotFoundError(
+        f"no pretrained weights for {model_name!r} found (looked in {looked} for "
+        f"{model_name}*.safetensors/.pth/.pt/.bin). Nothing is downloaded: attach a Kaggle dataset or model "
+        f"holding the file, or put it in ./{LOCAL_WEIGHTS_DIR}/, or set WEIGHTS to its path; "
+        "WEIGHTS=None trains from random initialisation.")
+
+
 # --------------------------------------------------------------------------- directories
 
 
@@ -283,7 +402,7 @@ def run_dir(
     platform: str | None = None,
     environ: Mapping[str, str] | None = None,
     interactive: bool | None = None,
-    drive_root: str | Path = "/content/drive",
+    drive_root: str | Path = DRIVE_ROOT,
     mount: Callable[[str], object] | None = None,
     local_root: str | Path | None = None,
     warn: Callable[[str], object] = warnings.warn,

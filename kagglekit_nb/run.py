@@ -17,13 +17,15 @@ from typing import Any
 
 import torch
 
+from . import checkpoint as ckpt
 from ._atomic import write_json
 from .budget import Budget
 from .repro import seed_everything
 
-__all__ = ["Run", "start_run", "select_device", "RUN_FILE"]
+__all__ = ["RUN_FILE", "Run", "select_device", "start_run"]
 
 RUN_FILE = "run.json"
+LOCAL_SCRATCH = "kagglekit_local"  # on Colab: /content/kagglekit_local, local copies of Drive checkpoints
 
 
 def select_device(device: str | None = None) -> torch.device:
@@ -66,10 +68,13 @@ class Run:
     record: dict[str, Any] = field(default_factory=dict)
     previous: dict[str, Any] | None = None
     echo: Callable[[str], None] = print
+    checkpoint_dir: Path | None = None     # None: <dir>/checkpoints; set when `dir` is on Google Drive
+    checkpoint_mirror: Path | None = None  # where each checkpoint is copied after its local save
 
     @property
     def checkpoints(self) -> Path:
-        path = self.dir / "checkpoints"
+        """Where checkpoints are saved: `<dir>/checkpoints`, or a local folder mirrored to it."""
+        path = self.checkpoint_dir if self.checkpoint_dir is not None else self.dir / "checkpoints"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -88,6 +93,16 @@ class Run:
         return path
 
 
+def _mirror_checkpoints(run: Run, local: Path) -> None:
+    """Checkpoints of a run on Google Drive: saved under `local` first, then copied to Drive."""
+    run.checkpoint_dir, run.checkpoint_mirror = local / "checkpoints", run.dir / "checkpoints"
+    restored = ckpt.restore_mirror(run.checkpoint_mirror, run.checkpoint_dir, log=None)
+    ckpt.set_mirror(run.checkpoint_dir, run.checkpoint_mirror)
+    run.record["checkpoint_mirror"] = {"local": str(run.checkpoint_dir), "drive": str(run.checkpoint_mirror)}
+    run.log(f"checkpoints are saved in {run.checkpoint_dir} and copied to Google Drive ({run.checkpoint_mirror}) "
+            "after each save" + (f"; {len(restored)} file(s) copied back from Drive to resume" if restored else ""))
+
+
 def start_run(
     config: Mapping[str, Any],
     *,
@@ -100,6 +115,8 @@ def start_run(
     clock: Callable[[], float] = time.monotonic,
     echo: Callable[[str], None] = print,
     input_root: str | Path | None = None,
+    drive_root: str | Path | None = None,
+    local_disk: str | Path | None = None,
 ) -> Run:
     """Seed everything, resolve the budget and output folder, and open (or reopen) the run.
 
@@ -107,6 +124,12 @@ def start_run(
     Kaggle, ./runs/<run_name> elsewhere). A new output folder is seeded with the run of the same
     name found under `input_root` (default on Kaggle: /kaggle/input, where an earlier version's output
     attached as an input appears), so a new session continues it.
+
+    On Colab, when the output folder is on Google Drive (under `drive_root`, default /content/drive),
+    checkpoints are saved on the runtime's local disk (`local_disk`, default /content, in
+    kagglekit_local/) and copied to `<output>/checkpoints` on Drive after each save; a new runtime
+    first copies them back from Drive, so it resumes where the last one stopped. Without Drive the
+    run folder is `<local_disk>/runs/<run_name>`.
     """
     from . import env
 
@@ -114,8 +137,11 @@ def start_run(
     platform = env.detect_platform(environ)
     seed = seed_everything(seed)
     bud = Budget.resolve(budget, platform=platform, environ=environ, clock=clock)
+    drive = Path(drive_root) if drive_root is not None else env.DRIVE_ROOT
+    disk = Path(local_disk) if local_disk is not None else env.working_dir(platform, environ)
     if output_dir is None:
-        out = env.run_dir(run_name, platform=platform, environ=environ)
+        fallback = disk / "runs" if platform == "colab" else None
+        out = env.run_dir(run_name, platform=platform, environ=environ, drive_root=drive, local_root=fallback)
     else:
         out = Path(output_dir).expanduser()
         if out.exists() and not out.is_dir():
@@ -140,6 +166,8 @@ def start_run(
     if seeded_from:
         run.record["continued_from_input"] = seeded_from
         run.log(f"continuing the run found in {seeded_from} (copied into {run.dir})")
+    if platform == "colab" and run.dir.is_relative_to(drive.resolve()):
+        _mirror_checkpoints(run, (disk / LOCAL_SCRATCH / run.dir.relative_to(drive.resolve())).resolve())
     report = env.environment_report(environ=environ, paths={"output": run.dir})
     run.record["environment"] = report
     limit = f"{bud.total_s:.0f}s ({bud.source})" if bud.limited else "none"
