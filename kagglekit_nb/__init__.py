@@ -29,6 +29,9 @@ _LAZY = {
     "FoldRegistry": "folds",
     "make_classification_demo": "demo",
 }
+# Submodules loaded on first use (`kk.ui.form(...)`, `kk.plots.time_bar(run)`): matplotlib and
+# ipywidgets are imported inside their functions, only when needed.
+_LAZY_MODULES = ("ui", "plots")
 
 __all__ = [
     "Budget", "parse_duration", "plan_epochs",
@@ -40,6 +43,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value

@@ -379,7 +379,7 @@ def train_folds(
                          epochs=f.plan["epochs"], device=run.device, metric=metric, scheduler=scheduler,
                          patience=patience, options=options, should_stop=f.should_stop, on_step=f.on_step,
                          on_epoch_end=f.on_epoch_end, log=run.log, start_epoch=f.epoch, resume=resume,
-                         scaler=scaler)
+                         scaler=scaler, progress_label=f"fold {k}", budget=run.budget)
             measured = f.epoch_seconds
             if measured:
                 new = float(np.median(measured))

@@ -34,8 +34,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from .budget import Budget
 from .metrics import Metric
 from .repro import make_generator, restore_rng_state, rng_state, seed_worker
+from .ui import Progress
 
 __all__ = [
     "LoopOptions", "FitResult", "SmokeReport", "fit", "evaluate", "predict", "smoke_step",
@@ -566,7 +568,11 @@ def smoke_step(model: nn.Module, train_loader: DataLoader, val_loader: DataLoade
         x, y, xv = _to(x, device, cl), _to(y, device), _to(xv, device, cl)
         model.train()
         times = []
-        for _ in range(2):  # the first call pays one-off setup costs
+        # The first call pays one-off setup costs; of the next two the faster counts, because on a
+        # shared CPU one step can take several times its usual time, and an inflated estimate plans
+        # away epochs (or whole folds) that would have fit; an optimistic one is corrected by the
+        # per-step budget checks and the re-planning after each fold.
+        for _ in range(3):
             t0 = time.monotonic()
             with _autocast(device, dtype):
                 loss = loss_fn(model(x), y)
@@ -593,7 +599,7 @@ def smoke_step(model: nn.Module, train_loader: DataLoader, val_loader: DataLoade
         restore_rng_state(rng)
         if gen is not None:
             train_loader.generator.set_state(gen)
-    return SmokeReport(step_s=times[-1], eval_s_per_sample=per_sample, loss=value)
+    return SmokeReport(step_s=min(times[1:]), eval_s_per_sample=per_sample, loss=value)
 
 
 # --------------------------------------------------------------------------- fit
@@ -758,6 +764,10 @@ class _Run:
     watch_train: bool = True
     lr_halved: bool = False
     halvings: int = 0
+    epochs: int = 0
+    progress_every_s: float | None = None   # None: no progress within an epoch
+    progress_label: str = ""
+    budget: Any = None
 
 
 @dataclass
@@ -783,7 +793,8 @@ def _rewind(loader: DataLoader, point: tuple[Any, dict[str, Any]]) -> None:
 
 
 def _run_batches(s: _Step, r: _Run, batches: Iterator, n: int | None, k: int, ep: _Epoch, epoch: int,
-                 check_every: int, should_stop: StopHook | None, on_step: StepHook | None, t0: float) -> None:
+                 check_every: int, should_stop: StopHook | None, on_step: StepHook | None, t0: float,
+                 bar: Progress | None = None) -> None:
     """The hot loop over one epoch's batches (or what is left of them); fills `ep`."""
     window, pos, samples = k, -1, 0
     for i, batch in enumerate(batches):
@@ -805,6 +816,8 @@ def _run_batches(s: _Step, r: _Run, batches: Iterator, n: int | None, k: int, ep
         ep.loss_sum += loss * _count(y)
         ep.count += _count(y)
         samples += _count(y)
+        if bar is not None:
+            bar.update()
         if pos == window - 1:
             ep.steps += 1
             ep.batches = i + 1
@@ -894,7 +907,7 @@ def _back_off(s: _Step, r: _Run, where: str) -> None:
 
 
 def _train_epoch(s: _Step, r: _Run, epoch: int, opts: LoopOptions, should_stop: StopHook | None,
-                 on_step: StepHook | None) -> _Epoch:
+                 on_step: StepHook | None, bar: Progress | None = None) -> _Epoch:
     """One epoch; after out-of-memory the rest of it continues at half the batch size."""
     sampler = getattr(r.loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
@@ -906,6 +919,8 @@ def _train_epoch(s: _Step, r: _Run, epoch: int, opts: LoopOptions, should_stop: 
     done = 0
     s.forward.train()
     t0 = time.monotonic()
+    if bar is not None:  # the running loss is read (one device sync) only when a line is written
+        bar.info = lambda: f"train loss {ep.loss_sum.item() / max(ep.count, 1):.4f}"
     while True:
         if r.watch_train:
             r.watch_train = False
@@ -914,7 +929,9 @@ def _train_epoch(s: _Step, r: _Run, epoch: int, opts: LoopOptions, should_stop: 
         else:
             batches = iter(r.loader)
         n = None if r.n_batches is None else r.n_batches - done
-        _run_batches(s, r, batches, n, r.accumulate, ep, epoch, opts.check_every, should_stop, on_step, t0)
+        if bar is not None and n is not None:
+            bar.total = bar.n + n  # after an out-of-memory back-off the rest comes in more, smaller batches
+        _run_batches(s, r, batches, n, r.accumulate, ep, epoch, opts.check_every, should_stop, on_step, t0, bar)
         if not ep.oom:
             return ep
         ep.oom = False
@@ -930,6 +947,15 @@ def _train_epoch(s: _Step, r: _Run, epoch: int, opts: LoopOptions, should_stop: 
             ep.count = 0
         else:
             r.say(f"epoch {epoch + 1} continues with its remaining batches in a new order.")
+
+
+def _epoch_progress(r: _Run, epoch: int) -> Any:
+    """The epoch's progress (a context manager): a bar in a live notebook, else a plain line at most
+    every `progress_every_s` seconds; nothing when that is None."""
+    if r.progress_every_s is None:
+        return _NULL
+    return Progress(r.n_batches, f"{r.progress_label} epoch {epoch + 1}/{r.epochs}".strip(), budget=r.budget,
+                    every_s=r.progress_every_s, echo=r.say, unit="batch")
 
 
 def _evaluate(s: _Step, r: _Run, loss_fn: Callable, metric: Metric) -> dict[str, Any]:
@@ -1013,6 +1039,9 @@ def fit(
     start_epoch: int = 0,
     resume: FitResult | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    progress_every_s: float | None = 30.0,
+    progress_label: str = "",
+    budget: Budget | None = None,
 ) -> FitResult:
     """Train for up to `epochs`, evaluating after each; keeps the best weights by `metric`
     (its direction decides what "best" means, for early stopping and ReduceLROnPlateau too).
@@ -1028,6 +1057,12 @@ def fit(
     To continue a run, pass `start_epoch` (0-based; a resumable sampler restored mid-epoch continues
     that epoch where it stopped) and `resume`, the history and best score so far; with fp16 AMP pass
     the restored `scaler` too (`make_scaler` builds one to checkpoint), else fit makes its own.
+
+    Progress within an epoch goes to `log` as a plain line at most every `progress_every_s` seconds
+    (none for shorter epochs; a tqdm bar instead in a live notebook; None turns it off), e.g.
+    "fold 2 epoch 3/12: batch 120/400 (30%), 0.35 s/batch, ~1m38s to go, budget left 14m10s,
+    train loss 0.4121" with `progress_label="fold 2"` and the run's `budget`. It changes nothing
+    that training computes.
     """
     opts = LoopOptions() if options is None else options
     if not isinstance(opts, LoopOptions):
@@ -1036,6 +1071,8 @@ def fit(
     if patience is not None:
         _check_int("patience", patience, 0)
     _check_int("start_epoch", start_epoch, 0)
+    if progress_every_s is not None and not _positive(progress_every_s):
+        raise ValueError(f"progress_every_s={progress_every_s!r} must be a positive number of seconds or None.")
     device = torch.device(device)
     result = FitResult()
     if resume is not None:
@@ -1076,7 +1113,9 @@ def fit(
               scheduler=scheduler if interval == "step" else None, scheduler_all=scheduler, channels_last=cl,
               no_sync=opts.accumulate > 1 and hasattr(model, "no_sync") and n_batches is not None)
     r = _Run(loader=train_loader, val_loader=val_loader, n_batches=n_batches, accumulate=opts.accumulate,
-             oom_left=opts.oom_retries, say=say, preflight_due=opts.preflight, watchdog_s=opts.watchdog_s)
+             oom_left=opts.oom_retries, say=say, preflight_due=opts.preflight, watchdog_s=opts.watchdog_s,
+             epochs=epochs, progress_label=progress_label, budget=budget,
+             progress_every_s=progress_every_s if log is not None and is_main_process() else None)
     snapshot = _Snapshot() if opts.nan_policy == "restore" else None
     since_best = 0 if result.best_epoch is None else len(result.history) - result.best_epoch
     epoch = start_epoch
@@ -1084,7 +1123,8 @@ def fit(
         t0 = time.monotonic()
         if snapshot is not None and snapshot.due():
             snapshot.take(s, r, epoch, result, since_best)
-        ep = _train_epoch(s, r, epoch, opts, should_stop, on_step)
+        with _epoch_progress(r, epoch) as bar:
+            ep = _train_epoch(s, r, epoch, opts, should_stop, on_step, bar)
         result.steps += ep.steps
         result.preflight = r.preflight
         if not ep.finite or not _all_finite(ep.loss_sum):

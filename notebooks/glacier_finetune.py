@@ -79,6 +79,18 @@ if importlib.util.find_spec("kagglekit_nb") is None:
 
 
 # %% [markdown]
+# ## Edit the parameters in a form (optional)
+# With the notebook open (Kaggle editor, Colab, Jupyter) the next cell shows the parameters above as
+# a form: change values, click *Apply*, then run the cells from *Setup* on. *Run all* uses the
+# parameters cell as it is, and batch runs (papermill, a saved Kaggle version) show no form at all.
+
+# %%
+import kagglekit_nb as kk
+from kagglekit_nb.tasks import glacier_pipeline as task
+
+kk.ui.form(globals(), config=task.FinetuneConfig, choices={"TTA": list(task.TTA_CHOICES)})
+
+# %% [markdown]
 # ## Setup
 
 # %%
@@ -133,3 +145,12 @@ package = task.export_package(data, folds, cfg, run)
 # %%
 report = task.finish_package(package, data, folds, cfg, run)
 print(report)
+
+# %% [markdown]
+# ## Plots
+# Saved in `OUTPUT_DIR/plots/` and shown here: the loss and the validation MCC of each fold by epoch,
+# what each phase took against the budget, and the held-out tiles (red/green/blue) next to their true
+# masks and the masks the package wrote for them.
+
+# %%
+figures = task.plot_results(run, data, folds)

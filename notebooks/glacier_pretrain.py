@@ -75,6 +75,18 @@ if importlib.util.find_spec("kagglekit_nb") is None:
 
 
 # %% [markdown]
+# ## Edit the parameters in a form (optional)
+# With the notebook open (Kaggle editor, Colab, Jupyter) the next cell shows the parameters above as
+# a form: change values, click *Apply*, then run the cells from *Setup* on. *Run all* uses the
+# parameters cell as it is, and batch runs (papermill, a saved Kaggle version) show no form at all.
+
+# %%
+import kagglekit_nb as kk
+from kagglekit_nb.tasks import glacier_pipeline as task
+
+kk.ui.form(globals(), config=task.PretrainConfig)
+
+# %% [markdown]
 # ## Setup
 # Seeds every RNG from `SEED`, resolves the budget (counted from the kernel's start) and the output folder.
 
@@ -115,3 +127,11 @@ result.table()
 path = task.export_pretrained(data, cfg, run)
 report = task.finish_pretrained(path, run)
 print(report)
+
+# %% [markdown]
+# ## Plots
+# Saved in `OUTPUT_DIR/plots/` and shown here: the loss and the validation MCC by epoch, and what each
+# phase took against the budget.
+
+# %%
+figures = task.plot_results(run)

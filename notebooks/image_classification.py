@@ -54,6 +54,31 @@ LABEL_COLUMN = None      # None: the sample submission's target column
 NUM_WORKERS = None       # DataLoader workers; None: automatic
 DEVICE = None            # None: CUDA when available, else CPU
 
+# %%
+# Make kagglekit_nb importable: the installed kit, else the wheels dataset made by `kagglekit bundle`
+# (attach it when internet is off), else the package index.
+import glob, importlib.util, os, subprocess, sys
+_kaggle_input = "/kaggle/input"
+if importlib.util.find_spec("kagglekit_nb") is None:
+    _wheels = sorted(glob.glob(f"{_kaggle_input}/*/kagglekit_nb-*.whl") + glob.glob(f"{_kaggle_input}/*/*/kagglekit_nb-*.whl")
+                     + glob.glob(f"{_kaggle_input}/*/*/*/kagglekit_nb-*.whl"))
+    _source = ["--no-index", "--find-links", os.path.dirname(_wheels[-1])] if _wheels else []
+    print("installing kagglekit_nb from", _source[-1] if _source else "the package index")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *_source, "kagglekit_nb"], check=True)
+    importlib.invalidate_caches()
+
+# %% [markdown]
+# ## Edit the parameters in a form (optional)
+# With the notebook open (Kaggle editor, Colab, Jupyter) the next cell shows the parameters above as
+# a form: change values, click *Apply*, then run the cells from *Setup* on. *Run all* uses the
+# parameters cell as it is, and batch runs (papermill, a saved Kaggle version) show no form at all.
+
+# %%
+import kagglekit_nb as kk
+from kagglekit_nb.tasks import classification as task
+
+kk.ui.form(globals(), config=task.Config, choices={"TTA": task.TTA_CHOICES, "METRIC": kk.metrics.METRICS})
+
 # %% [markdown]
 # ## Setup
 # Seeds every RNG from `SEED`, resolves the time budget (counted from the kernel's start) and the
@@ -113,3 +138,17 @@ probs = task.predict_test(comp, cfg, run)
 path = task.write_submission(comp, probs, run)
 report = task.finish(comp, path, run)
 print(report)
+
+# %% [markdown]
+# ## Plots
+# Saved in `OUTPUT_DIR/plots/` and shown here:
+# - *training curves*: the loss (training solid, validation dashed) and the validation score of
+#   each fold by epoch; a validation loss that rises while the training loss falls is overfitting
+#   (fewer epochs, more augmentation, a smaller LR);
+# - *time*: what each phase took against the budget, and how much of it was left unused;
+# - *confusion matrix* of the out-of-fold predictions: which classes the model confuses.
+#
+# A plot whose data does not exist yet (no epoch finished) is skipped with a note.
+
+# %%
+figures = task.plot_results(run)

@@ -497,3 +497,11 @@ def test_finalize_keeps_a_valid_package_untouched(tmp_path, monkeypatch, data):
     assert report.valid and calls == []
     assert json.loads((tmp_path / "verification.json").read_text())["outcome"] == "valid"
     assert (package / MODEL_FILE).read_bytes() == (tmp_path / "copy" / MODEL_FILE).read_bytes()
+    # the masks the check ran on are kept beside the package, one per tile, as the package wrote them
+    kept = tmp_path / "submission_masks"
+    assert report.stats["masks"] == str(kept)
+    names = sorted(p.name for p in (data / "Band1").iterdir())
+    assert sorted(p.name for p in kept.iterdir()) == names
+    for name in names:
+        mask = tifffile.imread(kept / name)
+        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 85}  # the NDSI rule: glacier or not

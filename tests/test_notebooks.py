@@ -54,6 +54,17 @@ def test_classification_run_writes_a_valid_accurate_submission(classification_ru
     assert record["cv_score"] >= 0.97
     assert set(record["phases"]) >= {"setup", "train", "predict", "verify"}
     assert record["config"]["RUN_NAME"] == "digits"
+    for name in ("training_curves", "time_bar", "confusion_matrix"):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
+    # Headless: plain progress lines, no carriage-return redraws, no widget state, plots as images.
+    assert "\r" not in proc.stdout and "\r" not in proc.stderr
+    executed = json.loads((out / "image_classification.ipynb").read_text())
+    outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]
+    texts = ["".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", "")) for o in outputs]
+    assert not any("\r" in t for t in texts)
+    assert not any(k.startswith("application/vnd.jupyter.widget") for o in outputs for k in o.get("data", {}))
+    assert "widgets" not in executed["metadata"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
 
 
 def test_classification_rerun_with_same_output_dir_keeps_trained_folds(classification_run,
@@ -96,6 +107,8 @@ def test_notebook_runs_under_nbval(notebook, tmp_path):
     run = json.loads(next(tmp_path.glob("runs/*/run.json")).read_text())
     assert run["budget_s"] == 45
     assert json.loads(next(tmp_path.glob("runs/*/verification.json")).read_text())["valid"] is True
+    if notebook.stem == "image_classification":
+        assert next(tmp_path.glob("runs/*/plots/time_bar.png")).stat().st_size > 0
 
 
 def test_notebooks_are_committed_clean():

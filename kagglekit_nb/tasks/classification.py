@@ -17,9 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +33,22 @@ from ..cv import CVResult, FoldSetup, fold_models, load_fold_model, train_folds
 from ..loop import make_loader, predict
 from ..metrics import get_metric
 from ..run import Run, start_run
+from ..ui import progress
+from ._config import NotebookConfig
 
 __all__ = [
-    "Config", "Competition", "start", "load_competition", "make_folds", "train",
-    "predict_test", "write_submission", "finish", "IMAGE_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "Competition",
+    "Config",
+    "finish",
+    "load_competition",
+    "make_folds",
+    "out_of_fold",
+    "plot_results",
+    "predict_test",
+    "start",
+    "train",
+    "write_submission",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -49,7 +58,7 @@ TTA_CHOICES = ("none", "hflip", "vflip", "hvflip")
 
 
 @dataclass
-class Config:
+class Config(NotebookConfig):
     """The notebook's parameters (same names, same defaults as its `parameters` cell)."""
 
     DATA_DIR: str | None = None        # competition folder; None = find it under /kaggle/input, else the demo
@@ -78,29 +87,7 @@ class Config:
     NUM_WORKERS: int | None = None     # None = automatic
     DEVICE: str | None = None          # None = CUDA when available
 
-    @classmethod
-    def from_namespace(cls, namespace: Mapping[str, Any]) -> "Config":
-        """Build from a mapping such as the notebook's `globals()`; types are checked."""
-        values = {f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace}
-        return cls(**values)
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value, hint = getattr(self, f.name), hints[f.name]
-            allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-            if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
-                value = float(value)
-                setattr(self, f.name, value)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool) and str in allowed \
-                    and type(value) not in allowed:  # `-p BUDGET 90`, `-p DATA_DIR 2024`: meant as text
-                value = str(value)
-                setattr(self, f.name, value)
-            ok = any(value is None if a is type(None) else
-                     isinstance(value, a) and not (a is int and isinstance(value, bool)) for a in allowed)
-            if not ok:
-                names = " or ".join("None" if a is type(None) else a.__name__ for a in allowed)
-                raise ValueError(f"{f.name}={value!r} has the wrong type: expected {names}.")
+    def check(self) -> None:
         for name in ("IMG_SIZE", "EPOCHS", "BATCH_SIZE", "FOLDS", "MIN_EPOCHS"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1.")
@@ -113,9 +100,6 @@ class Config:
         if self.TTA not in TTA_CHOICES:
             raise ValueError(f"TTA={self.TTA!r} is not valid; choose one of {', '.join(TTA_CHOICES)}.")
         get_metric(self.METRIC)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -477,7 +461,9 @@ def predict_test(comp: Competition, cfg: Config, run: Run) -> np.ndarray | None:
         run.log("no trained fold model: the emergency baseline will be written instead")
         return None
     total = None
-    with run.budget.timed("predict"):
+    n_batches = len(models) * -(-len(comp.test) // (cfg.BATCH_SIZE * 2))
+    with run.budget.timed("predict"), \
+            progress(n_batches, "predict test", budget=run.budget, echo=run.log, unit="batch") as bar:
         for k, path, which in models:
             weights, meta = load_fold_model(path)
             if list(meta["classes"]) != comp.classes:
@@ -490,7 +476,7 @@ def predict_test(comp: Competition, cfg: Config, run: Run) -> np.ndarray | None:
             ds = ImageDataset(comp.test["path"].tolist(), None,
                               transforms(meta["img_size"], meta["mean"], meta["std"], train=False), meta["in_chans"])
             loader = make_loader(ds, cfg.BATCH_SIZE * 2, train=False, device=run.device, num_workers=cfg.NUM_WORKERS)
-            probs = predict(model, loader, device=run.device, tta=_tta(cfg.TTA))
+            probs = predict(model, bar.wrap(loader), device=run.device, tta=_tta(cfg.TTA))
             total = probs if total is None else total + probs
     used = [f"{k} ({which})" for k, _, which in models]
     run.log(f"predicted {len(comp.test)} test images with fold models {', '.join(used)}, TTA {cfg.TTA}")
@@ -539,3 +525,59 @@ def finish(comp: Competition, path: Path, run: Run) -> Any:
         run.save()
     run.log(f"submission {path} is valid; report in {run.dir / 'verification.json'}")
     return report
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def out_of_fold(run: Run | str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """The out-of-fold predictions of every fold that has them (`oof_fold<k>.csv`, the best epoch's
+    class probabilities) as one frame with columns id, fold, target, pred (the most probable
+    class), p0..pN, and the class names from `labels.json`. The frame is empty while no fold has
+    finished an epoch."""
+    from ..cv import OOF_FILE
+
+    folder = Path(run.dir if isinstance(run, Run) else run)
+    labels_path = folder / LABELS_FILE
+    if not labels_path.is_file():
+        raise FileNotFoundError(f"{labels_path} is missing: load_competition writes it when a classification run "
+                                "reads its data. Pass the Run, or the folder of a classification run.")
+    classes = list(json.loads(labels_path.read_text())["classes"])
+    frames = []
+    prefix, suffix = OOF_FILE.split("{fold}")
+    for path in folder.glob(OOF_FILE.format(fold="*")):
+        fold = path.name[len(prefix):len(path.name) - len(suffix)]
+        if not fold.isdigit():
+            continue
+        frame = pd.read_csv(path, dtype={"id": str})
+        probs = frame[[c for c in frame.columns if c.startswith("p") and c[1:].isdigit()]].to_numpy()
+        frame.insert(1, "fold", int(fold))
+        frame.insert(3, "pred", probs.argmax(1) if len(frame) else np.zeros(0, dtype=np.int64))
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["id", "fold", "target", "pred"]), classes
+    oof = pd.concat(frames, ignore_index=True).sort_values(["fold"], kind="stable", ignore_index=True)
+    return oof, classes
+
+
+def plot_results(run: Run) -> dict[str, Path]:
+    """The run's plots, saved in `<run>/plots` and shown in the notebook: training curves (loss and
+    score per fold and epoch), time per phase against the budget, and the confusion matrix of the
+    out-of-fold predictions. A plot without data yet (no epoch finished) is skipped with a log line."""
+    from .. import plots
+    from ..cv import HISTORY_FILE
+
+    out: dict[str, Path] = {}
+    if (run.dir / HISTORY_FILE).is_file():
+        out["training_curves"] = plots.training_curves(run)
+    else:
+        run.log(f"no training curves: {HISTORY_FILE} does not exist yet (no epoch has finished)")
+    if run.budget.phases:
+        out["time_bar"] = plots.time_bar(run)
+    oof, classes = out_of_fold(run)
+    if len(oof):
+        out["confusion_matrix"] = plots.confusion_matrix(oof["target"].to_numpy(), oof["pred"].to_numpy(),
+                                                         classes, run)
+    else:
+        run.log("no confusion matrix: no fold has out-of-fold predictions yet (no epoch has finished)")
+    return out

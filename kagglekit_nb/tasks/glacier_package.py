@@ -18,6 +18,7 @@ import ast
 import difflib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,8 @@ from .glacier import (
 __all__ = ["KIND", "MAX_BYTES", "MODEL_FILE", "NDSI_THRESHOLD", "SOLUTION_FILE", "TTA_NAMES",
            "export_code_package", "solution_source", "verify_code_package", "write_ndsi_package"]
 
-KIND = "glacier_code_package"  # the submission kind registered with kagglekit_nb.submission
+KIND = "glacier_code_package"
+MASKS_SUFFIX = "_masks"  # the registered verifier keeps the masks it checked in <package>_masks  # the submission kind registered with kagglekit_nb.submission
 SOLUTION_FILE = "solution.py"
 MODEL_FILE = _solution.MODEL_FILE
 MAX_BYTES = 300 * 2**20  # the hackathon's limit on model.pth
@@ -528,11 +530,14 @@ def verify_code_package(
     *,
     timeout_s: float = 600,
     python: str = sys.executable,
+    keep_masks: str | os.PathLike | None = None,
 ) -> _submission.VerificationReport:
     """Run the package's maskgeration in a fresh interpreter on `data_dir`'s tiles and check every mask.
 
     `data_dir` holds Band1..Band5 (and optionally labels/); `labels` is another folder of
     ground-truth masks. Stats: tiles, seconds, model_mb, and mcc over the labelled tiles.
+    `keep_masks` names a folder that receives the masks the package wrote (replaced on every check),
+    for inspection and plots; by default they are deleted with the check's scratch folder.
     """
     package = Path(package_dir)
     report = _submission.VerificationReport(valid=False, kind=KIND, submission=str(package), sample=str(data_dir))
@@ -570,6 +575,11 @@ def verify_code_package(
             report.errors.append(problem)
             return report
         _check_masks(tiles, dirs[next(iter(dirs))], out_dir, label_dir, report)
+        if keep_masks is not None:
+            kept = Path(keep_masks)
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(out_dir, kept)
+            report.stats["masks"] = str(kept)
     summary = f"maskgeration wrote {len(tiles)} tile(s) in {report.stats['seconds']} s"
     if "mcc" in report.stats:
         summary += f"; MCC {report.stats['mcc']:.4f} over {report.stats['labelled_tiles']} labelled tile(s)"
@@ -582,7 +592,9 @@ def _verifier(submission_path: Path, sample: Any, labels: Any) -> _submission.Ve
     if sample is None:
         raise ValueError(f"kind={KIND!r} needs sample= the folder holding Band1..Band5 (and optionally labels) "
                          "to run the package on.")
-    return verify_code_package(submission_path, sample, labels)
+    # the masks of the check stay next to the package (`<package>_masks`), for a look and the overlays
+    return verify_code_package(submission_path, sample, labels,
+                               keep_masks=Path(submission_path).with_name(Path(submission_path).name + MASKS_SUFFIX))
 
 
 _submission.register_verifier(KIND, _verifier, replace=True)

@@ -87,6 +87,7 @@ __all__ = [
     "load_tiles",
     "make_folds",
     "ndsi_score",
+    "plot_results",
     "start",
     "train",
 ]
@@ -824,3 +825,34 @@ def finish_package(package: Path, data: TileData, folds: pd.Series, cfg: Finetun
     versus = f" (NDSI baseline {scores['ndsi_mcc_holdout']:.4f})" if holdout else ""
     run.log(f"package {package} is valid; MCC {'n/a' if mcc is None else f'{mcc:.4f}'} on {where}{versus}")
     return report
+
+
+# ------------------------------------------------------------------------------------------- plots
+
+
+def plot_results(run: Run, data: TileData | None = None, folds: pd.Series | None = None) -> dict[str, Path]:
+    """The run's plots, saved in `<run>/plots` and shown in the notebook: training curves, time per
+    phase against the budget, and (fine-tune) the held-out tiles next to their true masks and the masks
+    the package wrote for them. A plot without data yet is skipped with a log line."""
+    from .. import plots
+    from ..cv import HISTORY_FILE
+    from .glacier_package import MASKS_SUFFIX
+
+    out: dict[str, Path] = {}
+    if (run.dir / HISTORY_FILE).is_file():
+        out["training_curves"] = plots.training_curves(run)
+    else:
+        run.log(f"no training curves: {HISTORY_FILE} does not exist yet (no epoch has finished)")
+    if run.budget.phases:
+        out["time_bar"] = plots.time_bar(run)
+    if data is None or folds is None:
+        return out
+    masks = run.dir / (PACKAGE_DIR + MASKS_SUFFIX)
+    shown = [i for i, f in enumerate(folds) if f == HOLDOUT_FOLD and (masks / data.names[i]).is_file()]
+    if shown:
+        out["overlays"] = plots.overlays([data.read(i) for i in shown], [data.labels[i] for i in shown],
+                                         [read_label(masks / data.names[i]) for i in shown], run,
+                                         names=[data.names[i] for i in shown])
+    else:
+        run.log(f"no overlays: {masks} holds no masks of held-out tiles (HOLDOUT = 0, or the check did not run)")
+    return out
