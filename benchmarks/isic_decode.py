@@ -204,7 +204,8 @@ def main() -> None:
             for _ in range(args.repeats):  # alternate, so drift hits both alike
                 for name, batches in pipelines.items():
                     it = batches(path, ids, args.size, args.batch_size, args.workers)
-                    times[name].append(timed(lambda: embed(it, use_model, len(ids), splits[name])))
+                    split = splits[name]
+                    times[name].append(timed(lambda it=it, m=use_model, sp=split: embed(it, m, len(ids), sp)))
             rates = {name: len(ids) / statistics.median(t) for name, t in times.items()}
             best = {name: len(ids) / min(t) for name, t in times.items()}
             print(f"{label}, median of {args.repeats}: kit {rates['kit']:,.0f} img/s, "

@@ -1,4 +1,5 @@
-"""Atomic, durable small-file writes shared by the run record, fold registry, labels and reports."""
+"""Atomic, durable small-file writes shared by the run record, fold registry, labels, reports,
+submissions and the code package."""
 from __future__ import annotations
 
 import json
@@ -6,18 +7,19 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
-def write_json(path: str | os.PathLike, data: Any, *, default: Callable[[Any], Any] | None = None) -> Path:
-    """Write `data` as JSON: temp file in the same folder, fsync, `os.replace`; a crash leaves the old file."""
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], Any], *, newline: str | None = None,
+                 binary: bool = False) -> Path:
+    """Call `write(fh)` on a temp file in the same folder (text, or bytes with `binary`), fsync,
+    `os.replace`: a crash leaves the old file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=default)
-            fh.write("\n")
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline=newline)) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -25,3 +27,16 @@ def write_json(path: str | os.PathLike, data: Any, *, default: Callable[[Any], A
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` atomically (see `write_atomic`)."""
+    return write_atomic(path, lambda fh: fh.write(text))
+
+
+def write_json(path: str | os.PathLike, data: Any, *, default: Callable[[Any], Any] | None = None) -> Path:
+    """Write `data` as indented JSON atomically (see `write_atomic`)."""
+    def dump(fh: IO[str]) -> None:
+        json.dump(data, fh, indent=2, default=default)
+        fh.write("\n")
+    return write_atomic(path, dump)

@@ -383,7 +383,7 @@ def train_folds(
             measured = f.epoch_seconds
             if measured:
                 new = float(np.median(measured))
-                if abs(new / epoch_s - 1) > 0.2:
+                if epoch_s > 0 and abs(new / epoch_s - 1) > 0.2:
                     run.log(f"re-planning: an epoch takes {new:.1f}s, not the {epoch_s:.1f}s planned")
                 epoch_s = new
             stopped = fr.stop_reason.startswith(("budget", "signal"))

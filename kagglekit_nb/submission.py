@@ -18,20 +18,21 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import pandas as pd
 
-from ._atomic import write_json
+from ._atomic import write_atomic, write_json
 
 __all__ = [
     "KINDS",
+    "VERIFICATION_FILE",
     "SubmissionError",
     "VerificationReport",
-    "VERIFICATION_FILE",
     "baseline",
     "finalize",
     "infer_kind",
@@ -67,7 +68,7 @@ _PROBA_KINDS = ("class_proba", "binary_proba")
 class SubmissionError(ValueError):
     """The submission stayed invalid; an emergency baseline was written in its place."""
 
-    def __init__(self, message: str, report: "VerificationReport | None" = None) -> None:
+    def __init__(self, message: str, report: VerificationReport | None = None) -> None:
         super().__init__(message)
         self.report = report
 
@@ -574,7 +575,7 @@ def _verify_csv(submission: Path, sample: SampleLike, labels: Sequence[Any] | No
 # --------------------------------------------------------------------------------------------
 # The registry: one verifier per submission kind.
 
-Verifier = Callable[[Path, Any, Union[Sequence[Any], None]], VerificationReport]
+Verifier = Callable[[Path, Any, Sequence[Any] | None], VerificationReport]
 
 
 def _csv_verifier(kind: str) -> Verifier:
@@ -900,19 +901,7 @@ def write_csv(df: pd.DataFrame, path: PathLike) -> Path:
     """Write a submission atomically (temp file, fsync, `os.replace`): no index, '\\n' line ends."""
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            df.to_csv(fh, index=False, lineterminator="\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n"), newline="")
 
 
 def _jsonable(value: Any) -> Any:

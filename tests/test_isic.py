@@ -16,8 +16,15 @@ from torch.utils.data import DataLoader
 
 from kagglekit_nb.tasks import isic
 from kagglekit_nb.tasks.isic import (
-    ENGINEERED_FEATURES, TEST_COLUMNS, TRAIN_COLUMNS, TRAIN_ONLY_COLUMNS, HDF5Images, ResizeToTensor,
-    collate_skip_none, make_features, read_metadata,
+    ENGINEERED_FEATURES,
+    TEST_COLUMNS,
+    TRAIN_COLUMNS,
+    TRAIN_ONLY_COLUMNS,
+    HDF5Images,
+    ResizeToTensor,
+    collate_skip_none,
+    make_features,
+    read_metadata,
 )
 
 
@@ -147,7 +154,7 @@ def test_collate_skip_none():
     batch = collate_skip_none([torch.ones(2), None, torch.zeros(2)])
     assert torch.equal(batch, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
     assert collate_skip_none([None, None]) is None
-    images, index = collate_skip_none([(torch.ones(1), 0), None, (torch.ones(1), 2)])
+    _, index = collate_skip_none([(torch.ones(1), 0), None, (torch.ones(1), 2)])
     assert index.tolist() == [0, 2]
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .. import submission as _submission
+from .._atomic import write_text
 from . import glacier_solution as _solution
 from .glacier import (
     CLASS_NAMES,
@@ -240,19 +241,6 @@ def _save_model_file(package: dict[str, Any], states: list[dict[str, torch.Tenso
                      f"fold in float16 (tried {'; '.join(tried)}); use a smaller encoder.")
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def solution_source() -> str:
     """The text of solution.py (the template glacier_solution.py shipped with kagglekit_nb)."""
     return resources.files(__package__).joinpath("glacier_solution.py").read_text(encoding="utf-8")
@@ -337,7 +325,7 @@ def export_code_package(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_model_file(package, states, out_dir / MODEL_FILE, max_bytes, log)
-    _write_text(out_dir / SOLUTION_FILE, solution_source())
+    write_text(out_dir / SOLUTION_FILE, solution_source())
     size = (out_dir / MODEL_FILE).stat().st_size
     what = (f"{len(package['models'])} fold(s) of {arch}/{encoder} in {package['dtype']}, TTA {', '.join(tta)}"
             if states else f"the NDSI rule (threshold {NDSI_THRESHOLD})")

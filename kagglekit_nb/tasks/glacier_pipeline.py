@@ -125,7 +125,7 @@ class _SegConfig(NotebookConfig):
     BALANCE: float = 0.5                 # crop centres by class frequency^-BALANCE (0 uniform, 1 balanced)
     BATCH_SIZE: int = 8
     EPOCHS: int = 30
-    MIN_EPOCHS: int = 3
+    MIN_EPOCHS: int = 8
     LR: float = 1e-3
     WEIGHT_DECAY: float = 1e-4
     FOCAL: float = 1.0                   # weight of smp's focal loss
@@ -636,10 +636,16 @@ def train(data: TileData, folds: pd.Series, cfg: _SegConfig, run: Run, *,
 
 
 def _trained_models(cfg: _SegConfig, run: Run) -> list[tuple[int, Path, str]]:
+    """Ensemble members with a validated best epoch; the last checkpoint of an interrupted member (never
+    validated) only when no member has a best epoch at all."""
     models = fold_models(run, cfg.n_models)
+    best = [m for m in models if m[2] == "best"]
+    if best and len(best) < len(models):
+        run.log(f"left out (no validated epoch yet): {', '.join(str(k) for k, _, w in models if w != 'best')}")
+        models = best
     missing = sorted(set(range(cfg.n_models)) - {k for k, _, _ in models})
     if missing:
-        run.log(f"ensemble members without any model (skipped): {missing}")
+        run.log(f"ensemble members without a model (skipped): {missing}")
     return models
 
 

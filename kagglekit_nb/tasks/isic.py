@@ -25,9 +25,18 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = [
-    "TRAIN_COLUMNS", "TEST_COLUMNS", "TRAIN_ONLY_COLUMNS", "ID_COLUMNS", "NUMERIC_COLUMNS",
-    "CATEGORICAL_COLUMNS", "ENGINEERED_FEATURES", "read_metadata", "HDF5Images", "collate_skip_none",
-    "ResizeToTensor", "make_features",
+    "CATEGORICAL_COLUMNS",
+    "ENGINEERED_FEATURES",
+    "ID_COLUMNS",
+    "NUMERIC_COLUMNS",
+    "TEST_COLUMNS",
+    "TRAIN_COLUMNS",
+    "TRAIN_ONLY_COLUMNS",
+    "HDF5Images",
+    "ResizeToTensor",
+    "collate_skip_none",
+    "make_features",
+    "read_metadata",
 ]
 
 TRAIN_FILE = "train-metadata.csv"
@@ -182,7 +191,7 @@ class HDF5Images(Dataset):
         _check_choice("decoder", decoder)
         _check_choice("on_error", on_error)
         if isinstance(ids, (str, bytes)):
-            raise ValueError(f"ids={ids!r} must be a sequence of isic_ids, not a single string.")
+            raise ValueError(f"ids={ids!r} must be a sequence of isic_ids, not a single string.")  # noqa: TRY004
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path} does not exist; pass the train-image.hdf5 or test-image.hdf5 file.")
@@ -369,9 +378,9 @@ def make_features(
     """
     for name, frame in (("train_df", train_df), ("test_df", test_df)):
         if not isinstance(frame, pd.DataFrame):
-            raise ValueError(f"{name} must be a pandas DataFrame; got {type(frame).__name__}.")
+            raise ValueError(f"{name} must be a pandas DataFrame; got {type(frame).__name__}.")  # noqa: TRY004
     if isinstance(extra_columns, str):
-        raise ValueError(f"extra_columns={extra_columns!r} must be a list of column names.")
+        raise ValueError(f"extra_columns={extra_columns!r} must be a list of column names.")  # noqa: TRY004
     extra = list(extra_columns)
     forbidden = [c for c in extra if c in TRAIN_ONLY_COLUMNS or c in ID_COLUMNS]
     if forbidden:
