@@ -364,13 +364,15 @@ def make_folds(data: TileData, cfg: _SegConfig, run: Run) -> pd.Series:
             raise ValueError(f"HOLDOUT={holdout} leaves {len(data) - holdout} tiles for {cfg.FOLDS} folds; "
                              "lower HOLDOUT or FOLDS.")
         rng = np.random.default_rng(cfg.SEED)
+        per_tile = [set(np.unique(lab).tolist()) for lab in data.labels]
+        everywhere = set().union(*per_tile)
         for _ in range(100):
             pick = rng.choice(len(data), holdout, replace=False)
-            rest = np.setdiff1d(np.arange(len(data)), pick)
-            present = set().union(*(np.unique(data.labels[i]).tolist() for i in rest))
-            if present >= set(range(len(data.classes))) - {c for c in range(len(data.classes))
-                                                          if not any((lab == c).any() for lab in data.labels)}:
+            if set().union(*(per_tile[i] for i in np.setdiff1d(np.arange(len(data)), pick))) == everywhere:
                 break
+        else:
+            run.log(f"WARNING: no choice of {holdout} held-out tiles leaves every class in training; a class "
+                    "may be missing from training (lower HOLDOUT)")
         keep[pick] = False
         fold[pick] = HOLDOUT_FOLD
     rest_ids = ids[keep].reset_index(drop=True)
