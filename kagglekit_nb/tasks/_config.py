@@ -1,13 +1,18 @@
-"""The base of every task's Config: the notebook's parameters, type-checked the same way everywhere."""
+"""The base of every task's Config (the notebook's parameters, type-checked the same way everywhere)
+and the first steps every task shares: opening the run and finding the data."""
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["NotebookConfig"]
+if TYPE_CHECKING:
+    from ..run import Run
+
+__all__ = ["NotebookConfig", "find_data_dir", "start"]
 
 
 class NotebookConfig:
@@ -55,3 +60,33 @@ class NotebookConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def start(cfg: Any, **kwargs: Any) -> Run:
+    """Open the run of a notebook's Config: seed, budget, output folder, device (see `start_run`)."""
+    from ..run import start_run
+
+    return start_run(cfg.as_dict(), run_name=cfg.RUN_NAME, output_dir=cfg.OUTPUT_DIR, budget=cfg.BUDGET,
+                     seed=cfg.SEED, device=cfg.DEVICE, **kwargs)
+
+
+def find_data_dir(data_dir: str | None, run: Run, *, required: Sequence[str], what: str,
+                  demo: Callable[[], Path] | None = None, demo_note: str = "", max_depth: int = 3) -> Path | None:
+    """DATA_DIR when given (it must be a folder); else the one folder under the inputs (/kaggle/input,
+    ./input) holding every `required` name or pattern; else `demo()` (said in the log), or None."""
+    from .. import env
+
+    if data_dir is not None:
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"DATA_DIR={data_dir!r} is not a folder: point it at the {what}.")
+        return path
+    found = env.find_competition_dir(required, max_depth=max_depth)
+    if found is not None:
+        run.log(f"{what} found in {found}")
+        return found
+    if demo is None:
+        return None
+    path = demo()
+    run.log(f"no {what} attached: using {demo_note or 'the demo'} in {path}")
+    return path

@@ -32,9 +32,10 @@ from .._atomic import write_json
 from ..cv import CVResult, FoldSetup, fold_models, load_fold_model, train_folds
 from ..loop import make_loader, predict
 from ..metrics import get_metric
-from ..run import Run, start_run
+from ..run import Run
 from ..ui import progress
-from ._config import NotebookConfig
+from ._config import NotebookConfig, find_data_dir
+from ._config import start as _start
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -127,29 +128,23 @@ class Competition:
 
 def start(cfg: Config, **kwargs: Any) -> Run:
     """Open the run: seed, budget, output folder, device (see `kagglekit_nb.start_run`)."""
-    return start_run(cfg.as_dict(), run_name=cfg.RUN_NAME, output_dir=cfg.OUTPUT_DIR, budget=cfg.BUDGET,
-                     seed=cfg.SEED, device=cfg.DEVICE, **kwargs)
+    return _start(cfg, **kwargs)
 
 
-def _find_data_dir(cfg: Config, run: Run) -> Path:
+def _demo(run: Run) -> Path:
     from .. import env
     from ..demo import make_classification_demo
 
-    if cfg.DATA_DIR is not None:
-        path = Path(cfg.DATA_DIR).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"DATA_DIR={cfg.DATA_DIR!r} is not a folder: point it at the "
-                                    "competition folder that holds train.csv and sample_submission.csv.")
-        return path
-    found = env.find_competition_dir(REQUIRED_FILES)
-    if found is not None:
-        run.log(f"competition data found in {found}")
-        return found
     demo = env.working_dir(run.platform) / "kagglekit_demo" / "classification"
     if not (demo / "sample_submission.csv").exists():
         make_classification_demo(demo, seed=0)
-    run.log(f"no competition data attached: using the bundled demo (handwritten digits) in {demo}")
     return demo
+
+
+def _find_data_dir(cfg: Config, run: Run) -> Path:
+    return find_data_dir(cfg.DATA_DIR, run, required=REQUIRED_FILES,
+                         what=f"competition folder ({', '.join(REQUIRED_FILES)})",
+                         demo=lambda: _demo(run), demo_note="the bundled demo (handwritten digits)")
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

@@ -28,11 +28,32 @@ import torch
 from torch import nn
 
 __all__ = [
-    "L7_BANDS", "L8_BANDS", "SENSORS", "HKH_CHANNEL_IDS", "HKH_CHANNELS", "HACK_BANDS", "HACK_CHANNELS",
-    "CLASS_NAMES", "LABEL_VALUES", "physical_names", "find_band_dirs", "list_tiles", "read_tile",
-    "read_label", "encode_label", "find_hkh_patches", "read_hkh_patch", "BandStats",
-    "StreamingConfusion", "ndsi_baseline", "random_crop", "BalancedCropSampler",
-    "sliding_window_predict", "build_unet", "TransferReport", "transfer_first_layer",
+    "CLASS_NAMES",
+    "HACK_BANDS",
+    "HACK_CHANNELS",
+    "HKH_CHANNELS",
+    "HKH_CHANNEL_IDS",
+    "L7_BANDS",
+    "L8_BANDS",
+    "LABEL_VALUES",
+    "SENSORS",
+    "BalancedCropSampler",
+    "BandStats",
+    "StreamingConfusion",
+    "TransferReport",
+    "build_unet",
+    "encode_label",
+    "find_band_dirs",
+    "find_hkh_patches",
+    "list_tiles",
+    "ndsi_baseline",
+    "physical_names",
+    "random_crop",
+    "read_hkh_patch",
+    "read_label",
+    "read_tile",
+    "sliding_window_predict",
+    "transfer_first_layer",
 ]
 
 # Band number -> physical band name, per sensor.
@@ -634,7 +655,7 @@ def _align_keys(src: Mapping[str, torch.Tensor], dst_keys: Sequence[str]) -> dic
 
     candidates = [renamed(lambda k: k), renamed(lambda k: f"encoder.{k}")]
     for prefix in ("module.", "model.", "_orig_mod."):
-        candidates.append(renamed(lambda k, p=prefix: k[len(p):] if k.startswith(p) else k))
+        candidates.append(renamed(lambda k, p=prefix: k.removeprefix(p)))
     return max(candidates, key=lambda c: len(dst.intersection(c)))
 
 

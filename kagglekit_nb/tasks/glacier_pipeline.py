@@ -44,8 +44,9 @@ from .. import folds as _folds
 from ..cv import CVResult, FoldSetup, fold_models, load_fold_model, train_folds
 from ..loop import make_loader
 from ..metrics import Metric
-from ..run import Run, start_run
-from ._config import NotebookConfig
+from ..run import Run
+from ._config import NotebookConfig, find_data_dir
+from ._config import start as _start
 from .glacier import (
     CLASS_NAMES,
     HACK_BANDS,
@@ -218,8 +219,7 @@ def _parse_bands(text: str) -> list[str]:
 
 def start(cfg: _SegConfig, **kwargs: Any) -> Run:
     """Open the run: seed, budget, output folder, device (see `kagglekit_nb.start_run`)."""
-    return start_run(cfg.as_dict(), run_name=cfg.RUN_NAME, output_dir=cfg.OUTPUT_DIR, budget=cfg.BUDGET,
-                     seed=cfg.SEED, device=cfg.DEVICE, **kwargs)
+    return _start(cfg, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -269,17 +269,7 @@ def _demo_root(run: Run, tile_size: int) -> Path:
 
 
 def _find_input(cfg: _SegConfig, run: Run, required: Sequence[str], what: str) -> Path | None:
-    from .. import env
-
-    if cfg.DATA_DIR is not None:
-        path = Path(cfg.DATA_DIR).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"DATA_DIR={cfg.DATA_DIR!r} is not a folder: point it at the {what}.")
-        return path
-    found = env.find_competition_dir(required, max_depth=4)
-    if found is not None:
-        run.log(f"{what} found in {found}")
-    return found
+    return find_data_dir(cfg.DATA_DIR, run, required=required, what=what, max_depth=4)
 
 
 def load_patches(cfg: PretrainConfig, run: Run) -> TileData:

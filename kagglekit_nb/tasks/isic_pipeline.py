@@ -48,8 +48,9 @@ from torch.utils.data import DataLoader, Dataset
 from .. import folds as _folds
 from .._atomic import write_atomic, write_json
 from ..metrics import get_metric, partial_auc
-from ..run import Run, start_run
-from ._config import NotebookConfig
+from ..run import Run
+from ._config import NotebookConfig, find_data_dir
+from ._config import start as _start
 from .isic import (
     SAMPLE_FILE,
     TEST_FILE,
@@ -175,29 +176,23 @@ class Competition:
 
 def start(cfg: Config, **kwargs: Any) -> Run:
     """Open the run: seed, budget, output folder, device (see `kagglekit_nb.start_run`)."""
-    return start_run(cfg.as_dict(), run_name=cfg.RUN_NAME, output_dir=cfg.OUTPUT_DIR, budget=cfg.BUDGET,
-                     seed=cfg.SEED, device=cfg.DEVICE, **kwargs)
+    return _start(cfg, **kwargs)
 
 
-def _find_data_dir(cfg: Config, run: Run) -> Path:
+def _demo(run: Run) -> Path:
     from .. import env
     from ..demo.isic import make_isic_demo
 
-    if cfg.DATA_DIR is not None:
-        path = Path(cfg.DATA_DIR).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"DATA_DIR={cfg.DATA_DIR!r} is not a folder: point it at the folder holding "
-                                    f"{', '.join(REQUIRED_FILES)}.")
-        return path
-    found = env.find_competition_dir(REQUIRED_FILES)
-    if found is not None:
-        run.log(f"competition data found in {found}")
-        return found
     demo = env.working_dir(run.platform) / "kagglekit_demo" / "isic"
     if not (demo / SAMPLE_FILE).exists():
         make_isic_demo(demo, seed=0)
-    run.log(f"no competition data attached: using the bundled synthetic ISIC demo in {demo}")
     return demo
+
+
+def _find_data_dir(cfg: Config, run: Run) -> Path:
+    return find_data_dir(cfg.DATA_DIR, run, required=REQUIRED_FILES,
+                         what=f"competition data ({', '.join(REQUIRED_FILES)})", demo=lambda: _demo(run),
+                         demo_note="the bundled synthetic ISIC demo")
 
 
 def load_competition(cfg: Config, run: Run) -> Competition:
