@@ -284,18 +284,21 @@ def _prune(directory: Path, keep: int, saved: Path, log: Log | None) -> None:
     newer = [p for s, p in files if s > saved_step]
     older = [p for s, p in files if s <= saved_step]
     for p in newer + older[:-keep]:
-        if p == saved:
-            continue
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            _say(log, f"could not delete the old checkpoint {p}: {e}")
-        else:
-            if p in newer:
-                _say(log, f"removed {p.name}: it is newer than the checkpoint just saved (step {saved_step}), "
-                          "so it belongs to an abandoned or torn run")
+        if p != saved and _remove(p, log) and p in newer:
+            _say(log, f"removed {p.name}: it is newer than the checkpoint just saved (step {saved_step}), "
+                      "so it belongs to an abandoned or torn run")
+
+
+def _remove(p: Path, log: Log | None) -> bool:
+    """Delete an old checkpoint; a failure is logged, never raised (the new one is already durable)."""
+    try:
+        p.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        _say(log, f"could not delete the old checkpoint {p}: {e}")
+        return False
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -447,12 +450,7 @@ def sync_mirror(directory: str | os.PathLike, *, log: Log | None = print) -> lis
     names = {p.name for p in local}
     for _, p in list_checkpoints(remote):
         if p.name not in names:
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                _say(log, f"could not delete the old checkpoint {p}: {e}")
+            _remove(p, log)
     return copied
 
 
