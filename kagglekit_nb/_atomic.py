@@ -1,7 +1,13 @@
-"""Atomic, durable small-file writes shared by the run record, fold registry, labels, reports,
-submissions and the code package."""
+"""Atomic, durable file writes: every file the kit keeps (run record, fold registry, labels, reports,
+submissions, out-of-fold files, the code package, plots) goes through `write_atomic`.
+
+The protocol: a temp file in the same folder, flush + fsync, `os.replace`, fsync of the folder. A
+crash at any point leaves either the old file or the new one, never a mix, and no temp file that a
+later run would mistake for data.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -13,7 +19,7 @@ from typing import IO, Any
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], Any], *, newline: str | None = None,
                  binary: bool = False) -> Path:
     """Call `write(fh)` on a temp file in the same folder (text, or bytes with `binary`), fsync,
-    `os.replace`: a crash leaves the old file."""
+    `os.replace`, fsync of the folder: a crash leaves the old file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -26,7 +32,24 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], Any], *, ne
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename inside `directory` durable; file systems that cannot sync a folder (some FUSE
+    mounts, Windows) skip it, a real I/O error is raised."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EISDIR):
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
