@@ -1,4 +1,9 @@
-"""The session's time budget: deadline, what is left, the reserve kept for predict + verify.
+"""The one home of every time decision: the session's deadline, the named reserves kept for what
+follows training (predict, write, verify, package, ...), the measured pace of each kind of work with
+one safety factor, the epochs x folds plan, and the `stop_reason` that every loop asks.
+
+No other module holds a margin, a reserve or a deadline: tasks declare what they need
+(`reserve`, `reserve_submission`, `allot`) and loops ask (`stop_reason`, `need`, `plan_fold`).
 
 Everything takes a `clock=` (default `time.monotonic`) so tests drive a fake clock instead of
 sleeping. CLOCK_MONOTONIC is shared by all processes on Linux, so a start time measured in the
@@ -14,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["parse_duration", "Budget", "platform_limit_s", "process_age_s", "plan_epochs"]
+__all__ = ["parse_duration", "Budget", "platform_limit_s", "process_age_s", "plan_epochs", "SAFETY"]
 
 Clock = Callable[[], float]
 
@@ -74,25 +79,49 @@ def platform_limit_s(platform: str) -> float | None:
     return PLATFORM_LIMIT_S.get(platform)
 
 
+# The one safety factor: every measured duration (a training step, an evaluation, a prediction
+# item, a LightGBM fit, an embedding batch) is multiplied by it before asking "does it still fit?".
+SAFETY = 1.5
+# A smoke step times forward + backward alone; the optimizer step and data loading add about this
+# much on small models, so an epoch is estimated as smoke step x OVERHEAD x steps + evaluation.
+SMOKE_OVERHEAD = 1.15
+# Fixed parts of the named reserves (seconds): writing the submission file and verifying it.
+WRITE_S = 5.0
+VERIFY_S = 5.0
+MODEL_LOAD_S = 0.5   # loading one saved model for prediction (per model)
+
+
 @dataclass
 class Budget:
-    """A deadline on a monotonic clock, with a reserve kept back for predict + write + verify.
+    """A deadline on a monotonic clock, named reserves kept back for what follows training, the
+    measured pace of each kind of work, and the one `stop_reason` every loop asks.
 
     `total_s=math.inf` means no limit. `start` is a reading of `clock` (default: now).
+
+    >>> b = Budget(total_s=100.0, clock=lambda: 0.0)
+    >>> b.reserve("write", 5.0); b.reserve("verify", 5.0); b.reserve_s
+    10.0
+    >>> b.stop_reason(95.0)
+    'budget: stopped to keep time for write + verify (10s)'
     """
 
     total_s: float
     start: float | None = None
-    reserve_s: float = 0.0
+    reserves: dict[str, float] = field(default_factory=dict)
     clock: Clock = time.monotonic
     source: str = "parameter"
     phases: dict[str, float] = field(default_factory=dict)
+    pace: dict[str, float] = field(default_factory=dict)       # seconds per unit, the latest measured
+    planned: dict[str, float] = field(default_factory=dict)    # seconds per unit, estimated before
+    deadlines: dict[str, float] = field(default_factory=dict)  # share name -> clock reading
 
     def __post_init__(self) -> None:
         if not (self.total_s > 0):
             raise ValueError(f"Budget total_s={self.total_s!r} must be positive (math.inf for no limit).")
         if self.start is None:
             self.start = self.clock()
+        for name, seconds in dict(self.reserves).items():
+            self.reserve(name, seconds)
 
     @classmethod
     def resolve(
@@ -126,6 +155,8 @@ class Budget:
             start = now - (age or 0.0)
         return cls(total_s=total, start=min(start, now), clock=clock, source=source)
 
+    # -- the clock ---------------------------------------------------------------------------
+
     @property
     def limited(self) -> bool:
         return math.isfinite(self.total_s)
@@ -137,16 +168,130 @@ class Budget:
         """Seconds until the deadline (inf without a limit; negative once past it)."""
         return self.total_s - self.elapsed()
 
+    # -- named reserves ------------------------------------------------------------------------
+
+    @property
+    def reserve_s(self) -> float:
+        """Seconds kept back for what follows training: the sum of the named reserves."""
+        return float(sum(self.reserves.values()))
+
+    def reserve(self, name: str, seconds: float) -> None:
+        """Keep `seconds` back for the step `name` (predict, write, verify, package, ...), replacing
+        an earlier reserve of that name. Each step declares what it needs; the reserves add up."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"reserve name={name!r} must be a non-empty string, e.g. 'predict'.")
+        if not (seconds >= 0) or math.isnan(seconds):
+            raise ValueError(f"reserve {name!r}: seconds={seconds!r} must be >= 0.")
+        self.reserves[name] = float(seconds)
+
+    def release(self, name: str) -> float:
+        """Drop the reserve `name` (its step has run, or no longer needs it); returns its seconds."""
+        return self.reserves.pop(name, 0.0)
+
+    def reserve_share(self, name: str, fraction: float) -> float:
+        """Reserve `fraction` of the time left after the other reserves for the step `name` (e.g.
+        LightGBM after image fine-tuning); nothing without a limit. Returns the seconds reserved."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"reserve_share {name!r}: fraction={fraction!r} must be in [0, 1].")
+        self.release(name)
+        left = self.training_left()
+        seconds = fraction * max(0.0, left) if math.isfinite(left) else 0.0
+        self.reserve(name, seconds)
+        return seconds
+
+    def reserve_submission(self) -> None:
+        """Declare the reserves every run that ends in a submission needs: writing and verifying it."""
+        self.reserve("write", WRITE_S)
+        self.reserve("verify", VERIFY_S)
+
+    def reserve_predict(self, *, items: int, item_s: float, models: int = 0) -> float:
+        """Declare the prediction reserve: `items` (test rows x models x TTA views) at `item_s`
+        measured seconds each, times SAFETY, plus loading `models` saved models. Returns it."""
+        seconds = SAFETY * item_s * items + MODEL_LOAD_S * models
+        self.reserve("predict", seconds)
+        return seconds
+
     def training_left(self) -> float:
-        """Seconds that training may still use: what is left minus the reserve."""
+        """Seconds that training may still use: what is left minus the reserves."""
         return self.remaining() - self.reserve_s
 
     def fits(self, seconds: float) -> bool:
-        """Whether work taking `seconds` can run now without eating into the reserve."""
+        """Whether work taking `seconds` can run now without eating into the reserves."""
         return seconds <= self.training_left()
+
+    # -- measured pace ----------------------------------------------------------------------------
+
+    def plan_pace(self, kind: str, seconds: float) -> None:
+        """The estimate of one unit of `kind` (e.g. "step", "eval") before it is measured; it also
+        forgets earlier measurements of that kind (a new model, a new fold)."""
+        self.planned[kind] = float(seconds)
+        self.pace.pop(kind, None)
+
+    def observe(self, kind: str, seconds: float) -> None:
+        """A measured duration of one unit of `kind`."""
+        self.pace[kind] = float(seconds)
+
+    def need(self, kind: str, count: float = 1.0) -> float:
+        """Seconds to set aside for `count` units of `kind`: SAFETY x the slower of the estimate and
+        the latest measurement (0 while neither is known)."""
+        per_unit = max(self.planned.get(kind, 0.0), self.pace.get(kind, 0.0))
+        return SAFETY * per_unit * count
+
+    @staticmethod
+    def epoch_estimate(*, step_s: float, steps: int, eval_item_s: float, val_items: int) -> float:
+        """Seconds of one epoch from a smoke step: training steps plus the validation pass."""
+        return step_s * SMOKE_OVERHEAD * steps + eval_item_s * val_items
+
+    # -- shares: a part of the time for one stage ----------------------------------------------------
+
+    def allot(self, name: str, fraction: float) -> float:
+        """Give the stage `name` at most `fraction` of the training time left now; returns the
+        clock reading it must end by (inf without a limit). `stop_reason(..., share=name)` checks it."""
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"allot {name!r}: fraction={fraction!r} must be in (0, 1], e.g. 0.5 for half.")
+        left = self.training_left()
+        self.deadlines[name] = self.clock() + fraction * left if math.isfinite(left) else math.inf
+        return self.deadlines[name]
+
+    # -- the one stop decision ----------------------------------------------------------------------
+
+    def stop_reason(self, need_s: float = 0.0, *, share: str | None = None) -> str | None:
+        """None when work taking `need_s` seconds may start now; else why not, as a line starting
+        with "budget:". Every loop asks this before its next unit of work (a training step, an
+        evaluation, an embedding chunk, a LightGBM fit or round)."""
+        if share is not None and self.clock() + need_s > self.deadlines.get(share, math.inf):
+            return f"budget: the share of the time given to {share} is used"
+        if not self.fits(need_s):
+            kept = " + ".join(k for k, v in self.reserves.items() if v > 0)
+            return (f"budget: stopped to keep time for {kept} ({self.reserve_s:.0f}s)" if kept
+                    else "budget: stopped at the end of the time")
+        return None
+
+    def plan_fold(self, *, epoch_s: float, folds_left: int, max_epochs: int, min_epochs: int,
+                  folds_trained: int = 0) -> dict[str, Any]:
+        """The plan of the next fold: epochs that fit with `folds_left` folds still to train.
+
+        A fold is planned below `min_epochs` only when it is the only one that can run: next to
+        `folds_trained` finished folds, a short fold would only dilute the ensemble, so it gets 0.
+        """
+        floor = min(min_epochs, max_epochs)
+        epochs, fits = plan_epochs(available_s=self.training_left(), epoch_s=epoch_s, folds_left=folds_left,
+                                   max_epochs=max_epochs, min_epochs=floor)
+        note = None
+        if 0 < epochs < floor and folds_trained > 0:
+            note = f"only {epochs} of MIN_EPOCHS={floor} epochs would fit next to {folds_trained} trained fold(s)"
+            epochs, fits = 0, 0
+        return {"epochs": epochs, "epoch_s": round(epoch_s, 2), "folds_that_fit": fits, **({"note": note} if note else {})}
+
+    # -- the record ---------------------------------------------------------------------------------
 
     def add_phase(self, name: str, seconds: float) -> None:
         self.phases[name] = self.phases.get(name, 0.0) + seconds
+
+    def close_setup(self) -> None:
+        """Book the time before the first timed step (kernel start, imports, loading) as "setup"."""
+        if "setup" not in self.phases:
+            self.add_phase("setup", self.elapsed() - sum(self.phases.values()))
 
     def timed(self, name: str) -> "_Phase":
         """Context manager adding the time spent inside it to phase `name`."""
@@ -158,6 +303,7 @@ class Budget:
             "budget_source": self.source,
             "elapsed_s": round(self.elapsed(), 2),
             "reserve_s": round(self.reserve_s, 2),
+            "reserves": {k: round(v, 2) for k, v in self.reserves.items()},
             "phases": {k: round(v, 2) for k, v in self.phases.items()},
         }
 

@@ -2,13 +2,18 @@
 budget, with full-state checkpoints and exact mid-epoch resume.
 
     result = train_folds(run, n_folds=5, setup=setup_fold, metric=get_metric("accuracy"),
-                         max_epochs=EPOCHS, predict_cost=lambda s_per_item: ...)
+                         max_epochs=EPOCHS, predict_items=len(test) * 5)
 
 `setup(fold)` builds the fold's model (on its device), optimizer, loaders and loss: a `FoldSetup`.
 Its train loader must use a `ResumableSampler` (the order is then a function of the seed and the
 epoch alone, and a resume skips straight to the saved position). Each fold keeps its checkpoints in
 `<run>/checkpoints/fold<k>/`: a step file on a time cadence, at every epoch end and when stopping,
 and `best.ckpt` (the state at the best epoch), which is what prediction uses.
+
+Every time decision (the reserve, the plan, when to stop) is the budget's (`kagglekit_nb.budget`):
+this module measures the pace and asks `run.budget.stop_reason`. After training, a fold that the
+budget stopped before it was useful is left out of the prediction (`fold_models` skips it) and
+`run.json` says why (`folds_left_out`).
 """
 from __future__ import annotations
 
@@ -26,7 +31,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
-from .budget import plan_epochs
 from .folds import FoldRegistry
 from .loop import FitResult, LoopOptions, fit, make_scaler, smoke_step, steps_per_epoch
 from .metrics import Metric
@@ -65,6 +69,7 @@ class CVResult:
     plan: dict[str, Any] = field(default_factory=dict)
     stop_reason: str = "completed"
     resumed: list[dict[str, Any]] = field(default_factory=list)
+    left_out: dict[int, str] = field(default_factory=dict)   # fold -> why prediction does not use it
 
     def table(self):
         import pandas as pd
@@ -75,7 +80,8 @@ class CVResult:
         return {"cv_score": self.cv_score, "folds_done": sorted(k for k, v in self.folds.items()
                                                                if v.get("status") == "done"),
                 "folds": {str(k): v for k, v in self.folds.items()}, "plan": self.plan,
-                "stop_reason": self.stop_reason, "resumed_from": self.resumed}
+                "stop_reason": self.stop_reason, "resumed_from": self.resumed,
+                "folds_left_out": {str(k): v for k, v in self.left_out.items()}}
 
 
 def fold_dir(run: Run, fold: int) -> Path:
@@ -85,9 +91,12 @@ def fold_dir(run: Run, fold: int) -> Path:
 
 def fold_models(run: Run, n_folds: int) -> list[tuple[int, Path, str]]:
     """(fold, file, 'best' | 'last') for every fold that has a model: best.ckpt, else the newest
-    valid step checkpoint; folds without any are left out."""
+    valid step checkpoint; folds without any, and folds `train_folds` left out, are skipped."""
     out = []
+    registry = FoldRegistry(run.dir)
     for k in range(n_folds):
+        if (registry.get(k) or {}).get("left_out"):
+            continue
         directory = fold_dir(run, k)
         best = directory / ckpt.BEST_FILE
         if best.exists():
@@ -156,18 +165,48 @@ def _plan_table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
+def _prior_score(metric: Metric, targets: np.ndarray, probs: np.ndarray) -> float | None:
+    """The metric of always predicting the validation fold's class frequencies (None for
+    segmentation maps, or where the metric is undefined for a constant prediction)."""
+    targets, probs = np.asarray(targets), np.asarray(probs)
+    if probs.ndim != 2 or targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
+        return None
+    freq = np.bincount(targets, minlength=probs.shape[1])[: probs.shape[1]] / max(1, len(targets))
+    try:
+        return float(metric(targets, np.tile(freq, (len(targets), 1))))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _left_out(folds: dict[int, dict[str, Any]], metric: Metric, min_epochs: int) -> dict[int, str]:
+    """Folds the budget stopped before they were useful: no better than the class prior, or fewer
+    than `min_epochs` epochs while folds with at least that many exist. At least one fold stays."""
+    out: dict[int, str] = {}
+    full = [k for k, v in folds.items() if v.get("epochs_done", 0) >= min_epochs and v.get("score") is not None]
+    for k, v in folds.items():
+        score, prior = v.get("score"), v.get("prior_score")
+        if full and k not in full and not str(v.get("stop_reason", "")).startswith("early stopping"):
+            out[k] = (f"{v.get('epochs_done', 0)} of MIN_EPOCHS={min_epochs} epochs while fold(s) "
+                      f"{full} trained fully")
+        elif score is not None and prior is not None and not metric.better(score, prior):
+            out[k] = f"{metric.name} {score:.4f} is no better than the class prior's {prior:.4f}"
+    if len(out) == len(folds):
+        out = {}  # a weak model beats no model: the submission step compares it with the baseline
+    return out
+
+
 class _Fold:
-    """One fold's training: checkpoint state, hooks for `fit`, and the resume."""
+    """One fold's training: checkpoint state, hooks for `fit`, and the resume. It measures the pace
+    (a step, an evaluation) for the budget and asks the budget whether the next unit still fits."""
 
     def __init__(self, run: Run, k: int, fs: FoldSetup, metric: Metric, stop: ckpt.StopSignal,
-                 timer: ckpt.CheckpointTimer, keep: int, step_s: float, eval_s: float, accumulate: int = 1):
+                 timer: ckpt.CheckpointTimer, keep: int, accumulate: int = 1):
         self.run, self.k, self.fs, self.metric, self.stop, self.timer, self.keep = run, k, fs, metric, stop, timer, keep
         self.accumulate = accumulate
-        # Durations are read on the budget's clock, the one the budget is spent on. The smoke step
-        # times the model alone: once steps and evaluations are seen, the slower of the two counts.
+        # Durations are read on the budget's clock, the one the budget is spent on.
+        self.budget = run.budget
         self.clock = run.budget.clock
-        self.planned_step_s, self.planned_eval_s = step_s, eval_s
-        self.step_s, self.eval_s = step_s, eval_s
+        self.prior_score: float | None = None
         self._step_mark: float | None = None   # after the previous step check of this epoch
         self._eval_mark: float | None = None   # when this epoch's evaluation began
         self._epoch_mark = self.clock()
@@ -200,19 +239,19 @@ class _Fold:
         now = self.clock()
         if where == "step":
             if self._step_mark is not None:
-                self.step_s = max(self.planned_step_s, 1.5 * (now - self._step_mark))
+                self.budget.observe("step", now - self._step_mark)
             # The epoch's last step must leave time for its evaluation: a checkpoint taken between
             # the two would hold a finished, unevaluated epoch, which fit cannot resume.
             last = len(self.fs.train_loader) <= self.accumulate
-            need = self.step_s + (self.eval_s if last else 0.0)
+            need = self.budget.need("step") + (self.budget.need("eval") if last else 0.0)
         else:
             self._step_mark, self._eval_mark = None, now
-            need = self.eval_s
+            need = self.budget.need("eval")
         reason = None
         if self.stop and where == "step":
             reason = f"signal: {self.stop.received} received; checkpoint saved"
-        elif not self.run.budget.fits(need):
-            reason = "budget: stopped to keep time for predict + verify"
+        else:
+            reason = self.budget.stop_reason(need)
         # At "eval" nothing is saved (see above): a signal lets the evaluation run and stops at the
         # next step, after the epoch-end checkpoint; the budget stops there and the previous
         # checkpoint is the one to resume from.
@@ -225,7 +264,7 @@ class _Fold:
     def on_epoch_end(self, row: dict[str, Any], fr: FitResult) -> None:
         now = self.clock()
         if self._eval_mark is not None:
-            self.eval_s = max(self.planned_eval_s, 1.5 * (now - self._eval_mark))
+            self.budget.observe("eval", now - self._eval_mark)
         self.epoch_seconds.append(now - self._epoch_mark)
         self._epoch_mark = now
         self.history = [dict(h) for h in fr.history]
@@ -233,6 +272,8 @@ class _Fold:
         improved = fr.best_epoch == row["epoch"]
         if improved:
             _write_oof(self.run, self.k, self.fs.val_ids, self.fs.val_targets, fr.best_probs)
+            if self.prior_score is None:
+                self.prior_score = _prior_score(self.metric, self.fs.val_targets, fr.best_probs)
         self.epoch = row["epoch"]  # the next epoch starts at position 0
         self.save(best=improved)
         _write_history(self.run, self.k, self.history)
@@ -273,17 +314,21 @@ def train_folds(
     patience: int | None = None,
     checkpoint_every: float | str = "3m",
     keep: int = 2,
-    predict_cost: Callable[[float], float] | None = None,
+    predict_items: int = 0,
+    predict_models: int = 0,
     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
     expected_meta: Callable[[int], dict[str, Any]] | None = None,
 ) -> CVResult:
     """Train every unfinished fold within the budget and return what exists.
 
     A fold already done is kept; a fold with checkpoints resumes exactly where it stopped (and
-    follows the plan it was started with); the rest are planned from a timed smoke step so that
-    epochs x folds fit the budget minus the reserve that `predict_cost(seconds per validation item)`
-    asks for. Training stops at step granularity when the budget or a signal (SIGTERM, SIGINT)
-    says so, after saving a checkpoint.
+    follows the plan it was started with); the rest are planned by the budget from a timed smoke
+    step so that epochs x folds fit what is left after the reserves: the task's own (declared on
+    `run.budget` before this call: write, verify, package, ...) and the prediction's, sized here
+    from the measured time per validation item x `predict_items` (test rows x models x TTA views)
+    and `predict_models`.
+    Training stops at step granularity when the budget or a signal (SIGTERM, SIGINT) says so,
+    after saving a checkpoint.
     """
     registry = FoldRegistry(run.dir)
     result = CVResult()
@@ -306,7 +351,7 @@ def train_folds(
         run.log(f"folds already done: {sorted(result.folds)} (kept); to train: {todo}")
     if max_new_folds is not None:
         todo = todo[:max_new_folds]
-    run.budget.add_phase("setup", run.budget.elapsed() - sum(run.budget.phases.values()))
+    run.budget.close_setup()
     timer = ckpt.CheckpointTimer(checkpoint_every)
     epoch_s = eval_item_s = None
     with ckpt.install_sigterm_handler(lambda name: run.log(f"{name} received: stopping at the next step"),
@@ -333,27 +378,27 @@ def train_folds(
             if epoch_s is None:
                 smoke = smoke_step(fs.model, fs.train_loader, fs.val_loader, loss_fn=fs.loss_fn, device=run.device)
                 eval_item_s = smoke.eval_s_per_sample
-                # The optimizer step and data loading add ~15% to forward/backward on small models.
-                epoch_s = smoke.step_s * 1.15 * steps_full + eval_item_s * n_val
-                if predict_cost is not None:
-                    run.budget.reserve_s = predict_cost(eval_item_s)
+                epoch_s = run.budget.epoch_estimate(step_s=smoke.step_s, steps=steps_full,
+                                                    eval_item_s=eval_item_s, val_items=n_val)
+                run.budget.reserve_predict(items=predict_items, item_s=eval_item_s, models=predict_models)
                 run.log(f"sizing: ~{epoch_s:.1f}s per epoch ({steps_full} steps + {n_val} validation items); "
-                        f"reserve for predict + write + verify: {run.budget.reserve_s:.0f}s")
-            f = _Fold(run, k, fs, metric, stop, timer, keep, step_s=epoch_s / max(1, steps_full) * 1.5,
-                      eval_s=eval_item_s * n_val * 1.5, accumulate=accumulate)
+                        f"reserved: {_reserves(run)}")
+            run.budget.plan_pace("step", epoch_s / max(1, steps_full))
+            run.budget.plan_pace("eval", eval_item_s * n_val)
+            f = _Fold(run, k, fs, metric, stop, timer, keep, accumulate=accumulate)
             resume = None
             if found is not None:
                 f.plan = dict(found.state["plan"])
             else:
-                epochs, fits = plan_epochs(available_s=run.budget.training_left(), epoch_s=epoch_s,
-                                           folds_left=len(todo) - i, max_epochs=max_epochs,
-                                           min_epochs=min(min_epochs, max_epochs))
-                f.plan = {"epochs": epochs, "epoch_s": round(epoch_s, 2), "folds_that_fit": fits,
+                trained = sum(1 for v in result.folds.values() if v.get("epochs_done", 0) >= min(min_epochs, max_epochs))
+                f.plan = {**run.budget.plan_fold(epoch_s=epoch_s, folds_left=len(todo) - i, max_epochs=max_epochs,
+                                                 min_epochs=min_epochs, folds_trained=trained),
                           "steps_per_epoch": steps_full}
             result.plan[f"fold{k}"] = f.plan
             if f.plan["epochs"] == 0:
                 result.stop_reason = "budget: no time left for one more epoch"
-                run.log(f"fold {k}: not started, the budget leaves no time for one epoch (~{epoch_s:.0f}s)")
+                run.log(f"fold {k}: not started, the budget leaves no time for "
+                        f"{f.plan.get('note') or f'one epoch (~{epoch_s:.0f}s)'}")
                 break
             if found is None:
                 left = run.budget.training_left()
@@ -362,7 +407,7 @@ def train_folds(
                     ("time per epoch", f"~{epoch_s:.1f}s"),
                     ("folds that fit", f"{f.plan['folds_that_fit']} of {len(todo) - i} left"),
                     ("training time left", "unlimited" if not math.isfinite(left) else f"{left:.0f}s"),
-                    ("reserve", f"{run.budget.reserve_s:.0f}s")]))
+                    ("reserve", _reserves(run))]))
             scheduler = None
             if fs.make_scheduler is not None:
                 scheduler = fs.make_scheduler(fs.optimizer, max(1, f.plan["epochs"] * f.plan["steps_per_epoch"]))
@@ -387,9 +432,11 @@ def train_folds(
                     run.log(f"re-planning: an epoch takes {new:.1f}s, not the {epoch_s:.1f}s planned")
                 epoch_s = new
             stopped = fr.stop_reason.startswith(("budget", "signal"))
+            prior = f.prior_score if f.prior_score is not None else (registry.get(k) or {}).get("prior_score")
             info = {"status": "partial" if stopped else "done", "score": fr.best_score,
                     "best_epoch": fr.best_epoch, "epochs_done": len(fr.history), "steps": f.global_step,
-                    "seconds": round(run.budget.clock() - t0, 1), "stop_reason": fr.stop_reason}
+                    "seconds": round(run.budget.clock() - t0, 1), "stop_reason": fr.stop_reason,
+                    "prior_score": prior}
             registry.mark(k, **info)
             result.folds[k] = info
             best = "no epoch finished" if fr.best_score is None else \
@@ -398,13 +445,26 @@ def train_folds(
             if stopped:
                 result.stop_reason = fr.stop_reason
                 break
-    scored = [k for k, v in result.folds.items() if v.get("score") is not None]
+    result.left_out = _left_out(result.folds, metric, min(min_epochs, max_epochs))
+    for k, v in result.folds.items():
+        if v.get("left_out") != result.left_out.get(k):
+            v = {**v, "left_out": result.left_out.get(k)}
+            result.folds[k] = v
+            registry.mark(k, **v)
+    for k, why in sorted(result.left_out.items()):
+        run.log(f"fold {k} is left out of the prediction: {why}")
+    scored = [k for k, v in result.folds.items() if v.get("score") is not None and k not in result.left_out]
     result.cv_score = oof_score(run, metric, sorted(scored))
     if result.cv_score is not None:
         run.log(f"CV {metric.name} (out-of-fold, folds {sorted(scored)}): {result.cv_score:.4f}")
     run.record.update(result.summary())
     run.save()
     return result
+
+
+def _reserves(run: Run) -> str:
+    parts = ", ".join(f"{k} {v:.0f}s" for k, v in run.budget.reserves.items())
+    return f"{run.budget.reserve_s:.0f}s ({parts})" if parts else "0s"
 
 
 def load_fold_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from kagglekit_nb import budget
 from kagglekit_nb import budget as budget_module
 from kagglekit_nb.budget import Budget, parse_duration, plan_epochs, platform_limit_s, process_age_s
 
@@ -77,7 +78,7 @@ def test_parse_duration_accepts_sec_unit():
 
 def test_budget_elapsed_remaining_and_training_left_follow_the_clock():
     clock = FakeClock(1000.0)
-    b = Budget(total_s=100.0, clock=clock, reserve_s=20.0)
+    b = Budget(total_s=100.0, clock=clock, reserves={"predict": 20.0})
     assert b.start == 1000.0
     assert b.limited
     assert b.elapsed() == 0.0
@@ -127,18 +128,18 @@ def test_budget_timed_records_the_phase_even_when_the_block_raises():
 
 def test_budget_summary():
     clock = FakeClock()
-    b = Budget(total_s=3600.0, clock=clock, reserve_s=12.345, source="env")
+    b = Budget(total_s=3600.0, clock=clock, reserves={"predict": 12.345}, source="env")
     with b.timed("train"):
         clock.advance(10.004)
     summary = b.summary()
-    assert set(summary) == {"budget_s", "budget_source", "elapsed_s", "reserve_s", "phases"}
+    assert set(summary) == {"budget_s", "budget_source", "elapsed_s", "reserve_s", "reserves", "phases"}
     assert summary == {"budget_s": 3600.0, "budget_source": "env", "elapsed_s": 10.0,
-                       "reserve_s": 12.35, "phases": {"train": 10.0}}
+                       "reserve_s": 12.35, "reserves": {"predict": 12.35}, "phases": {"train": 10.0}}
 
 
 def test_budget_without_limit():
     clock = FakeClock()
-    b = Budget(total_s=math.inf, clock=clock, reserve_s=30.0)
+    b = Budget(total_s=math.inf, clock=clock, reserves={"predict": 30.0})
     clock.advance(1e6)
     assert not b.limited
     assert b.remaining() == math.inf
@@ -292,3 +293,106 @@ def test_docstring_examples_hold():
     result = runner.summarize(verbose=False)
     assert result.attempted >= 2
     assert result.failed == 0
+
+
+# --------------------------------------------------------------------------- every stop decision
+
+
+def test_named_reserves_add_up_and_replace_by_name():
+    b = Budget(total_s=100.0, clock=FakeClock())
+    b.reserve_submission()
+    assert b.reserves == {"write": budget.WRITE_S, "verify": budget.VERIFY_S}
+    b.reserve("package", 20.0)
+    b.reserve("package", 30.0)          # a step declares its need once; a second call replaces it
+    assert b.reserve_s == budget.WRITE_S + budget.VERIFY_S + 30.0
+    assert b.release("package") == 30.0 and "package" not in b.reserves
+    assert b.training_left() == 100.0 - budget.WRITE_S - budget.VERIFY_S
+
+
+@pytest.mark.parametrize("name, seconds, match", [
+    ("", 1.0, "non-empty string"), ("predict", -1.0, "must be >= 0"), ("predict", math.nan, "must be >= 0")])
+def test_reserve_rejects_bad_values(name, seconds, match):
+    with pytest.raises(ValueError, match=match):
+        Budget(total_s=10.0, clock=FakeClock()).reserve(name, seconds)
+
+
+def test_reserve_predict_is_the_measured_pace_times_the_safety_factor():
+    b = Budget(total_s=100.0, clock=FakeClock())
+    assert b.reserve_predict(items=1000, item_s=0.002, models=4) == pytest.approx(
+        budget.SAFETY * 2.0 + budget.MODEL_LOAD_S * 4)
+    assert b.reserves["predict"] == pytest.approx(budget.SAFETY * 2.0 + budget.MODEL_LOAD_S * 4)
+
+
+def test_reserve_share_takes_a_fraction_of_what_the_other_reserves_leave():
+    clock = FakeClock()
+    b = Budget(total_s=100.0, clock=clock, reserves={"verify": 20.0})
+    clock.advance(20.0)
+    assert b.reserve_share("lgbm", 0.5) == 30.0       # (100 - 20 elapsed - 20 verify) / 2
+    assert b.reserve_share("lgbm", 0.5) == 30.0       # re-declaring does not count itself
+    assert b.training_left() == 30.0
+    assert Budget(total_s=math.inf, clock=clock).reserve_share("lgbm", 0.5) == 0.0
+
+
+def test_stop_reason_is_none_while_the_work_fits_and_names_the_reserves_after():
+    clock = FakeClock()
+    b = Budget(total_s=60.0, clock=clock, reserves={"predict": 8.0, "verify": 2.0})
+    assert b.stop_reason(50.0) is None
+    assert b.stop_reason(50.01) == "budget: stopped to keep time for predict + verify (10s)"
+    clock.advance(49.0)
+    assert b.stop_reason(1.0) is None and b.stop_reason(1.5) is not None
+    assert Budget(total_s=math.inf, clock=clock).stop_reason(1e12) is None
+
+
+def test_need_is_the_safety_factor_times_the_slower_of_estimate_and_measurement():
+    b = Budget(total_s=100.0, clock=FakeClock())
+    assert b.need("step") == 0.0                      # nothing known yet
+    b.plan_pace("step", 0.2)
+    assert b.need("step") == pytest.approx(budget.SAFETY * 0.2)
+    b.observe("step", 0.1)                            # faster than planned: the estimate still counts
+    assert b.need("step", 10) == pytest.approx(budget.SAFETY * 0.2 * 10)
+    b.observe("step", 0.4)                            # slower (contention): the measurement counts
+    assert b.need("step") == pytest.approx(budget.SAFETY * 0.4)
+    b.plan_pace("step", 0.2)                          # a new fold forgets the old measurement
+    assert b.need("step") == pytest.approx(budget.SAFETY * 0.2)
+
+
+def test_epoch_estimate_adds_the_smoke_overhead_to_training_steps_only():
+    assert Budget.epoch_estimate(step_s=0.1, steps=10, eval_item_s=0.01, val_items=50) == pytest.approx(
+        0.1 * budget.SMOKE_OVERHEAD * 10 + 0.5)
+
+
+def test_allot_gives_a_stage_a_share_of_the_training_time_left():
+    clock = FakeClock()
+    b = Budget(total_s=100.0, clock=clock, reserves={"verify": 20.0})
+    end = b.allot("embeddings", 0.5)
+    assert end == clock.now + 40.0
+    clock.advance(39.0)
+    assert b.stop_reason(1.0, share="embeddings") is None
+    assert b.stop_reason(1.5, share="embeddings") == "budget: the share of the time given to embeddings is used"
+    assert b.stop_reason(1.5) is None                 # the run as a whole still has time
+    with pytest.raises(ValueError, match="fraction=0"):
+        b.allot("embeddings", 0)
+
+
+def test_plan_fold_never_plans_below_min_epochs_next_to_trained_folds():
+    clock = FakeClock()
+    b = Budget(total_s=25.0, clock=clock)
+    # Alone, a fold that can only get 2 of MIN_EPOCHS=3 epochs still runs: a weak model beats none.
+    alone = b.plan_fold(epoch_s=10.0, folds_left=1, max_epochs=10, min_epochs=3, folds_trained=0)
+    assert alone["epochs"] == 2 and alone["folds_that_fit"] == 1
+    # Next to a trained fold it would only dilute the ensemble: not started.
+    after = b.plan_fold(epoch_s=10.0, folds_left=1, max_epochs=10, min_epochs=3, folds_trained=1)
+    assert after["epochs"] == 0 and "MIN_EPOCHS=3" in after["note"]
+    # With time for the floor, the floor is kept and folds are dropped instead.
+    b2 = Budget(total_s=65.0, clock=clock)
+    assert b2.plan_fold(epoch_s=10.0, folds_left=5, max_epochs=10, min_epochs=3, folds_trained=2)["epochs"] == 3
+
+
+def test_close_setup_books_the_time_before_the_first_phase_once():
+    clock = FakeClock()
+    b = Budget(total_s=100.0, clock=clock)
+    clock.advance(7.0)
+    b.close_setup()
+    clock.advance(5.0)
+    b.close_setup()
+    assert b.phases == {"setup": 7.0}

@@ -271,19 +271,19 @@ def test_no_time_for_one_epoch_trains_nothing(tmp_path, smoke):
 
 def partial_session(out: Path, budget: float, smoke, *, reserve_s: float = 3.0):
     """A session whose steps take four times what its smoke step measured, so the plan promises more
-    than fits and the budget runs out inside fold 0; `predict_cost` keeps `reserve_s` back."""
+    than fits and the budget runs out inside fold 0; the task declared a `reserve_s` verify reserve
+    and `train_folds` sizes the prediction reserve from the smoke step's time per item."""
     smoke(BLIND_SMOKE)
     clock = FakeClock()
     run = open_run(out, clock, budget=budget)
-    costs: list[float] = []
-
-    def predict_cost(s_per_item: float) -> float:
-        costs.append(s_per_item)
-        return reserve_s
-
-    result = train(run, make_setup(clock), predict_cost=predict_cost)
-    assert costs == [BLIND_SMOKE.eval_s_per_sample]   # sized from the smoke step's time per item
+    run.budget.reserve("verify", reserve_s - PREDICT_ITEMS * 1.5 * BLIND_SMOKE.eval_s_per_sample)
+    result = train(run, make_setup(clock), predict_items=PREDICT_ITEMS)
+    # sized from the smoke step's time per item, with the budget's one safety factor
+    assert run.budget.reserves["predict"] == 1.5 * BLIND_SMOKE.eval_s_per_sample * PREDICT_ITEMS
     return run, result
+
+
+PREDICT_ITEMS = 64
 
 
 # A 3 s reserve and 3.375 s for two epochs: the budget runs out at different steps of the second
@@ -293,7 +293,7 @@ def test_budget_stop_at_a_step_keeps_the_reserve(tmp_path, smoke, budget):
     run, result = partial_session(tmp_path / "out", budget, smoke, reserve_s=3.0)
     assert run.budget.reserve_s == 3.0
     assert run.budget.remaining() >= run.budget.reserve_s   # predict + verify still have their time
-    assert result.stop_reason == "budget: stopped to keep time for predict + verify"
+    assert result.stop_reason == "budget: stopped to keep time for verify + predict (3s)"
     assert result.plan["fold0"]["epochs"] == 3    # the smoke step promised 3 epochs of fold 0
     assert sorted(result.folds) == [0]
     info = FoldRegistry(run.dir).get(0)
@@ -363,7 +363,7 @@ def test_a_stall_before_an_evaluation_stops_there_and_resumes_from_the_epoch_bef
     run1 = open_run(out, clock, budget=14.1)   # 3 folds x 3 epochs planned (~14.06 s)
     first = train(run1, make_setup(clock, loss_fn=StepLoss(stall)))
     assert first.plan["fold0"]["epochs"] == 3 and list(first.plan) == ["fold0"]
-    assert first.stop_reason == "budget: stopped to keep time for predict + verify"
+    assert first.stop_reason == "budget: stopped at the end of the time"   # no reserve was declared
     assert (first.folds[0]["steps"], first.folds[0]["epochs_done"]) == (2 * STEPS, 1)
     assert run1.budget.remaining() >= 0
     # no checkpoint of a trained but unevaluated epoch: the newest is the end of epoch 1
@@ -552,3 +552,54 @@ def test_segmentation_oof_is_kept_as_class_maps_and_scored_per_pixel(tmp_path):
     metric = Metric("pixels", lambda t, p: seen.append((t, p)) or float((t == p).mean()), True)
     assert oof_score(run, metric, [0]) == 7 / 8
     assert seen[0][1].ndim == 1  # class maps, not probabilities
+
+
+# --------------------------------------------------------------------------- folds left out of the prediction
+
+
+def test_a_fold_the_budget_cut_short_is_left_out_next_to_a_full_one_and_rejoins_when_finished(tmp_path, smoke):
+    smoke(TRUE_SMOKE)
+    out = tmp_path / "out"
+    clock = FakeClock()
+
+    def stall(step: int) -> None:  # fold 1's second epoch hangs on its last step: it ends with one epoch
+        if step == 3 * STEPS + 2 * STEPS:
+            clock.now += 11.0
+
+    run1 = open_run(out, clock, budget=14.1)
+    first = train(run1, make_setup(clock, loss_fn=StepLoss(stall)), min_epochs=3)
+    assert first.folds[0]["epochs_done"] == 3 and first.folds[1]["epochs_done"] == 1
+    assert list(first.left_out) == [1] and "1 of MIN_EPOCHS=3" in first.left_out[1]
+    assert [k for k, _, _ in fold_models(run1, N_FOLDS)] == [0]          # prediction uses fold 0 alone
+    assert first.cv_score == oof_score(run1, ACCURACY, [0])
+    saved = json.loads((out / "run.json").read_text())
+    assert list(saved["folds_left_out"]) == ["1"]
+    # the next session finishes fold 1 (and 2): nothing is left out any more
+    clock2 = FakeClock()
+    second = train(open_run(out, clock2), make_setup(clock2), min_epochs=3)
+    assert second.left_out == {} and all(v.get("left_out") is None for v in second.folds.values())
+    assert all(v.get("left_out") is None for v in FoldRegistry(out).folds.values())
+    assert [k for k, _, _ in fold_models(open_run(out, FakeClock()), N_FOLDS)] == [0, 1, 2]
+
+
+def test_left_out_rules():
+    acc = ACCURACY
+    full = {"status": "done", "epochs_done": 3, "score": 0.9, "prior_score": 0.5, "stop_reason": "completed"}
+    short = {"status": "partial", "epochs_done": 1, "score": 0.8, "prior_score": 0.5, "stop_reason": "budget: x"}
+    early = {"status": "done", "epochs_done": 2, "score": 0.85, "prior_score": 0.5,
+             "stop_reason": "early stopping: no improvement for 2 epochs"}
+    worse = {"status": "done", "epochs_done": 3, "score": 0.4, "prior_score": 0.5, "stop_reason": "completed"}
+    assert set(cv._left_out({0: full, 1: short}, acc, 3)) == {1}
+    assert cv._left_out({0: full, 1: early}, acc, 3) == {}           # early stopping is a finished fold
+    assert "no better than the class prior" in cv._left_out({0: full, 1: worse}, acc, 3)[1]
+    assert cv._left_out({0: short}, acc, 3) == {}                     # the only model is kept
+    assert cv._left_out({0: worse, 1: {**worse}}, acc, 3) == {}       # never every fold
+
+
+def test_prior_score_is_the_metric_of_the_class_frequencies():
+    targets = np.array([0, 0, 0, 1])
+    probs = np.zeros((4, 2))
+    assert cv._prior_score(ACCURACY, targets, probs) == 0.75
+    assert cv._prior_score(get_metric("log_loss"), targets, probs) == pytest.approx(
+        -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+    assert cv._prior_score(ACCURACY, targets, np.zeros((4, 2, 3, 3))) is None   # segmentation maps
