@@ -29,7 +29,8 @@ which torch.load never checks, is switched off while saving, so the file's check
 than torch's default.
 
 This module owns the file: its format, writing, verifying, finding the newest valid one, pruning,
-safe loading and the meta checks. What goes into the state is `kagglekit_nb.state`'s; the copy on
+safe loading and the meta checks (its two file-like adapters, the checksumming writer and the
+payload window, are in `_streams`). What goes into the state is `kagglekit_nb.state`'s; the copy on
 Google Drive is `kagglekit_nb.mirror`'s.
 """
 from __future__ import annotations
