@@ -28,8 +28,9 @@ from pathlib import Path
 import timm
 import torch
 
-from kagglekit_nb.checkpoint import capture_state, load_latest, restore_state, save_checkpoint
+from kagglekit_nb.checkpoint import load_latest, save_checkpoint
 from kagglekit_nb.sampler import ResumableSampler
+from kagglekit_nb.state import capture_state, restore_state
 
 
 def _parts():

@@ -11,15 +11,18 @@ sleeping. CLOCK_MONOTONIC is shared by all processes on Linux, so a start time m
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["parse_duration", "Budget", "platform_limit_s", "process_age_s", "plan_epochs", "SAFETY"]
+__all__ = ["parse_duration", "Budget", "platform_limit_s", "process_age_s", "plan_epochs", "SAFETY",
+           "StopSignal", "install_sigterm_handler", "CheckpointTimer"]
 
 Clock = Callable[[], float]
 
@@ -344,3 +347,98 @@ def plan_epochs(
         whole = int(available_s // epoch_s)
         return (whole, 1) if whole >= 1 else (0, 0)
     return floor, min(folds, folds_left)
+
+
+# --- Stop signals and the checkpoint cadence ---
+
+
+class CheckpointTimer:
+    """Says when a time-cadence save is due: `every` seconds (or "5m") on a monotonic clock.
+
+    >>> timer = CheckpointTimer("5m")
+    >>> if timer.due(): save(...); timer.reset()
+    """
+
+    def __init__(self, every: float | str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = parse_duration(every, name="CHECKPOINT_EVERY")
+        self._clock = clock
+        self._last = clock()
+
+    def due(self) -> bool:
+        """True once `every_s` has passed since the start or the last `reset`."""
+        return self._clock() - self._last >= self.every_s
+
+    def reset(self) -> None:
+        """Start the next interval now (call after each save, whatever triggered it)."""
+        self._last = self._clock()
+
+    def remaining(self) -> float:
+        """Seconds until the next save is due (0 when due)."""
+        return max(0.0, self.every_s - (self._clock() - self._last))
+
+
+@dataclass
+class StopSignal:
+    """Which stop signal arrived (None until one does); truthy once one has."""
+
+    received: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.received is not None
+
+
+@contextlib.contextmanager
+def install_sigterm_handler(
+    callback: Callable[[str], None] | None = None,
+    *,
+    signals: Sequence[int] = (signal.SIGTERM,),
+) -> Iterator[StopSignal]:
+    """Within the block, SIGTERM (and any other `signals`, e.g. SIGINT) only sets a `StopSignal`.
+
+    The loop checks it at step boundaries, saves there and stops. Nothing is saved inside the
+    handler: it may have interrupted a save. `callback(name)` runs in the handler, so keep it to
+    logging. The same signal a second time goes to the previous handler (a stuck run can still be
+    killed or interrupted). The previous handlers are restored on exit.
+    """
+    flag = StopSignal()
+    previous: dict[int, Any] = {}
+    seen: set[int] = set()
+
+    def handler(signum: int, frame: Any) -> None:
+        if signum in seen:
+            _pass_on(signum, frame, previous.get(signum))
+            return
+        seen.add(signum)
+        name = signal.Signals(signum).name
+        if flag.received is None:
+            flag.received = name
+        if callback is not None:
+            callback(name)
+
+    try:
+        for sig in signals:
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError as e:
+        _restore_handlers(previous)
+        raise ValueError(f"install_sigterm_handler must run in the main thread (notebook cells do): {e}") from None
+    try:
+        yield flag
+    finally:
+        _restore_handlers(previous)
+
+
+def _pass_on(signum: int, frame: Any, prev: Any) -> None:
+    if callable(prev):
+        prev(signum, frame)
+    elif prev == signal.SIG_IGN:
+        return
+    elif signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    else:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _restore_handlers(previous: Mapping[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

@@ -1,8 +1,11 @@
-"""Checkpoints that survive kills, disconnects and platform time limits.
+"""Checkpoint files that survive kills, disconnects and platform time limits.
+
+    from kagglekit_nb.state import capture_state, restore_state
 
     state = capture_state({"model": model, "optimizer": opt, "scheduler": sched, "sampler": sampler},
                           epoch=epoch, step=step, history=history)
-    save_checkpoint(state, ckpt_dir, step=step, keep=3, best=improved, meta={"model": MODEL, ...})
+    save_checkpoint(state, ckpt_dir, step=step, keep=3, best=improved, meta={"model": MODEL, ...},
+                    mirror=run.mirror)      # None, or the Google Drive copy (see `kagglekit_nb.mirror`)
     ...
     found = load_latest(ckpt_dir)              # newest valid file; torn or corrupt ones are skipped
     if found is not None:
@@ -25,8 +28,10 @@ the speed; it is no defence against a malicious file and need not be: loading is
 which torch.load never checks, is switched off while saving, so the file's checksum costs no more
 than torch's default.
 
-`set_mirror(local, remote)` makes every save under `local` also go to `remote` (Google Drive on
-Colab: see `sync_mirror`), written there atomically after the durable local write.
+This module owns the file: its format, writing, verifying, finding the newest valid one, pruning,
+safe loading and the meta checks (its two file-like adapters, the checksumming writer and the
+payload window, are in `_streams`). What goes into the state is `kagglekit_nb.state`'s; the copy on
+Google Drive is `kagglekit_nb.mirror`'s.
 """
 from __future__ import annotations
 
@@ -37,31 +42,31 @@ import os
 import pickle
 import re
 import shutil
-import signal
 import struct
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .budget import parse_duration
-from .repro import restore_rng_state, rng_state
+from ._atomic import fsync_dir
+from ._streams import CrcWriter, Window, without_record_crc
+
+if TYPE_CHECKING:
+    from .mirror import Mirror
 
 __all__ = [
-    "BEST_FILE", "COMPAT_KEYS", "FORMAT_VERSION", "STEP_FILE", "CheckpointError", "CheckpointTimer",
-    "LoadedCheckpoint", "StopSignal", "capture_state", "check_compatible", "clear_mirror", "copy_atomic",
-    "find_latest", "install_sigterm_handler", "list_checkpoints", "load_checkpoint", "load_latest",
-    "mirror_of", "pack_rng_state", "read_meta", "restore_mirror", "restore_state", "save_checkpoint",
-    "set_mirror", "sync_mirror", "unpack_rng_state",
+    "BEST_FILE", "COMPAT_KEYS", "FORMAT_VERSION", "STEP_FILE", "CheckpointError", "LoadedCheckpoint",
+    "check_compatible", "find_latest", "list_checkpoints", "load_checkpoint", "load_latest", "read_meta",
+    "save_checkpoint",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1                          # of the file (prefix, header, trailer); the state has its own
 STEP_FILE = "step-{step:09d}.ckpt"          # the step number decides which file is newest
 STEP_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
 BEST_FILE = "best.ckpt"
@@ -75,7 +80,6 @@ _PREFIX = struct.Struct(">8sII")            # magic, format version, header leng
 _TRAILER = struct.Struct(">QI8s")           # payload length, CRC32, end magic
 _MAX_HEADER = 16 << 20
 _CHUNK = 8 << 20                            # read size when verifying
-_SLICE = 256 << 10                          # write size when saving: fits in the CPU's L2 cache
 _TEMP = re.compile(r"^\.(.+)\.(\d+)\.tmp$")  # .step-000000100.ckpt.<pid>.tmp
 _ZIP = b"PK\x03\x04"
 _LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.device, torch.dtype, torch.Size)
@@ -102,6 +106,7 @@ def save_checkpoint(
     keep: int = 3,
     best: bool = False,
     meta: Mapping[str, Any] | None = None,
+    mirror: Mirror | None = None,
     log: Log | None = print,
 ) -> Path:
     """Write `state` atomically and durably as `STEP_FILE` in `directory`; returns its path.
@@ -111,6 +116,7 @@ def save_checkpoint(
     abandoned or torn timeline) are deleted; `BEST_FILE` is kept besides those. A failed write
     raises `CheckpointError` and leaves every earlier checkpoint as it was. `meta` (JSON values)
     goes into the header, for `read_meta` and `check_compatible` without loading the state.
+    With a `mirror`, the folder is then copied there (`Mirror.after_save`: a failed copy is logged).
     One writer per folder: use a folder per fold (step numbers restart with each fold).
     """
     step = _check_count("step", step, low=0)
@@ -130,8 +136,8 @@ def save_checkpoint(
     if best:
         _publish_best(path)
     _prune(directory, keep, path, log)
-    if _MIRRORS:
-        _sync_after_save(directory, path, log)
+    if mirror is not None:
+        mirror.after_save(directory, path, log=log)
     return path
 
 
@@ -174,52 +180,6 @@ def _encode_header(step: int, meta: Mapping[str, Any] | None) -> bytes:
         raise ValueError(f"meta must hold JSON values only (str, numbers, lists, dicts): {e}.") from None
 
 
-class _CrcWriter:
-    """A write-only file wrapper keeping a running CRC32 and byte count of what went through it.
-
-    Large writes go through in `_SLICE` pieces, each checksummed just before it is copied to the
-    file, so the copy reads it from the CPU cache: the CRC then costs compute only, not a second
-    pass over memory. (A helper thread would hide it on an idle machine, but each hand-off waits
-    for a free core while DataLoader workers keep the cores busy.)
-    """
-
-    def __init__(self, f: Any) -> None:
-        self._f, self.crc, self.size, self.error = f, 0, 0, None
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        for start in range(0, view.nbytes, _SLICE):
-            piece = view[start : start + _SLICE]
-            self.crc = zlib.crc32(piece, self.crc)
-            try:
-                self._f.write(piece)
-            except OSError as e:
-                self.error = self.error or e  # kept: torch may replace it by its own RuntimeError
-                raise
-        self.size += view.nbytes
-        return view.nbytes
-
-    def flush(self) -> None:
-        self._f.flush()
-
-
-@contextlib.contextmanager
-def _without_record_crc() -> Iterator[None]:
-    """torch.save computes a CRC32 per zip record that torch.load never checks; the file's own
-    checksum replaces it, so it is switched off while writing."""
-    get = getattr(torch.serialization, "get_crc32_options", None)
-    set_ = getattr(torch.serialization, "set_crc32_options", None)
-    if get is None or set_ is None:
-        yield
-        return
-    before = get()
-    set_(False)
-    try:
-        yield
-    finally:
-        set_(before)
-
-
 def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
@@ -229,17 +189,17 @@ def _write_atomic(path: Path, header: bytes, state: Mapping[str, Any]) -> None:
     writer = None
     try:
         with open(tmp, "wb") as f:
-            writer = _CrcWriter(f)
+            writer = CrcWriter(f)
             writer.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)))
             writer.write(header)
             start = writer.size
-            with _without_record_crc():
+            with without_record_crc():
                 torch.save(dict(state), writer)
             f.write(_TRAILER.pack(writer.size - start, writer.crc, END_MAGIC))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException as e:
         _unlink_quietly(tmp)
         cause = _os_error_in(e) or (writer.error if writer is not None else None)
@@ -270,7 +230,7 @@ def _publish_best(path: Path) -> None:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, best)
-        _fsync_dir(best.parent)
+        fsync_dir(best.parent)
     except OSError as e:
         _unlink_quietly(tmp)
         raise CheckpointError(e.errno, f"{path.name} was saved, but {best} could not be updated: "
@@ -299,21 +259,6 @@ def _remove(p: Path, log: Log | None) -> bool:
         _say(log, f"could not delete the old checkpoint {p}: {e}")
         return False
     return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; file systems that cannot sync a directory (some FUSE mounts) skip it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EISDIR):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -355,137 +300,6 @@ def _remove_stale_temps(directory: Path, log: Log | None) -> None:
 def _say(log: Log | None, message: str) -> None:
     if log is not None:
         log(message)
-
-
-# ----------------------------------------------------------------------------- mirror (Google Drive)
-#
-# On Colab the run folder lives on Google Drive, a network file system where a write is slow and a
-# runtime that dies mid-write leaves a half-uploaded file. So checkpoints are saved on the local disk
-# first (atomically, as above) and then copied to Drive by `sync_mirror`: a temp name on Drive,
-# fsync, `os.replace`, fsync of the folder. A new runtime starts with an empty local disk;
-# `restore_mirror` copies back what Drive holds before anything looks for a checkpoint.
-
-_MIRRORS: dict[Path, Path] = {}  # local root -> remote root
-
-
-def set_mirror(local_root: str | os.PathLike, remote_root: str | os.PathLike) -> None:
-    """From now on, each `save_checkpoint` under `local_root` is copied to the same place under
-    `remote_root` (e.g. Google Drive) after the durable local write."""
-    _MIRRORS[Path(local_root).resolve()] = Path(remote_root)
-
-
-def clear_mirror(local_root: str | os.PathLike | None = None) -> None:
-    """Stop mirroring `local_root` (every root when None)."""
-    if local_root is None:
-        _MIRRORS.clear()
-    else:
-        _MIRRORS.pop(Path(local_root).resolve(), None)
-
-
-def mirror_of(directory: str | os.PathLike) -> Path | None:
-    """The remote folder `directory` is mirrored to, or None."""
-    directory = Path(directory).resolve()
-    for local, remote in _MIRRORS.items():
-        if directory.is_relative_to(local):
-            return remote / directory.relative_to(local)
-    return None
-
-
-def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy `src` to `dst` so that `dst` is always either absent, the old file or the whole new one.
-
-    Written under a temp name next to `dst`, flushed and fsynced, then `os.replace`d; the folder is
-    fsynced after. A failed copy leaves no temp file behind and `dst` as it was.
-    """
-    src, dst = Path(src), Path(dst)
-    tmp = _temp_path(dst)
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, _CHUNK)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return dst
-
-
-def _same_checkpoint(a: Path, b: Path) -> bool:
-    """Same size and same trailer (payload length + CRC32 of everything before it): the same file."""
-    try:
-        if not b.is_file() or a.stat().st_size != b.stat().st_size:
-            return False
-        tails = []
-        for path in (a, b):
-            with open(path, "rb") as f:
-                f.seek(max(0, path.stat().st_size - _TRAILER.size))
-                tails.append(f.read())
-        return tails[0] == tails[1]
-    except OSError:
-        return False
-
-
-def sync_mirror(directory: str | os.PathLike, *, log: Log | None = print) -> list[Path]:
-    """Bring the mirror of `directory` up to date; returns the files copied.
-
-    The newest step file goes first, then the older ones and `BEST_FILE`, each with `copy_atomic`
-    and only when the mirror's copy differs; step files the local folder no longer has (pruned by
-    `keep`) are removed from the mirror last, so it always holds a complete checkpoint.
-    """
-    directory = Path(directory)
-    remote = mirror_of(directory)
-    if remote is None:
-        return []
-    remote.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(remote, log)
-    local = [p for _, p in reversed(list_checkpoints(directory))]
-    best = directory / BEST_FILE
-    copied = []
-    for src in local + ([best] if best.is_file() else []):
-        dst = remote / src.name
-        if not _same_checkpoint(src, dst):
-            copied.append(copy_atomic(src, dst))
-    names = {p.name for p in local}
-    for _, p in list_checkpoints(remote):
-        if p.name not in names:
-            _remove(p, log)
-    return copied
-
-
-def _sync_after_save(directory: Path, saved: Path, log: Log | None) -> None:
-    remote = mirror_of(directory)
-    if remote is None:
-        return
-    try:
-        sync_mirror(directory, log=log)
-    except OSError as e:
-        _say(log, f"WARNING: {saved.name} is saved in {directory} but could not be copied to {remote}: "
-                  f"{e.strerror or e}. A lost runtime would lose it; the next save tries the copy again.")
-
-
-def restore_mirror(
-    remote_root: str | os.PathLike, local_root: str | os.PathLike, *, log: Log | None = print
-) -> list[Path]:
-    """Copy every checkpoint under `remote_root` that `local_root` lacks (a new runtime's empty
-    disk) to the same place under `local_root`; returns the local files written."""
-    remote_root, local_root = Path(remote_root), Path(local_root)
-    restored = []
-    if not remote_root.is_dir():
-        return restored
-    for folder, _, files in sorted(os.walk(remote_root)):
-        for name in sorted(files):
-            if not (STEP_PATTERN.match(name) or name == BEST_FILE):
-                continue
-            dst = local_root / Path(folder).relative_to(remote_root) / name
-            if dst.exists():
-                continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            restored.append(copy_atomic(Path(folder) / name, dst))
-    if restored:
-        _say(log, f"copied {len(restored)} checkpoint file(s) from {remote_root} to {local_root}")
-    return restored
 
 
 # ----------------------------------------------------------------------------- finding
@@ -634,48 +448,8 @@ def _verify(f: Any, layout: _Layout) -> None:
         raise _Invalid("checksum mismatch: the file is corrupt (damaged on disk or in transfer)")
 
 
-class _Window:
-    """The payload region of an open file, seen as a file of its own (for torch.load)."""
-
-    def __init__(self, f: Any, start: int, length: int) -> None:
-        self._f, self._start, self._len, self._pos = f, start, length, 0
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._len}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def read(self, n: int = -1) -> bytes:
-        n = self._len - self._pos if n is None or n < 0 else min(n, self._len - self._pos)
-        if n <= 0:
-            return b""
-        self._f.seek(self._start + self._pos)
-        data = self._f.read(n)
-        self._pos += len(data)
-        return data
-
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b).cast("B")
-        n = min(len(view), self._len - self._pos)
-        if n <= 0:
-            return 0
-        self._f.seek(self._start + self._pos)
-        got = self._f.readinto(view[:n])
-        self._pos += got
-        return got
-
-
 def _load_payload(f: Any, layout: _Layout, path: Path, map_location: Any) -> dict[str, Any]:
-    state = _torch_load(_Window(f, layout.payload_start, layout.payload_len), path, map_location)
+    state = _torch_load(Window(f, layout.payload_start, layout.payload_len), path, map_location)
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint's dict")
     return state
@@ -782,191 +556,3 @@ def check_compatible(
         elif saved_meta[key] != current:
             differences.append(f"{key}: the checkpoint has {_short(saved_meta[key])}, this run has {_short(current)}")
     return differences
-
-
-# ----------------------------------------------------------------------------- full state
-
-
-def pack_rng_state() -> dict[str, Any]:
-    """`repro.rng_state()` in a form a weights_only load accepts (numpy's key array as a tensor)."""
-    state = rng_state()
-    version, internal, gauss = state["python"]
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    packed: dict[str, Any] = {
-        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": state["torch"],
-    }
-    if "cuda" in state:
-        packed["cuda"] = list(state["cuda"])
-    return packed
-
-
-def unpack_rng_state(packed: Mapping[str, Any]) -> None:
-    """Restore what `pack_rng_state` captured; the next random numbers are then the saved ones."""
-    try:
-        py, npy = packed["python"], packed["numpy"]
-        state: dict[str, Any] = {
-            "python": (py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]),
-            "numpy": (npy["bit_generator"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
-                      npy["has_gauss"], npy["cached_gaussian"]),
-            "torch": packed["torch"],
-        }
-    except (KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"the saved RNG state is incomplete or malformed ({e!r}): it cannot be restored "
-                         "exactly. Start fresh, or restore with allow_partial=True to skip it.") from None
-    if "cuda" in packed:
-        state["cuda"] = packed["cuda"]
-    restore_rng_state(state)
-
-
-def capture_state(objects: Mapping[str, Any], **values: Any) -> dict[str, Any]:
-    """Everything a resume needs in one dict: each object's `state_dict()`, the RNG states, `values`.
-
-    >>> state = capture_state({"model": model, "optimizer": opt}, epoch=3, step=1200)
-    """
-    state: dict[str, Any] = {"format": FORMAT_VERSION, "objects": sorted(objects), "rng": pack_rng_state()}
-    for name, obj in objects.items():
-        if not callable(getattr(obj, "state_dict", None)):
-            raise ValueError(f"objects[{name!r}] ({type(obj).__name__}) has no state_dict(): it cannot be saved.")
-        state[name] = obj.state_dict()
-    clash = sorted(set(values) & set(state))
-    if clash:
-        raise ValueError(f"values {clash} clash with names already in the state; rename them.")
-    state.update(values)
-    return state
-
-
-def restore_state(
-    state: Mapping[str, Any],
-    objects: Mapping[str, Any],
-    *,
-    allow_partial: bool = False,
-    log: Log | None = print,
-) -> list[str]:
-    """Load every object's state and the RNG states from `state`; returns what was not restored.
-
-    Restores everything or raises: an object the checkpoint lacks, or a saved one not given here,
-    is a ValueError unless `allow_partial=True`, in which case it is reported and returned.
-    """
-    if state.get("format", 0) > FORMAT_VERSION:
-        raise ValueError(f"the checkpoint's state format {state['format']} is newer than this kagglekit_nb "
-                         f"reads ({FORMAT_VERSION}): upgrade kagglekit_nb.")
-    saved = set(state.get("objects", ()))
-    gaps = [f"{n} (not in the checkpoint)" for n in objects if n not in state]
-    gaps += [f"{n} (saved, but not given to restore)" for n in sorted(saved - set(objects))]
-    if "rng" not in state:
-        gaps.append("rng (not in the checkpoint)")
-    if gaps and not allow_partial:
-        raise ValueError("the checkpoint cannot be restored completely: " + "; ".join(gaps) + ". A partial resume "
-                         "would not continue the same run; start fresh, or pass allow_partial=True to accept it.")
-    for name, obj in objects.items():
-        if name not in state:
-            continue
-        try:
-            obj.load_state_dict(state[name])
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            detail = " ".join(str(e).split()).rstrip(".")
-            raise ValueError(f"could not restore {name!r} from the checkpoint: {detail}. The checkpoint was saved "
-                             "for a different setup (model, classes, optimizer); start fresh.") from e
-    if "rng" in state:
-        unpack_rng_state(state["rng"])
-    if gaps:
-        _say(log, "partial restore, these start fresh: " + "; ".join(gaps))
-    return gaps
-
-
-# ----------------------------------------------------------------------------- when to save
-
-
-class CheckpointTimer:
-    """Says when a time-cadence save is due: `every` seconds (or "5m") on a monotonic clock.
-
-    >>> timer = CheckpointTimer("5m")
-    >>> if timer.due(): save(...); timer.reset()
-    """
-
-    def __init__(self, every: float | str, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.every_s = parse_duration(every, name="CHECKPOINT_EVERY")
-        self._clock = clock
-        self._last = clock()
-
-    def due(self) -> bool:
-        """True once `every_s` has passed since the start or the last `reset`."""
-        return self._clock() - self._last >= self.every_s
-
-    def reset(self) -> None:
-        """Start the next interval now (call after each save, whatever triggered it)."""
-        self._last = self._clock()
-
-    def remaining(self) -> float:
-        """Seconds until the next save is due (0 when due)."""
-        return max(0.0, self.every_s - (self._clock() - self._last))
-
-
-@dataclass
-class StopSignal:
-    """Which stop signal arrived (None until one does); truthy once one has."""
-
-    received: str | None = None
-
-    def __bool__(self) -> bool:
-        return self.received is not None
-
-
-@contextlib.contextmanager
-def install_sigterm_handler(
-    callback: Callable[[str], None] | None = None,
-    *,
-    signals: Sequence[int] = (signal.SIGTERM,),
-) -> Iterator[StopSignal]:
-    """Within the block, SIGTERM (and any other `signals`, e.g. SIGINT) only sets a `StopSignal`.
-
-    The loop checks it at step boundaries, saves there and stops. Nothing is saved inside the
-    handler: it may have interrupted a save. `callback(name)` runs in the handler, so keep it to
-    logging. The same signal a second time goes to the previous handler (a stuck run can still be
-    killed or interrupted). The previous handlers are restored on exit.
-    """
-    flag = StopSignal()
-    previous: dict[int, Any] = {}
-    seen: set[int] = set()
-
-    def handler(signum: int, frame: Any) -> None:
-        if signum in seen:
-            _pass_on(signum, frame, previous.get(signum))
-            return
-        seen.add(signum)
-        name = signal.Signals(signum).name
-        if flag.received is None:
-            flag.received = name
-        if callback is not None:
-            callback(name)
-
-    try:
-        for sig in signals:
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError as e:
-        _restore_handlers(previous)
-        raise ValueError(f"install_sigterm_handler must run in the main thread (notebook cells do): {e}") from None
-    try:
-        yield flag
-    finally:
-        _restore_handlers(previous)
-
-
-def _pass_on(signum: int, frame: Any, prev: Any) -> None:
-    if callable(prev):
-        prev(signum, frame)
-    elif prev == signal.SIG_IGN:
-        return
-    elif signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    else:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-
-def _restore_handlers(previous: Mapping[int, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

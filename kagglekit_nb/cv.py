@@ -31,10 +31,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
+from .budget import CheckpointTimer, StopSignal, install_sigterm_handler
 from .folds import FoldRegistry
 from .loop import FitResult, LoopOptions, fit, make_scaler, smoke_step, steps_per_epoch
 from .metrics import Metric
 from .run import Run
+from .state import capture_state, restore_state
 
 __all__ = ["CVResult", "FoldSetup", "fold_dir", "fold_models", "oof_score", "train_folds"]
 
@@ -199,8 +201,8 @@ class _Fold:
     """One fold's training: checkpoint state, hooks for `fit`, and the resume. It measures the pace
     (a step, an evaluation) for the budget and asks the budget whether the next unit still fits."""
 
-    def __init__(self, run: Run, k: int, fs: FoldSetup, metric: Metric, stop: ckpt.StopSignal,
-                 timer: ckpt.CheckpointTimer, keep: int, accumulate: int = 1):
+    def __init__(self, run: Run, k: int, fs: FoldSetup, metric: Metric, stop: StopSignal,
+                 timer: CheckpointTimer, keep: int, accumulate: int = 1):
         self.run, self.k, self.fs, self.metric, self.stop, self.timer, self.keep = run, k, fs, metric, stop, timer, keep
         self.accumulate = accumulate
         # Durations are read on the budget's clock, the one the budget is spent on.
@@ -221,13 +223,13 @@ class _Fold:
         self.objects: dict[str, Any] = {"model": fs.model, "optimizer": fs.optimizer, "sampler": self.sampler}
 
     def save(self, *, best: bool = False) -> None:
-        state = ckpt.capture_state(
+        state = capture_state(
             self.objects, epoch=self.epoch, global_step=self.global_step, history=self.history,
             best_score=self.best_score, best_epoch=self.best_epoch, plan=self.plan, fold=self.k,
             config=self.run.config)
         try:
             ckpt.save_checkpoint(state, self.dir, step=self.global_step, keep=self.keep, best=best,
-                                 meta=self.fs.meta, log=self.run.log)
+                                 meta=self.fs.meta, mirror=self.run.mirror, log=self.run.log)
         except ckpt.CheckpointError as e:  # the previous checkpoint is intact: keep training
             self.run.log(f"WARNING: checkpoint not saved ({e}); training goes on, the last good one is kept")
         self.timer.reset()
@@ -283,7 +285,7 @@ class _Fold:
 
     def resume(self, found: ckpt.LoadedCheckpoint) -> tuple[FitResult, dict[str, Any]]:
         state = found.state
-        ckpt.restore_state(state, self.objects, log=self.run.log)
+        restore_state(state, self.objects, log=self.run.log)
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         # Saved at an epoch end, the sampler still stands at the end of the epoch before (fit moves
         # it on, as here): report the position training continues from.
@@ -352,10 +354,10 @@ def train_folds(
     if max_new_folds is not None:
         todo = todo[:max_new_folds]
     run.budget.close_setup()
-    timer = ckpt.CheckpointTimer(checkpoint_every)
+    timer = CheckpointTimer(checkpoint_every)
     epoch_s = eval_item_s = None
-    with ckpt.install_sigterm_handler(lambda name: run.log(f"{name} received: stopping at the next step"),
-                                      signals=signals) as stop:
+    with install_sigterm_handler(lambda name: run.log(f"{name} received: stopping at the next step"),
+                                 signals=signals) as stop:
         for i, k in enumerate(todo):
             if stop:
                 result.stop_reason = f"signal: {stop.received}"

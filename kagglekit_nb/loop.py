@@ -20,7 +20,6 @@ read (one device sync) every `check_every` steps and at the end of the epoch.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import threading
@@ -37,13 +36,13 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from .budget import Budget
 from .metrics import Metric
 from .repro import make_generator, restore_rng_state, rng_state, seed_worker
+from .state import capture_state, cpu_copy, restore_state
 from .ui import Progress
 
 __all__ = [
     "LoopOptions", "FitResult", "SmokeReport", "fit", "evaluate", "predict", "smoke_step",
     "make_loader", "default_workers", "steps_per_epoch", "amp_dtype", "use_channels_last",
-    "plateau_mode", "learning_check", "device_warnings", "memory_report", "training_state",
-    "restore_training_state", "is_main_process", "make_scaler",
+    "plateau_mode", "learning_check", "device_warnings", "memory_report", "is_main_process", "make_scaler",
 ]
 
 StopHook = Callable[[str], "str | None"]
@@ -382,51 +381,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
-
-
-def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None,
-                   scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
-    """Everything needed to continue training exactly: weights, optimizer, scheduler, scaler, RNGs.
-
-    Weights alone are not enough: Adam's moments, the scheduler's position and the scaler's scale
-    are part of where training is. The values are live references; copy before training on.
-    """
-    return {
-        "model": _unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": None if scheduler is None else scheduler.state_dict(),
-        "scaler": None if scaler is None else scaler.state_dict(),
-        "rng": rng_state(),
-    }
-
-
-def restore_training_state(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                           scheduler: Any = None, scaler: torch.amp.GradScaler | None = None) -> None:
-    """Restore what `training_state` captured; anything missing is an error, never skipped."""
-    missing = [k for k in ("model", "optimizer", "scheduler", "scaler", "rng") if k not in state]
-    for key, obj in (("scheduler", scheduler), ("scaler", scaler)):
-        if obj is not None and state.get(key) is None and key not in missing:
-            missing.append(key)
-    if missing:
-        raise ValueError(f"training state is missing {missing}: it cannot be restored exactly "
-                         "(weights alone do not continue a run).")
-    _unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None:
-        scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
-
-
-def _cpu_copy(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_copy(v) for v in obj)
-    return copy.deepcopy(obj)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -984,7 +938,8 @@ def _halve_val(s: _Step, r: _Run) -> None:
 
 
 class _Snapshot:
-    """The last good state (weights, optimizer, scheduler, scaler, RNGs, position), kept on the CPU.
+    """The last good state (weights, optimizer, scheduler, scaler, sampler, RNGs, position), kept on
+    the CPU in the checkpoint's state format (`kagglekit_nb.state`).
 
     Taken at the start of training and then at an epoch start when enough time has passed that the
     copy costs under 2% of the training time.
@@ -1001,25 +956,28 @@ class _Snapshot:
 
     def take(self, s: _Step, r: _Run, epoch: int, result: FitResult, since_best: int) -> None:
         t0 = time.monotonic()
-        self.state = _cpu_copy(training_state(s.model, s.optimizer, s.scheduler_all, s.scaler))
+        self.state = cpu_copy(capture_state(_snapshot_objects(s, r)))
         gen = r.loader.generator
-        sampler = r.loader.sampler
-        self.where = (epoch, result.steps, since_best, len(result.history),
-                      None if gen is None else gen.get_state(),
-                      sampler.state_dict() if hasattr(sampler, "advance") else None)
+        self.where = (epoch, result.steps, since_best, len(result.history), None if gen is None else gen.get_state())
         self.taken = time.monotonic()
         self.cost = self.taken - t0
 
     def restore(self, s: _Step, r: _Run, result: FitResult) -> tuple[int, int]:
-        restore_training_state(_cpu_copy(self.state), s.model, s.optimizer, s.scheduler_all, s.scaler)
-        epoch, steps, since_best, n_history, gen, sampler_state = self.where
+        restore_state(cpu_copy(self.state), _snapshot_objects(s, r), log=None)  # complete, or it raises
+        epoch, steps, since_best, n_history, gen = self.where
         if gen is not None and r.loader.generator is not None:
             r.loader.generator.set_state(gen)
-        if sampler_state is not None:
-            r.loader.sampler.load_state_dict(sampler_state)
         result.steps = steps
         del result.history[n_history:]
         return epoch, since_best
+
+
+def _snapshot_objects(s: _Step, r: _Run) -> dict[str, Any]:
+    """What the snapshot holds: the model (unwrapped), optimizer, and the scheduler, scaler and
+    resumable sampler where there are any."""
+    objects = {"model": _unwrap(s.model), "optimizer": s.optimizer, "scheduler": s.scheduler_all,
+               "scaler": s.scaler, "sampler": r.loader.sampler if hasattr(r.loader.sampler, "advance") else None}
+    return {name: obj for name, obj in objects.items() if obj is not None}
 
 
 def fit(

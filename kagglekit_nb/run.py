@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt
 from ._atomic import write_json
 from .budget import Budget
+from .mirror import Mirror
 from .repro import seed_everything
 
 __all__ = ["RUN_FILE", "Run", "select_device", "start_run"]
@@ -69,7 +69,7 @@ class Run:
     previous: dict[str, Any] | None = None
     echo: Callable[[str], None] = print
     checkpoint_dir: Path | None = None     # None: <dir>/checkpoints; set when `dir` is on Google Drive
-    checkpoint_mirror: Path | None = None  # where each checkpoint is copied after its local save
+    mirror: Mirror | None = None           # the Drive copy of `checkpoints`: pass it to save_checkpoint
 
     @property
     def checkpoints(self) -> Path:
@@ -77,6 +77,11 @@ class Run:
         path = self.checkpoint_dir if self.checkpoint_dir is not None else self.dir / "checkpoints"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @property
+    def checkpoint_mirror(self) -> Path | None:
+        """Where each checkpoint is copied after its local save (on Google Drive), or None."""
+        return None if self.mirror is None else self.mirror.remote
 
     def log(self, message: str) -> None:
         """Print `message` prefixed with the elapsed time and what is left of the budget."""
@@ -95,11 +100,11 @@ class Run:
 
 def _mirror_checkpoints(run: Run, local: Path) -> None:
     """Checkpoints of a run on Google Drive: saved under `local` first, then copied to Drive."""
-    run.checkpoint_dir, run.checkpoint_mirror = local / "checkpoints", run.dir / "checkpoints"
-    restored = ckpt.restore_mirror(run.checkpoint_mirror, run.checkpoint_dir, log=None)
-    ckpt.set_mirror(run.checkpoint_dir, run.checkpoint_mirror)
-    run.record["checkpoint_mirror"] = {"local": str(run.checkpoint_dir), "drive": str(run.checkpoint_mirror)}
-    run.log(f"checkpoints are saved in {run.checkpoint_dir} and copied to Google Drive ({run.checkpoint_mirror}) "
+    run.mirror = Mirror(local=local / "checkpoints", remote=run.dir / "checkpoints")
+    run.checkpoint_dir = run.mirror.local
+    restored = run.mirror.restore(log=None)
+    run.record["checkpoint_mirror"] = {"local": str(run.mirror.local), "drive": str(run.mirror.remote)}
+    run.log(f"checkpoints are saved in {run.mirror.local} and copied to Google Drive ({run.mirror.remote}) "
             "after each save" + (f"; {len(restored)} file(s) copied back from Drive to resume" if restored else ""))
 
 
@@ -127,7 +132,8 @@ def start_run(
 
     On Colab, when the output folder is on Google Drive (under `drive_root`, default /content/drive),
     checkpoints are saved on the runtime's local disk (`local_disk`, default /content, in
-    kagglekit_local/) and copied to `<output>/checkpoints` on Drive after each save; a new runtime
+    kagglekit_local/) and copied to `<output>/checkpoints` on Drive after each save (`run.mirror`,
+    which `save_checkpoint(..., mirror=run.mirror)` takes); a new runtime
     first copies them back from Drive, so it resumes where the last one stopped. Without Drive the
     run folder is `<local_disk>/runs/<run_name>`.
     """

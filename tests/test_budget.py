@@ -9,7 +9,7 @@ import math
 import pytest
 
 from kagglekit_nb import budget
-from kagglekit_nb import budget as budget_module
+
 from kagglekit_nb.budget import Budget, parse_duration, plan_epochs, platform_limit_s, process_age_s
 
 
@@ -285,7 +285,7 @@ def test_plan_epochs_rejects_non_positive_epoch_time():
 def test_docstring_examples_hold():
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    tests = [t for t in finder.find(budget_module) if t.examples]
+    tests = [t for t in finder.find(budget) if t.examples]
     names = {t.name.rsplit(".", 1)[-1] for t in tests}
     assert {"plan_epochs", "parse_duration"} <= names
     for t in tests:
@@ -396,3 +396,62 @@ def test_close_setup_books_the_time_before_the_first_phase_once():
     clock.advance(5.0)
     b.close_setup()
     assert b.phases == {"setup": 7.0}
+
+
+# ----------------------------------------------------------------------------- stop signals and the checkpoint cadence
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+from kagglekit_nb.budget import CheckpointTimer, StopSignal, install_sigterm_handler  # noqa: E402
+
+
+def test_timer_on_a_fake_clock():
+    now = [100.0]
+    timer = CheckpointTimer("5m", clock=lambda: now[0])
+    assert timer.every_s == 300 and not timer.due() and timer.remaining() == 300
+    now[0] += 299.9
+    assert not timer.due()
+    now[0] += 0.1
+    assert timer.due() and timer.remaining() == 0
+    timer.reset()
+    assert not timer.due()
+    with pytest.raises(ValueError, match="CHECKPOINT_EVERY='soon'"):
+        CheckpointTimer("soon")
+
+
+def _wait_for(flag, timeout=2.0):
+    end = time.monotonic() + timeout
+    while not flag and time.monotonic() < end:
+        time.sleep(0.001)
+
+
+def test_sigterm_sets_a_flag_and_handlers_are_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    names: list[str] = []
+    with install_sigterm_handler(names.append) as stop:
+        assert not stop
+        os.kill(os.getpid(), signal.SIGTERM)
+        _wait_for(stop)
+        assert stop.received == "SIGTERM" and names == ["SIGTERM"]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_second_sigint_interrupts():
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with install_sigterm_handler(signals=(signal.SIGTERM, signal.SIGINT)) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            _wait_for(stop)
+            assert stop.received == "SIGINT"
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+    assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_stop_signal_is_falsy_until_a_signal_arrives():
+    flag = StopSignal()
+    assert not flag and flag.received is None
+    flag.received = "SIGTERM"
+    assert flag and flag.received == "SIGTERM"

@@ -1,13 +1,9 @@
-"""Tests for kagglekit_nb.checkpoint: atomic saves, newest-valid lookup, safe loading, full-state
-restore, and the exact-resume property (N steps straight == k steps, kill, resume, N-k steps)."""
+"""Tests for kagglekit_nb.checkpoint: atomic saves, newest-valid lookup, keep policy, safe loading and
+the meta checks. (What goes into a state: test_state.py; the Drive copy: test_mirror.py.)"""
 
 from __future__ import annotations
 
 import errno
-import io
-import os
-import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -16,12 +12,8 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 import kagglekit_nb.checkpoint as ck
-from kagglekit_nb.sampler import IndexSeeded, ResumableSampler
 
 
 def _state(value: float = 1.0) -> dict:
@@ -172,14 +164,14 @@ def test_failed_save_leaves_previous_checkpoints_intact(tmp_path, monkeypatch):
     for step in (1, 2, 3):
         ck.save_checkpoint(_state(step), tmp_path, step=step, keep=2, best=step == 1, log=None)
     before = _files(tmp_path)
-    real_write = ck._CrcWriter.write
+    real_write = ck.CrcWriter.write
 
     def disk_full(self, data):  # the disk fills up part-way through the payload
         if self.size > 300:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(self, data)
 
-    monkeypatch.setattr(ck._CrcWriter, "write", disk_full)
+    monkeypatch.setattr(ck.CrcWriter, "write", disk_full)
     with pytest.raises(ck.CheckpointError) as info:
         ck.save_checkpoint(_state(4.0), tmp_path, step=4, keep=2, log=None)
     assert info.value.errno == errno.ENOSPC
@@ -328,24 +320,7 @@ def test_safetensors_weights(tmp_path):
         ck.load_checkpoint(bad)
 
 
-# ----------------------------------------------------------------------------- RNG, compatibility, state
-
-
-def test_rng_state_round_trips_through_weights_only():
-    random.seed(1)
-    np.random.seed(1)
-    torch.manual_seed(1)
-    np.random.randn()  # leaves numpy with a cached gaussian, part of its state
-    buf = io.BytesIO()
-    torch.save(ck.pack_rng_state(), buf)
-    expected = (torch.rand(3), np.random.rand(3), np.random.randn(), random.random(), random.gauss(0, 1))
-    buf.seek(0)
-    ck.unpack_rng_state(torch.load(buf, weights_only=True))
-    again = (torch.rand(3), np.random.rand(3), np.random.randn(), random.random(), random.gauss(0, 1))
-    assert torch.equal(again[0], expected[0]) and np.array_equal(again[1], expected[1])
-    assert again[2:] == expected[2:]
-    with pytest.raises(ValueError, match="RNG state is incomplete"):
-        ck.unpack_rng_state({"torch": torch.get_rng_state()})
+# ----------------------------------------------------------------------------- compatibility
 
 
 def test_check_compatible_reports_sentences():
@@ -358,171 +333,3 @@ def test_check_compatible_reports_sentences():
         "classes: the checkpoint has ['cat', 'dog'], this run has ['cat', 'dog', 'eel']",
         "in_chans: the checkpoint does not record it (this run: 3)",
     ]
-
-
-def test_restore_is_complete_or_loud():
-    model = nn.Linear(2, 2)
-    state = ck.capture_state({"model": model}, epoch=1)
-    with pytest.raises(ValueError, match=r"optimizer \(not in the checkpoint\).*allow_partial=True"):
-        ck.restore_state(state, {"model": nn.Linear(2, 2), "optimizer": torch.optim.SGD(model.parameters(), 0.1)})
-    with pytest.raises(ValueError, match=r"model \(saved, but not given to restore\)"):
-        ck.restore_state(state, {})
-    msgs, log = _messages()
-    fresh = nn.Linear(2, 2)
-    gaps = ck.restore_state(state, {"model": fresh, "optimizer": torch.optim.SGD(fresh.parameters(), 0.1)},
-                            allow_partial=True, log=log)
-    assert gaps == ["optimizer (not in the checkpoint)"] and "partial restore" in msgs[0]
-    assert torch.equal(fresh.weight, model.weight)
-    with pytest.raises(ValueError, match="could not restore .model.*size mismatch.*different setup"):
-        ck.restore_state(state, {"model": nn.Linear(3, 2)})
-    with pytest.raises(ValueError, match="clash"):
-        ck.capture_state({"model": model}, rng=1)
-
-
-# ----------------------------------------------------------------------------- cadence and signals
-
-
-def test_timer_on_a_fake_clock():
-    now = [100.0]
-    timer = ck.CheckpointTimer("5m", clock=lambda: now[0])
-    assert timer.every_s == 300 and not timer.due() and timer.remaining() == 300
-    now[0] += 299.9
-    assert not timer.due()
-    now[0] += 0.1
-    assert timer.due() and timer.remaining() == 0
-    timer.reset()
-    assert not timer.due()
-    with pytest.raises(ValueError, match="CHECKPOINT_EVERY='soon'"):
-        ck.CheckpointTimer("soon")
-
-
-def _wait_for(flag, timeout=2.0):
-    end = time.monotonic() + timeout
-    while not flag and time.monotonic() < end:
-        time.sleep(0.001)
-
-
-def test_sigterm_sets_a_flag_and_handlers_are_restored():
-    before = signal.getsignal(signal.SIGTERM)
-    names: list[str] = []
-    with ck.install_sigterm_handler(names.append) as stop:
-        assert not stop
-        os.kill(os.getpid(), signal.SIGTERM)
-        _wait_for(stop)
-        assert stop.received == "SIGTERM" and names == ["SIGTERM"]
-    assert signal.getsignal(signal.SIGTERM) == before
-
-
-def test_second_sigint_interrupts():
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        with ck.install_sigterm_handler(signals=(signal.SIGTERM, signal.SIGINT)) as stop:
-            os.kill(os.getpid(), signal.SIGINT)
-            _wait_for(stop)
-            assert stop.received == "SIGINT"
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1.0)
-    assert signal.getsignal(signal.SIGINT) == before
-
-
-# ----------------------------------------------------------------------------- exact resume
-
-
-class _Noisy(Dataset):
-    """A small classification set whose items are augmented with python, numpy and torch randomness."""
-
-    def __init__(self, n: int = 48):
-        g = torch.Generator().manual_seed(1)
-        self.x, self.y = torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        noise = torch.from_numpy(np.random.randn(6)).float() * random.random() + 0.1 * torch.rand(6)
-        return self.x[i] + 0.1 * noise, self.y[i]
-
-
-def _build(workers: int, init_seed: int):
-    """Fresh model, optimizer, scheduler, sampler and loader, as a restarted notebook would build them."""
-    random.seed(init_seed)
-    np.random.seed(init_seed)
-    torch.manual_seed(init_seed)
-    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
-    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.7)
-    data = _Noisy()
-    sampler = ResumableSampler(data, seed=7, with_epoch=True)
-    loader = DataLoader(IndexSeeded(data, 7), batch_size=4, sampler=sampler, num_workers=workers,
-                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(7))
-    return {"model": model, "optimizer": opt, "scheduler": sched, "sampler": sampler}, loader
-
-
-def _train(parts, loader, steps: int, seen: list) -> None:
-    """The loop's contract in miniature: set_epoch, step, advance, stop at a step boundary."""
-    model, opt, sched, sampler = parts["model"], parts["optimizer"], parts["scheduler"], parts["sampler"]
-    model.train()
-    done, epoch = 0, sampler.epoch
-    while done < steps:
-        sampler.set_epoch(epoch)
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-            sched.step()
-            sampler.advance(len(y))
-            seen.append(x)
-            done += 1
-            if done == steps:
-                return
-        epoch += 1
-
-
-def _next_randoms():
-    return torch.rand(4), np.random.rand(4), random.random()
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_exact_resume_mid_epoch(tmp_path, workers):
-    n, k = 30, 17  # 12 steps per epoch: the kill lands in the middle of the second epoch
-    straight, loader = _build(workers, init_seed=0)
-    straight_batches: list = []
-    _train(straight, loader, n, straight_batches)
-    expected_randoms = _next_randoms()
-    del loader
-
-    first, loader = _build(workers, init_seed=0)
-    resumed_batches: list = []
-    _train(first, loader, k, resumed_batches)
-    state = ck.capture_state(first, global_step=k)
-    ck.save_checkpoint(state, tmp_path, step=k, meta={"model": "mlp"}, log=None)
-    del first, loader, state  # the process dies here (a kill, a disconnect)
-
-    fresh, loader = _build(workers, init_seed=12345)  # a restarted notebook: other init, other RNG state
-    found = ck.load_latest(tmp_path, log=None)
-    assert found.step == k and found.state["global_step"] == k
-    assert ck.restore_state(found.state, fresh) == []
-    assert fresh["sampler"].epoch == 1 and fresh["sampler"].position == (k - 12) * 4
-    _train(fresh, loader, n - k, resumed_batches)
-    got_randoms = _next_randoms()
-
-    assert all(torch.equal(a, b) for a, b in zip(straight_batches, resumed_batches))
-    for (name, a), b in zip(straight["model"].state_dict().items(), fresh["model"].state_dict().values()):
-        assert torch.equal(a, b), name
-    sa, sb = straight["optimizer"].state_dict(), fresh["optimizer"].state_dict()
-    assert sa["param_groups"] == sb["param_groups"]
-    for i, per_param in sa["state"].items():
-        for key, value in per_param.items():
-            assert torch.equal(value, sb["state"][i][key]), (i, key)
-    assert straight["scheduler"].state_dict() == fresh["scheduler"].state_dict()
-    assert torch.equal(got_randoms[0], expected_randoms[0])
-    assert np.array_equal(got_randoms[1], expected_randoms[1]) and got_randoms[2] == expected_randoms[2]
-
-
-def test_training_does_not_depend_on_worker_count():
-    results = []
-    for workers in (0, 2):
-        parts, loader = _build(workers, init_seed=0)
-        _train(parts, loader, 14, [])
-        results.append(parts["model"].state_dict())
-    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])

@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from kagglekit_nb import loop
-from kagglekit_nb.checkpoint import pack_rng_state, unpack_rng_state
 from kagglekit_nb.loop import FitResult, default_workers, evaluate, fit, make_loader, predict
 from kagglekit_nb.metrics import Metric, get_metric
+from kagglekit_nb.state import capture_state, restore_state
 
 
 def _separable(n: int = 64, seed: int = 0) -> TensorDataset:
@@ -367,7 +367,7 @@ def test_predict_averages_tta():
 
 from kagglekit_nb.loop import (  # noqa: E402
     LoopOptions, SmokeReport, amp_dtype, device_warnings, learning_check, memory_report, plateau_mode,
-    make_scaler, restore_training_state, smoke_step, steps_per_epoch, training_state, use_channels_last,
+    make_scaler, smoke_step, steps_per_epoch, use_channels_last,
 )
 
 
@@ -699,6 +699,28 @@ def test_nan_loss_restores_the_last_good_state_and_halves_the_lr_once():
     assert any(m.startswith("WARNING: the training loss became NaN/inf") for m in logged)
 
 
+def test_after_a_nan_the_run_continues_from_the_snapshot_exactly():
+    """The snapshot holds the whole training state: after the NaN the run is the one that used the halved
+    learning rate from the start (weights, BatchNorm statistics, momentum, dropout masks, data order)."""
+    def run(lr: float, nan_at: int):
+        model, (train_loader, val_loader) = _Noisy(), _loaders()
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        torch.manual_seed(3)
+        result = _fit(model, train_loader, val_loader, epochs=3, opt=opt, loss_fn=_NanOnce(at=nan_at))
+        return model, opt, result, torch.rand(4)
+
+    model, opt, result, draws = run(0.1, nan_at=12)  # in epoch 2: back to the start, at lr 0.05
+    assert len(result.warnings) == 1 and opt.param_groups[0]["lr"] == 0.05
+    want_model, want_opt, want, want_draws = run(0.05, nan_at=-1)  # never NaN
+    assert want.warnings == [] and result.steps == want.steps == 24
+    assert _same(_weights(model), _weights(want_model))
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], want_opt.state[q]["momentum_buffer"])
+               for p, q in zip(model.parameters(), want_model.parameters()))
+    assert [(h["epoch"], h["val_loss"], h["score"]) for h in result.history] == \
+        [(h["epoch"], h["val_loss"], h["score"]) for h in want.history]
+    assert torch.equal(draws, want_draws)  # the random streams were rolled back too
+
+
 def test_nan_policy_raise_stops_at_once():
     with pytest.raises(FloatingPointError, match="NaN/inf in epoch 1.*nan_policy='restore'"):
         _fit(_model(), *_loaders(), loss_fn=_NanOnce(at=3), options=LoopOptions(nan_policy="raise"))
@@ -816,21 +838,6 @@ def test_smoke_step_raises_on_a_non_finite_loss():
 # --------------------------------------------------------------------------- state, hooks, several processes
 
 
-def test_training_state_round_trip_continues_identically():
-    model = _model()
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    train_loader, val_loader = _loaders()
-    _fit(model, train_loader, val_loader, epochs=1, opt=opt)
-    saved = copy.deepcopy(training_state(model, opt))
-    assert set(saved) == {"model", "optimizer", "scheduler", "scaler", "rng"}
-    assert saved["optimizer"]["state"]  # Adam's moments are in it
-    after = torch.rand(2)
-    restore_training_state(copy.deepcopy(saved), model, opt)
-    assert torch.equal(torch.rand(2), after)  # the RNG streams are restored too
-    with pytest.raises(ValueError, match=r"missing \['scheduler'\]"):
-        restore_training_state(saved, model, opt, torch.optim.lr_scheduler.StepLR(opt, 1))
-
-
 class _Jittered(Dataset):
     """Random augmentation from torch's and numpy's global RNGs, as a hand-written transform draws it."""
 
@@ -863,16 +870,14 @@ def _seed_run() -> None:
 
 def _save_point(model, opt, sched, train) -> dict:
     """What a checkpoint holds, copied as saving to a file would."""
-    return copy.deepcopy({"training": training_state(model, opt, sched), "sampler": train.sampler.state_dict(),
-                          "rng": pack_rng_state()})
+    return copy.deepcopy(capture_state({"model": model, "optimizer": opt, "scheduler": sched, "sampler": train.sampler}))
 
 
 def _restored(saved: dict):
     """Fresh objects, built as a new session builds them, then restored from `saved`."""
     model, opt, sched, train, val = _resumable_run()
-    restore_training_state(copy.deepcopy(saved["training"]), model, opt, sched)
-    train.sampler.load_state_dict(saved["sampler"])
-    unpack_rng_state(saved["rng"])
+    assert restore_state(copy.deepcopy(saved), {"model": model, "optimizer": opt, "scheduler": sched,
+                                                "sampler": train.sampler}) == []
     return model, opt, sched, train, val
 
 
@@ -925,9 +930,9 @@ def test_fit_resumes_at_an_epoch_boundary_exactly(straight_run):
 
     # The control: without the RNG state the dropout masks differ, so the weights do.
     model, opt, sched, train, val = _resumable_run()
-    model.load_state_dict(saved["training"]["model"])
-    opt.load_state_dict(saved["training"]["optimizer"])
-    sched.load_state_dict(saved["training"]["scheduler"])
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
     train.sampler.load_state_dict(saved["sampler"])
     _fit(model, train, val, opt=opt, scheduler=sched, epochs=2, start_epoch=1, resume=head)
     assert not _same(_weights(model), straight_run["weights"])

@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from kagglekit_nb.folds import make_folds
 from kagglekit_nb.loop import (
     LoopOptions, device_warnings, evaluate, fit, learning_check, make_loader, plateau_mode, predict,
-    restore_training_state, training_state,
 )
 from kagglekit_nb.metrics import get_metric
 from kagglekit_nb.repro import seed_everything
+from kagglekit_nb.state import capture_state, restore_state
 
 ACC = get_metric("accuracy")
 
@@ -390,13 +390,13 @@ def test_pitfall_no_optimizer_state_in_the_checkpoint():
     train_loader, val_loader = _loaders(seed=9)
     model, opt, sched = setup()
     _fit(model, train_loader, val_loader, epochs=1, opt=opt, scheduler=sched)
-    saved = copy.deepcopy(training_state(model, opt, sched))
+    saved = copy.deepcopy(capture_state({"model": model, "optimizer": opt, "scheduler": sched}))
     order = train_loader.generator.get_state()
     _fit(model, train_loader, val_loader, epochs=1, opt=opt, scheduler=sched)
     straight = _weights(model)
 
     resumed, ropt, rsched = setup()
-    restore_training_state(copy.deepcopy(saved), resumed, ropt, rsched)
+    restore_state(copy.deepcopy(saved), {"model": resumed, "optimizer": ropt, "scheduler": rsched})
     train_loader.generator.set_state(order)
     _fit(resumed, train_loader, val_loader, epochs=1, opt=ropt, scheduler=rsched)
     assert _same(_weights(resumed), straight)
@@ -409,8 +409,8 @@ def test_pitfall_no_optimizer_state_in_the_checkpoint():
     assert not torch.allclose(weights_only.weight, straight["weight"], atol=1e-3)
 
     partial = {k: v for k, v in saved.items() if k != "optimizer"}
-    with pytest.raises(ValueError, match=r"missing \['optimizer'\]"):
-        restore_training_state(partial, *setup())
+    with pytest.raises(ValueError, match=r"optimizer \(not in the checkpoint\)"):
+        restore_state(partial, dict(zip(("model", "optimizer", "scheduler"), setup())))
 
 
 def test_pitfall_normalisation_mismatch_between_training_and_inference(tmp_path):
