@@ -16,7 +16,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,11 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from .budget import plan_epochs
 from .folds import FoldRegistry
-from .loop import FitResult, LoopOptions, fit, make_scaler, smoke_step, steps_per_epoch
+from .loaders import steps_per_epoch
+from .loop import FitResult, fit
 from .metrics import Metric
+from .options import LoopOptions, make_scaler
+from .preflight import smoke_step
 from .run import Run
 
 __all__ = ["CVResult", "FoldSetup", "fold_dir", "fold_models", "oof_score", "train_folds"]
@@ -377,7 +380,8 @@ def train_folds(
             with run.budget.timed("train"):
                 fr = fit(fs.model, fs.train_loader, fs.val_loader, optimizer=fs.optimizer, loss_fn=fs.loss_fn,
                          epochs=f.plan["epochs"], device=run.device, metric=metric, scheduler=scheduler,
-                         patience=patience, options=options, should_stop=f.should_stop, on_step=f.on_step,
+                         options=options if patience is None else replace(options or LoopOptions(), patience=patience),
+                         should_stop=f.should_stop, on_step=f.on_step,
                          on_epoch_end=f.on_epoch_end, log=run.log, start_epoch=f.epoch, resume=resume,
                          scaler=scaler, progress_label=f"fold {k}", budget=run.budget)
             measured = f.epoch_seconds
