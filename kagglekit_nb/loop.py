@@ -7,9 +7,11 @@ or per epoch, ReduceLROnPlateau's mode must match the metric's direction; evalua
 run in eval mode under `torch.inference_mode`.
 
 Recovered loudly: a non-finite loss (restore + half LR once, then an error), CUDA out-of-memory
-(half batch, same effective batch), worker processes that never deliver a batch (`loaders`). The
-checks before and at the start of training (placement, smoke step, first step, ln(C)) live in
-`preflight`; the switches and what they decide (AMP, channels_last, scheduler interval) in `options`.
+(half batch, same effective batch), worker processes that never deliver a batch.
+
+Here: `fit`'s epochs, evaluation, early stopping and recovery. Elsewhere: the switches and what
+they decide (`options`), one optimizer step (`step`), loaders and the first-batch watchdog
+(`loaders`), the checks before and at the start of training (`preflight`).
 
 Nothing here assumes one process: the model may be wrapped in DistributedDataParallel, the train
 sampler may be a DistributedSampler, the loop writes no files and only rank 0 prints.
@@ -39,6 +41,7 @@ from .options import (LoopOptions, _autocast, _capability, _check_int, _schedule
                       use_channels_last)
 from .preflight import _check_first_step, _check_setup, learning_check
 from .repro import restore_rng_state, rng_state
+from .step import _compiled, _epoch_scheduler_step, _halve_lr, _optimizer_step, _Step, _train_step, _use_no_sync
 from .ui import Progress
 
 __all__ = ["FitResult", "fit", "evaluate", "predict", "training_state", "restore_training_state",
@@ -47,8 +50,6 @@ __all__ = ["FitResult", "fit", "evaluate", "predict", "training_state", "restore
 StopHook = Callable[[str], "str | None"]
 StepHook = Callable[[int, int], None]
 Log = Callable[[str], None]
-
-_NULL = contextlib.nullcontext()
 
 
 def is_main_process() -> bool:
@@ -197,17 +198,6 @@ class FitResult:
     accumulate: int = 1                 # accumulation at the end (higher after out-of-memory)
 
 
-def _halve_lr(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-    for g in optimizer.param_groups:
-        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
-            if isinstance(g.get(key), torch.Tensor):
-                g[key].mul_(0.5)
-            elif isinstance(g.get(key), (int, float)):
-                g[key] = g[key] / 2
-    if scheduler is not None and hasattr(scheduler, "base_lrs"):
-        scheduler.base_lrs = [lr / 2 for lr in scheduler.base_lrs]
-
-
 def _all_finite(value: torch.Tensor) -> bool:
     """Whether `value` is finite in every process (so all of them take the same recovery path)."""
     ok = torch.isfinite(value).all()
@@ -216,56 +206,6 @@ def _all_finite(value: torch.Tensor) -> bool:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
         ok = flag[0]
     return bool(ok)
-
-
-@dataclass
-class _Step:
-    """What one training step needs, resolved once per `fit`."""
-
-    model: nn.Module          # as given (maybe DistributedDataParallel)
-    forward: nn.Module        # what is called (maybe compiled)
-    optimizer: torch.optim.Optimizer
-    loss_fn: Callable
-    device: torch.device
-    dtype: torch.dtype | None
-    scaler: torch.amp.GradScaler | None
-    clip: float | None
-    params: list[torch.Tensor]
-    scheduler: Any            # stepped per optimizer step; None when stepped per epoch
-    scheduler_all: Any        # the scheduler whatever its interval (saved and restored with the state)
-    channels_last: bool
-    no_sync: bool             # skip the gradient all-reduce on all but the last batch of a window
-
-
-def _train_step(s: _Step, x: Any, y: Any, zero: bool, divisor: int, apply: bool) -> torch.Tensor:
-    """One batch: zero_grad at a window's start, forward + loss under autocast, backward of
-    loss / window size, and the optimizer step at the window's end. Returns the detached loss."""
-    if zero:
-        s.optimizer.zero_grad(set_to_none=True)
-    x, y = _to(x, s.device, s.channels_last), _to(y, s.device)
-    with s.model.no_sync() if s.no_sync and not apply else _NULL:
-        with _autocast(s.device, s.dtype):
-            loss = s.loss_fn(s.forward(x), y)
-        scaled = loss / divisor if divisor != 1 else loss
-        (s.scaler.scale(scaled) if s.scaler is not None else scaled).backward()
-    if apply:
-        _optimizer_step(s)
-    return loss.detach()
-
-
-def _optimizer_step(s: _Step) -> None:
-    if s.scaler is not None:
-        if s.clip is not None:
-            s.scaler.unscale_(s.optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(s.params, s.clip)
-        s.scaler.step(s.optimizer)
-        s.scaler.update()
-    else:
-        if s.clip is not None:
-            nn.utils.clip_grad_norm_(s.params, s.clip)
-        s.optimizer.step()
-    if s.scheduler is not None:
-        s.scheduler.step()
 
 
 @dataclass
@@ -449,7 +389,7 @@ def _epoch_progress(r: _Run, epoch: int) -> Any:
     """The epoch's progress (a context manager): a bar in a live notebook, else a plain line at most
     every `progress_every_s` seconds; nothing when that is None."""
     if r.progress_every_s is None:
-        return _NULL
+        return contextlib.nullcontext()
     return Progress(r.n_batches, f"{r.progress_label} epoch {epoch + 1}/{r.epochs}".strip(), budget=r.budget,
                     every_s=r.progress_every_s, echo=r.say, unit="batch")
 
@@ -670,11 +610,6 @@ def _start_position(loader: DataLoader, start_epoch: int, *, resumed: bool) -> i
     return n_batches
 
 
-def _use_no_sync(model: nn.Module, accumulate: int, n_batches: int | None) -> bool:
-    """Whether to skip DDP's gradient all-reduce on all but the last batch of each accumulation window."""
-    return accumulate > 1 and hasattr(model, "no_sync") and n_batches is not None
-
-
 def _close_epoch(s: _Step, r: _Run, result: FitResult, ep: _Epoch, epoch: int, metric: Metric, opts: LoopOptions,
                  t0: float) -> tuple[dict[str, float], bool]:
     """Evaluate a finished epoch, record its row, keep the best weights, step a per-epoch scheduler.
@@ -699,18 +634,8 @@ def _close_epoch(s: _Step, r: _Run, result: FitResult, ep: _Epoch, epoch: int, m
         result.best_score, result.best_epoch = ev["score"], epoch + 1
         result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(s.model).state_dict().items()}
         result.best_probs = ev["probs"]
-    if s.scheduler_all is not None and s.scheduler is None:  # stepped per epoch
-        if isinstance(s.scheduler_all, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            s.scheduler_all.step(ev["score"])
-        else:
-            s.scheduler_all.step()
+    _epoch_scheduler_step(s, ev["score"])
     return row, improved
-
-
-def _compiled(model: nn.Module, option: bool | str) -> nn.Module:
-    if option is False:
-        return model
-    return torch.compile(model, backend="inductor" if option is True else option)
 
 
 def _recover(s: _Step, r: _Run, snapshot: _Snapshot | None, result: FitResult, epoch: int) -> tuple[int, int]:
