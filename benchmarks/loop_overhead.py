@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kagglekit_nb.loop import fit, make_loader
+from kagglekit_nb.loaders import make_loader
+from kagglekit_nb.loop import fit
 from kagglekit_nb.metrics import get_metric
 from kagglekit_nb.repro import seed_everything
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from .budget import Budget, parse_duration, plan_epochs
 from .env import detect_platform, environment_report, find_competition_dir, run_dir
-from .loop import evaluate, fit, make_loader, predict
+from .loaders import make_loader
+from .loop import evaluate, fit, predict
 from .metrics import get_metric
 from .repro import seed_everything
 from .run import Run, start_run

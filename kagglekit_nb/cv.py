@@ -21,7 +21,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,11 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from .budget import CheckpointTimer, StopSignal, install_sigterm_handler
 from .folds import FoldRegistry
-from .loop import FitResult, LoopOptions, fit, make_scaler, smoke_step, steps_per_epoch
+from .loaders import steps_per_epoch
+from .loop import FitResult, fit
 from .metrics import Metric
+from .options import LoopOptions, make_scaler
+from .preflight import smoke_step
 from .run import Run
 from .state import capture_state, restore_state
 
@@ -378,7 +381,8 @@ def train_folds(
                         f"the checkpoints in {fold_dir(run, k)} come from a different setup: " + "; ".join(diffs)
                         + f". Use a new OUTPUT_DIR (or RUN_NAME), or delete {fold_dir(run, k)} to start over.")
             if epoch_s is None:
-                smoke = smoke_step(fs.model, fs.train_loader, fs.val_loader, loss_fn=fs.loss_fn, device=run.device)
+                smoke = smoke_step(fs.model, fs.train_loader, fs.val_loader, loss_fn=fs.loss_fn, device=run.device,
+                                   options=options)
                 eval_item_s = smoke.eval_s_per_sample
                 epoch_s = run.budget.epoch_estimate(step_s=smoke.step_s, steps=steps_full,
                                                     eval_item_s=eval_item_s, val_items=n_val)
@@ -424,7 +428,8 @@ def train_folds(
             with run.budget.timed("train"):
                 fr = fit(fs.model, fs.train_loader, fs.val_loader, optimizer=fs.optimizer, loss_fn=fs.loss_fn,
                          epochs=f.plan["epochs"], device=run.device, metric=metric, scheduler=scheduler,
-                         patience=patience, options=options, should_stop=f.should_stop, on_step=f.on_step,
+                         options=options if patience is None else replace(options or LoopOptions(), patience=patience),
+                         should_stop=f.should_stop, on_step=f.on_step,
                          on_epoch_end=f.on_epoch_end, log=run.log, start_epoch=f.epoch, resume=resume,
                          scaler=scaler, progress_label=f"fold {k}", budget=run.budget)
             measured = f.epoch_seconds

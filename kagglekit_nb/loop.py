@@ -1,15 +1,17 @@
-"""The training loop as plain functions: `fit`, `evaluate`, `predict`, and a DataLoader factory.
+"""The training loop as plain functions: `fit`, `evaluate`, `predict`.
 
 Correct by construction: gradients are zeroed before each backward; accumulation divides the loss
 by its window and steps every `accumulate` batches, the last partial window included; autocast
 covers the forward pass and the loss, clipping unscales first, schedulers step per optimizer step
 or per epoch, ReduceLROnPlateau's mode must match the metric's direction; evaluation and prediction
-run in eval mode under `torch.inference_mode`; validation and test loaders never shuffle.
+run in eval mode under `torch.inference_mode`.
 
-Loudly detected: an optimizer built before the model moved, a model training on the CPU next to a
-GPU, worker processes that never deliver a batch, a non-finite loss (restore + half LR once, then
-an error), CUDA out-of-memory (half batch, same effective batch), a model no better than the class
-prior after its first epoch, a validation loader without labels (the test set).
+Recovered loudly: a non-finite loss (restore + half LR once, then an error), CUDA out-of-memory
+(half batch, same effective batch), worker processes that never deliver a batch.
+
+Here: `fit`'s epochs, evaluation, early stopping and recovery. Elsewhere: the switches and what
+they decide (`options`), one optimizer step (`step`), loaders and the first-batch watchdog
+(`loaders`), the checks before and at the start of training (`preflight`).
 
 Nothing here assumes one process: the model may be wrapped in DistributedDataParallel, the train
 sampler may be a DistributedSampler, the loop writes no files and only rank 0 prints.
@@ -21,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,342 +31,29 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader
 
 from .budget import Budget
+from .loaders import _count, _dist_on, _loader_len, _rebuild, _to, _watched, _xy
 from .metrics import Metric
-from .repro import make_generator, restore_rng_state, rng_state, seed_worker
+from .options import (LoopOptions, _autocast, _capability, _check_int, _scheduler_interval, amp_dtype, make_scaler,
+                      use_channels_last)
+from .preflight import _check_first_step, _check_setup, learning_check
+from .repro import restore_rng_state, rng_state
 from .state import capture_state, cpu_copy, restore_state
+from .step import _compiled, _epoch_scheduler_step, _halve_lr, _optimizer_step, _Step, _train_step, _use_no_sync
 from .ui import Progress
 
-__all__ = [
-    "LoopOptions", "FitResult", "SmokeReport", "fit", "evaluate", "predict", "smoke_step",
-    "make_loader", "default_workers", "steps_per_epoch", "amp_dtype", "use_channels_last",
-    "plateau_mode", "learning_check", "device_warnings", "memory_report", "is_main_process", "make_scaler",
-]
+__all__ = ["FitResult", "fit", "evaluate", "predict", "is_main_process"]
 
 StopHook = Callable[[str], "str | None"]
 StepHook = Callable[[int, int], None]
 Log = Callable[[str], None]
 
-NAN_POLICIES = ("restore", "raise")
-SCHEDULER_INTERVALS = ("step", "epoch")
-_NULL = contextlib.nullcontext()
-
-
-@dataclass(frozen=True)
-class LoopOptions:
-    """Switches of `fit`, each with a safe default; an invalid value raises ValueError."""
-
-    accumulate: int = 1                  # batches per optimizer step (effective batch = batch x accumulate)
-    clip_grad_norm: float | None = None  # max total gradient norm, applied after unscaling; None = no clipping
-    amp: bool | str | None = None        # None: bf16 on Ampere+ GPUs, fp16 + GradScaler on older, off on CPU
-    scheduler_interval: str | None = None  # "step" or "epoch"; None = "epoch" for ReduceLROnPlateau, else "step"
-    channels_last: bool | None = None    # None = on for CUDA (faster convolutions on tensor cores)
-    compile: bool | str = False          # torch.compile the model; a string names the backend
-    preflight: bool = True               # check the first step, one validation batch, device and GPU memory
-    watchdog_s: float | None = 120.0     # workers must deliver the first batch in time, else num_workers=0
-    nan_policy: str = "restore"          # "restore": last good state + half LR once, then error; "raise": error
-    check_every: int = 100               # optimizer steps between loss checks (one device sync each)
-    learning_check: bool = True          # warn when the first epoch's val loss is no better than the prior
-    oom_retries: int = 4                 # batch-size halvings allowed on out-of-memory
-
-    def __post_init__(self) -> None:
-        _check_int("accumulate", self.accumulate, 1)
-        _check_int("check_every", self.check_every, 1)
-        _check_int("oom_retries", self.oom_retries, 0)
-        if self.clip_grad_norm is not None and not _positive(self.clip_grad_norm):
-            raise ValueError(f"clip_grad_norm={self.clip_grad_norm!r} must be a positive number or None.")
-        if self.watchdog_s is not None and not _positive(self.watchdog_s):
-            raise ValueError(f"watchdog_s={self.watchdog_s!r} must be a positive number of seconds or None.")
-        _amp_choice(self.amp)
-        if self.scheduler_interval is not None and self.scheduler_interval not in SCHEDULER_INTERVALS:
-            raise ValueError(f"scheduler_interval={self.scheduler_interval!r} is not valid; "
-                             "use 'step', 'epoch' or None (automatic).")
-        if self.channels_last not in (None, True, False):
-            raise ValueError(f"channels_last={self.channels_last!r} must be True, False or None (automatic).")
-        if not (isinstance(self.compile, bool) or (isinstance(self.compile, str) and self.compile)):
-            raise ValueError(f"compile={self.compile!r} must be True, False or a torch.compile backend name.")
-        if self.nan_policy not in NAN_POLICIES:
-            raise ValueError(f"nan_policy={self.nan_policy!r} is not valid; "
-                             f"choose one of {', '.join(NAN_POLICIES)}.")
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} must be an integer >= {low}.")
-
-
-def _positive(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-
-
-# --------------------------------------------------------------------------- decisions (pure functions)
-
-
-def _amp_choice(amp: Any) -> str:
-    if amp is None:
-        return "auto"
-    if isinstance(amp, bool):
-        return "on" if amp else "off"
-    names = {"auto": "auto", "off": "off", "none": "off", "on": "on", "bf16": "bf16", "bfloat16": "bf16",
-             "fp16": "fp16", "float16": "fp16"}
-    if isinstance(amp, str) and amp.lower() in names:
-        return names[amp.lower()]
-    raise ValueError(f"amp={amp!r} is not valid; use None (automatic), False, True, 'bf16' or 'fp16'.")
-
-
-def amp_dtype(amp: bool | str | None, device_type: str,
-              capability: tuple[int, int] | None = None) -> torch.dtype | None:
-    """The autocast dtype for `amp` on a device (None = full precision).
-
-    Automatic: bf16 on CUDA GPUs of compute capability 8.0+ (A100, L4, H100), fp16 (with a GradScaler)
-    on older ones (T4, P100), off on the CPU. `capability` is the GPU's (major, minor).
-
-    >>> amp_dtype(None, "cuda", (7, 5))
-    torch.float16
-    """
-    choice = _amp_choice(amp)
-    if choice == "off" or (choice == "auto" and device_type != "cuda"):
-        return None
-    bf16_ok = device_type != "cuda" or (capability is not None and tuple(capability) >= (8, 0))
-    if choice in ("auto", "on"):
-        return torch.bfloat16 if bf16_ok else torch.float16
-    if choice == "bf16" and not bf16_ok:
-        raise ValueError(f"amp={amp!r} needs a GPU of compute capability 8.0 or newer; this one is {capability} "
-                         "(a T4 is 7.5): use amp='fp16' or None (automatic).")
-    return torch.bfloat16 if choice == "bf16" else torch.float16
-
-
-def use_channels_last(option: bool | None, device_type: str) -> bool:
-    """Whether to use the channels_last memory format: `option`, else on for CUDA."""
-    return device_type == "cuda" if option is None else bool(option)
-
-
-def plateau_mode(metric: Metric) -> str:
-    """ReduceLROnPlateau's mode for `metric`: "max" when higher is better, else "min"."""
-    return "max" if metric.greater_is_better else "min"
-
-
-def steps_per_epoch(loader: DataLoader, accumulate: int = 1) -> int:
-    """Optimizer steps in one epoch of `loader` (the last partial accumulation window counts)."""
-    _check_int("accumulate", accumulate, 1)
-    return math.ceil(len(loader) / accumulate)
-
-
-def learning_check(probs: np.ndarray, targets: np.ndarray, *, rtol: float = 0.02) -> str | None:
-    """A warning when the validation loss is no better than predicting the class frequencies.
-
-    For balanced classes that loss is ln(C), the loss of uniform guessing; with imbalance it is the
-    entropy of the label distribution, which a model that only learned the majority class reaches.
-    None when the model beats it (or when the targets are not class indices).
-    """
-    p, t = np.asarray(probs, dtype=np.float64), np.asarray(targets)
-    if p.ndim != 2 or p.shape[1] < 2 or t.ndim != 1 or len(t) != len(p) or not np.issubdtype(t.dtype, np.integer):
-        return None
-    c = p.shape[1]
-    if len(t) == 0 or t.min() < 0 or t.max() >= c:
-        return None
-    nll = float(-np.mean(np.log(np.clip(p[np.arange(len(t)), t], 1e-12, None))))
-    freq = np.bincount(t, minlength=c) / len(t)
-    prior = float(-np.sum(freq[freq > 0] * np.log(freq[freq > 0])))
-    if nll < (1 - rtol) * prior:
-        return None
-    ln_c = math.log(c)
-    if prior >= (1 - rtol) * ln_c:
-        base = f"ln({c}) = {ln_c:.4f}, the loss of guessing uniformly"
-    else:
-        base = (f"{prior:.4f}, the loss of always predicting the class frequencies (ln({c}) = {ln_c:.4f}; "
-                "with imbalanced classes accuracy can look high while the model learned nothing)")
-    return (f"the model is not learning: validation loss {nll:.4f} after the first epoch is no better than "
-            f"{base}. Check that labels match their inputs, the learning rate, the input normalisation, "
-            "and that the loss receives logits.")
-
-
-def device_warnings(device: torch.device | str, *, cuda_available: bool,
-                    model_device: torch.device | str | None = None,
-                    batch_device: torch.device | str | None = None) -> list[str]:
-    """Warnings for work on the CPU while a CUDA GPU is available (training, model or batches)."""
-    if not cuda_available:
-        return []
-    on_cpu = [what for what, d in (("training runs", device), ("the model is", model_device),
-                                   ("the batches are", batch_device))
-              if d is not None and torch.device(d).type == "cpu"]
-    if not on_cpu:
-        return []
-    return [f"a CUDA GPU is available but {' and '.join(on_cpu)} on the CPU, many times slower: "
-            "pass device='cuda' (or DEVICE=None) and move the model with model.to(device) "
-            "before building the optimizer."]
-
-
-def memory_report(peak_bytes: int, reserved_bytes: int, total_bytes: int) -> str:
-    """One line on GPU memory use; flags use above 90% of the card."""
-    gib = 2.0**30
-    share = peak_bytes / total_bytes if total_bytes else 0.0
-    line = (f"GPU memory after the first step: peak {peak_bytes / gib:.2f} GiB allocated, "
-            f"{reserved_bytes / gib:.2f} GiB reserved, of {total_bytes / gib:.2f} GiB ({share:.0%})")
-    if share > 0.9:
-        line += " - close to the limit: an epoch with larger inputs may run out of memory"
-    return line
-
-
-def make_scaler(options: LoopOptions | None, device: torch.device | str) -> torch.amp.GradScaler | None:
-    """The GradScaler `fit` uses with these options on `device` (fp16 AMP), or None (bf16, fp32)."""
-    device = torch.device(device)
-    dtype = amp_dtype((options or LoopOptions()).amp, device.type, _capability(device))
-    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-
 
 def is_main_process() -> bool:
     """True in a single process, and on rank 0 of a distributed run (the one that prints and writes)."""
     return not _dist_on() or torch.distributed.get_rank() == 0
-
-
-def _dist_on() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-# --------------------------------------------------------------------------- loaders
-
-
-def default_workers(device: torch.device | str) -> int:
-    """DataLoader workers: on CUDA most cores feed the GPU; on a small CPU box workers would
-    steal the cores that compute, so decode in the main process there."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if torch.device(device).type == "cuda":
-        return max(1, min(8, cpus - 1))
-    return 0 if cpus <= 4 else min(4, cpus // 2)
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    train: bool,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    num_workers: int | None = None,
-    drop_last: bool | None = None,
-    distributed: bool | None = None,
-) -> DataLoader:
-    """A DataLoader with safe defaults: only `train=True` shuffles, through a `ResumableSampler`
-    (order from (seed, epoch), resumable mid-epoch) over `IndexSeeded(dataset)` (augmentation from
-    (seed, epoch, index), whatever the number of workers).
-
-    Every loader has its own generator (unused for order when not training), so iterating a
-    validation loader never draws from the global torch RNG: evaluating more or less often does
-    not change the dropout masks of training.
-
-    `distributed=None` splits a train loader across processes (the sampler shards by rank) when
-    torch.distributed runs with several processes; validation and test loaders are never split, so
-    every process sees the same scores and takes the same best-epoch and early-stopping decisions.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"BATCH_SIZE={batch_size!r} must be a positive integer.")
-    workers = default_workers(device) if num_workers is None else num_workers
-    if workers < 0:
-        raise ValueError(f"NUM_WORKERS={num_workers!r} must be >= 0 (or None for automatic).")
-    split = (train and _dist_on() and torch.distributed.get_world_size() > 1) if distributed is None else distributed
-    if split and not train:
-        raise ValueError("distributed=True for a validation/test loader: these are never split across processes "
-                         "(every process evaluates the whole set); use distributed=None.")
-    # A last batch of one sample breaks BatchNorm in training; keep every sample at inference.
-    drop = (train and len(dataset) > batch_size) if drop_last is None else drop_last
-    sampler = None
-    if train:  # order and augmentation a function of (seed, epoch, index): exact mid-epoch resume
-        from .sampler import IndexSeeded, ResumableSampler
-
-        replicas, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if split else (1, 0)
-        sampler = ResumableSampler(dataset, seed=seed, num_replicas=replicas, rank=rank, with_epoch=True)
-        dataset = IndexSeeded(dataset, seed)
-    extra: dict[str, Any] = {}
-    if workers > 0:
-        extra.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=seed_worker)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        generator=make_generator(seed),
-        num_workers=workers,
-        pin_memory=torch.device(device).type == "cuda",
-        drop_last=drop,
-        **extra,
-    )
-
-
-def _rebuild(loader: DataLoader, *, batch_size: int | None = None, num_workers: int | None = None) -> DataLoader:
-    """The same loader (dataset, sampler, generator, collate) with another batch size or worker count."""
-    workers = loader.num_workers if num_workers is None else num_workers
-    kw: dict[str, Any] = dict(num_workers=workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-                              worker_init_fn=loader.worker_init_fn, generator=loader.generator)
-    if workers > 0:
-        kw.update(persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor,
-                  timeout=loader.timeout, multiprocessing_context=loader.multiprocessing_context)
-    if loader.batch_size is None:
-        if batch_size is not None:
-            raise ValueError("the loader uses its own batch_sampler, so its batch size cannot be halved: "
-                             "lower the batch size of that sampler.")
-        return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **kw)
-    if not isinstance(loader.dataset, IterableDataset):
-        kw["sampler"] = loader.sampler
-    return DataLoader(loader.dataset, batch_size=batch_size or loader.batch_size, drop_last=loader.drop_last, **kw)
-
-
-def _loader_len(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
-
-
-def _first_batch(iterator: Iterator, limit_s: float) -> Any:
-    """`next(iterator)`, or TimeoutError when it takes longer than `limit_s` (the fetch is abandoned)."""
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def fetch() -> None:
-        try:
-            box["batch"] = next(iterator)
-        except BaseException as e:  # handed to the caller below
-            box["error"] = e
-        finally:
-            done.set()
-
-    threading.Thread(target=fetch, daemon=True, name="kagglekit-first-batch").start()
-    if not done.wait(limit_s):
-        raise TimeoutError(f"no batch within {limit_s:g}s")
-    if "error" in box:
-        raise box["error"]
-    return box["batch"]
-
-
-def _watched(loader: DataLoader, limit_s: float | None, restart: Callable[[], None], say: Callable,
-             what: str) -> tuple[DataLoader, Iterator]:
-    """An iterator over `loader` whose first batch from worker processes must come within `limit_s`;
-    otherwise the loader is rebuilt with num_workers=0 (after `restart()` rewinds its RNG)."""
-    it = iter(loader)
-    if not limit_s or loader.num_workers == 0:
-        return loader, it
-    try:
-        first = _first_batch(it, limit_s)
-    except StopIteration:
-        return loader, iter(())
-    except TimeoutError:
-        say(f"the {what} loader's {loader.num_workers} worker processes gave no batch within {limit_s:g}s "
-            "(a stuck worker or too little shared memory): rebuilt with num_workers=0, slower but safe. "
-            "Set NUM_WORKERS=0 to skip the wait.", warning=True)
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-        restart()
-        loader = _rebuild(loader, num_workers=0)
-        return loader, iter(loader)
-    return loader, _chain(first, it)
-
-
-def _chain(first: Any, rest: Iterator) -> Iterator:
-    yield first
-    yield from rest
 
 
 # --------------------------------------------------------------------------- state
@@ -384,35 +71,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- evaluation
-
-
-def _to(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
-    if isinstance(batch, torch.Tensor):
-        if channels_last and batch.dim() == 4:
-            return batch.to(device, memory_format=torch.channels_last, non_blocking=True)
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(b, device, channels_last) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to(v, device, channels_last) for k, v in batch.items()}
-    return batch
-
-
-def _xy(batch: Any, where: str) -> tuple[Any, Any]:
-    if isinstance(batch, (list, tuple)) and len(batch) == 2:
-        return batch[0], batch[1]
-    got = f"{type(batch).__name__} of {len(batch)}" if isinstance(batch, (list, tuple)) else type(batch).__name__
-    raise ValueError(f"{where} needs (inputs, labels) batches but the loader yields a {got}: is it the test "
-                     "loader? Train, pick the best epoch and early-stop on a labelled validation fold "
-                     "(make_folds), never on the test set; use predict() for the test set.")
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    return _NULL if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-def _count(y: Any) -> int:
-    return y.shape[0] if isinstance(y, torch.Tensor) else len(y)
 
 
 @torch.inference_mode()
@@ -474,91 +132,6 @@ def predict(
     return np.concatenate(out)
 
 
-# --------------------------------------------------------------------------- smoke step
-
-
-@dataclass(frozen=True)
-class SmokeReport:
-    """Timings of one training forward/backward and one evaluation batch, and the batch's loss."""
-
-    step_s: float
-    eval_s_per_sample: float
-    loss: float
-
-
-def _peek(loader: DataLoader) -> Any:
-    """The loader's first batch, read in this process (no worker processes started)."""
-    if loader.batch_size is not None and not isinstance(loader.dataset, IterableDataset):
-        keys = [key for _, key in zip(range(loader.batch_size), loader.sampler)]  # (epoch, index) or index
-        return loader.collate_fn([loader.dataset[key] for key in keys])
-    return next(iter(loader))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def smoke_step(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, *, loss_fn: Callable,
-               device: torch.device | str, options: LoopOptions | None = None) -> SmokeReport:
-    """One timed forward/backward on a training batch and one timed evaluation batch, before training.
-
-    Leaves no trace: weights, BatchNorm statistics, gradients, every RNG and the train loader's
-    shuffle generator are exactly as before, so a run with a smoke step trains like one without.
-    Raises FloatingPointError when the loss of that batch is not finite.
-    """
-    opts = LoopOptions() if options is None else options
-    device = torch.device(device)
-    dtype = amp_dtype(opts.amp, device.type, _capability(device))
-    cl = use_channels_last(opts.channels_last, device.type)
-    rng, gen = rng_state(), None if train_loader.generator is None else train_loader.generator.get_state()
-    params = list(model.parameters())
-    grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
-    buffers = [b.detach().clone() for b in model.buffers()]
-    was_training = model.training
-    try:
-        x, y = _xy(_peek(train_loader), "smoke_step")
-        xv, _ = _xy(_peek(val_loader), "smoke_step")
-        x, y, xv = _to(x, device, cl), _to(y, device), _to(xv, device, cl)
-        model.train()
-        times = []
-        # The first call pays one-off setup costs; of the next two the faster counts, because on a
-        # shared CPU one step can take several times its usual time, and an inflated estimate plans
-        # away epochs (or whole folds) that would have fit; an optimistic one is corrected by the
-        # per-step budget checks and the re-planning after each fold.
-        for _ in range(3):
-            t0 = time.monotonic()
-            with _autocast(device, dtype):
-                loss = loss_fn(model(x), y)
-            loss.backward()
-            _sync(device)
-            times.append(time.monotonic() - t0)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"the first training batch gives loss {value}: check the inputs for NaN/inf, "
-                                     "that the labels are valid class indices, and the learning rate.")
-        model.eval()
-        with torch.inference_mode(), _autocast(device, dtype):
-            evals = []
-            for _ in range(2):  # the faster of two, as for the training step
-                t0 = time.monotonic()
-                model(xv)
-                _sync(device)
-                evals.append(time.monotonic() - t0)
-            per_sample = min(evals) / max(1, _count(xv))
-    finally:
-        with torch.no_grad():
-            for b, saved in zip(model.buffers(), buffers):
-                b.copy_(saved)
-        for p, g in zip(params, grads):
-            p.grad = g
-        model.train(was_training)
-        restore_rng_state(rng)
-        if gen is not None:
-            train_loader.generator.set_state(gen)
-    return SmokeReport(step_s=min(times[1:]), eval_s_per_sample=per_sample, loss=value)
-
-
 # --------------------------------------------------------------------------- fit
 
 
@@ -579,72 +152,6 @@ class FitResult:
     accumulate: int = 1                 # accumulation at the end (higher after out-of-memory)
 
 
-def _capability(device: torch.device) -> tuple[int, int] | None:
-    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
-def _check_placement(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> list[str]:
-    """Raise when the optimizer does not hold the model's own parameters on `device`; warnings else."""
-    params = list(model.parameters())
-    ids = {id(p) for p in params}
-    in_opt = [p for g in optimizer.param_groups for p in g["params"]]
-    stray = sum(id(p) not in ids for p in in_opt)
-    if stray:
-        raise ValueError(
-            f"optimizer holds {stray} of its {len(in_opt)} parameter tensors that are not the model's: it was built "
-            "before the model was moved or converted (model.to(device)), or for another model instance (a cell "
-            "re-run out of order). Build it afterwards: model.to(device); optimizer = AdamW(model.parameters(), ...)."
-        )
-    off = next((p.device for p in params if not _same_device(p.device, device)), None)
-    if off is not None:
-        raise ValueError(f"the model's parameters are on {off} but device={str(device)!r}: call model.to(device) "
-                         "first, then build the optimizer from model.parameters().")
-    for st in optimizer.state.values():
-        for v in st.values():
-            if isinstance(v, torch.Tensor) and v.dim() > 0 and not _same_device(v.device, device):
-                raise ValueError(f"the optimizer's state is on {v.device} but device={str(device)!r}: load the "
-                                 "optimizer state after model.to(device), with map_location=device.")
-    opt_ids = {id(p) for p in in_opt}
-    left_out = sum(p.numel() for p in params if p.requires_grad and id(p) not in opt_ids)
-    if left_out:
-        return [f"{left_out} trainable parameters are not in the optimizer and will never change: add them, "
-                "or freeze them with requires_grad_(False)."]
-    return []
-
-
-def _scheduler_interval(scheduler: Any, interval: str | None, metric: Metric) -> str:
-    if scheduler is None:
-        return interval or "step"
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        want = plateau_mode(metric)
-        if scheduler.mode != want:
-            raise ValueError(
-                f"scheduler=ReduceLROnPlateau(mode={scheduler.mode!r}) does not fit metric {metric.name!r}, for which "
-                f"{'higher' if metric.greater_is_better else 'lower'} is better: it would cut the learning rate "
-                f"while the score improves. Use mode={want!r} (kagglekit_nb.loop.plateau_mode(metric))."
-            )
-        if interval == "step":
-            raise ValueError("scheduler_interval='step' with ReduceLROnPlateau: it needs the validation score, "
-                             "known once per epoch; use 'epoch' or None.")
-        return "epoch"
-    return interval or "step"
-
-
-def _halve_lr(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-    for g in optimizer.param_groups:
-        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
-            if isinstance(g.get(key), torch.Tensor):
-                g[key].mul_(0.5)
-            elif isinstance(g.get(key), (int, float)):
-                g[key] = g[key] / 2
-    if scheduler is not None and hasattr(scheduler, "base_lrs"):
-        scheduler.base_lrs = [lr / 2 for lr in scheduler.base_lrs]
-
-
 def _all_finite(value: torch.Tensor) -> bool:
     """Whether `value` is finite in every process (so all of them take the same recovery path)."""
     ok = torch.isfinite(value).all()
@@ -653,56 +160,6 @@ def _all_finite(value: torch.Tensor) -> bool:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
         ok = flag[0]
     return bool(ok)
-
-
-@dataclass
-class _Step:
-    """What one training step needs, resolved once per `fit`."""
-
-    model: nn.Module          # as given (maybe DistributedDataParallel)
-    forward: nn.Module        # what is called (maybe compiled)
-    optimizer: torch.optim.Optimizer
-    loss_fn: Callable
-    device: torch.device
-    dtype: torch.dtype | None
-    scaler: torch.amp.GradScaler | None
-    clip: float | None
-    params: list[torch.Tensor]
-    scheduler: Any            # stepped per optimizer step; None when stepped per epoch
-    scheduler_all: Any        # the scheduler whatever its interval (saved and restored with the state)
-    channels_last: bool
-    no_sync: bool             # skip the gradient all-reduce on all but the last batch of a window
-
-
-def _train_step(s: _Step, x: Any, y: Any, zero: bool, divisor: int, apply: bool) -> torch.Tensor:
-    """One batch: zero_grad at a window's start, forward + loss under autocast, backward of
-    loss / window size, and the optimizer step at the window's end. Returns the detached loss."""
-    if zero:
-        s.optimizer.zero_grad(set_to_none=True)
-    x, y = _to(x, s.device, s.channels_last), _to(y, s.device)
-    with s.model.no_sync() if s.no_sync and not apply else _NULL:
-        with _autocast(s.device, s.dtype):
-            loss = s.loss_fn(s.forward(x), y)
-        scaled = loss / divisor if divisor != 1 else loss
-        (s.scaler.scale(scaled) if s.scaler is not None else scaled).backward()
-    if apply:
-        _optimizer_step(s)
-    return loss.detach()
-
-
-def _optimizer_step(s: _Step) -> None:
-    if s.scaler is not None:
-        if s.clip is not None:
-            s.scaler.unscale_(s.optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(s.params, s.clip)
-        s.scaler.step(s.optimizer)
-        s.scaler.update()
-    else:
-        if s.clip is not None:
-            nn.utils.clip_grad_norm_(s.params, s.clip)
-        s.optimizer.step()
-    if s.scheduler is not None:
-        s.scheduler.step()
 
 
 @dataclass
@@ -808,37 +265,13 @@ def _consumed(r: _Run, epoch: int, samples: int, on_step: StepHook | None) -> No
 
 
 def _preflight(s: _Step, r: _Run, loss: torch.Tensor, step_s: float) -> bool:
-    """After the first optimizer step: its loss is finite, one validation batch runs, memory is reported."""
-    if not math.isfinite(loss.item()):
+    """After the first optimizer step: `preflight._check_first_step`; False when its loss is not finite."""
+    r.val_loader, timings = _check_first_step(
+        s.forward, r.val_loader, loss, step_s, device=s.device, dtype=s.dtype, channels_last=s.channels_last,
+        watchdog_s=r.watchdog_s, say=r.say, halve=lambda loader: _halve_val(s, r, loader))
+    if timings is None:
         return False
-    point = rng_state()  # the extra validation batch must not shift any random stream
-    while True:
-        r.val_loader, it = _watched(r.val_loader, r.watchdog_s, lambda: None, r.say, "validation")
-        t0 = time.monotonic()
-        try:
-            x, _ = _xy(next(it), "fit (validation loader)")
-        except StopIteration:
-            raise ValueError("fit: val_loader yields no batches (an empty validation fold?).") from None
-        try:
-            with torch.inference_mode(), _autocast(s.device, s.dtype):
-                s.forward.eval()
-                s.forward(_to(x, s.device, s.channels_last))
-                _sync(s.device)
-            break
-        except torch.OutOfMemoryError:
-            _halve_val(s, r)
-        finally:
-            s.forward.train()
-    eval_s = time.monotonic() - t0
-    restore_rng_state(point)
-    r.preflight = {"first_step_s": round(step_s, 4), "eval_batch_s": round(eval_s, 4)}
-    line = (f"pre-flight ok: first optimizer step {step_s:.2f}s (incl. the first batch), "
-            f"one validation batch {eval_s:.2f}s")
-    if s.device.type == "cuda":
-        props = torch.cuda.get_device_properties(s.device)
-        line += "; " + memory_report(torch.cuda.max_memory_allocated(s.device),
-                                     torch.cuda.memory_reserved(s.device), props.total_memory)
-    r.say(line)
+    r.preflight = timings
     return True
 
 
@@ -858,7 +291,7 @@ def _back_off(s: _Step, r: _Run, where: str) -> None:
     if r.n_batches is not None:
         r.n_batches = min(len(r.loader), 2 * r.n_batches)
     r.accumulate *= 2
-    s.no_sync = hasattr(s.model, "no_sync") and r.n_batches is not None
+    s.no_sync = _use_no_sync(s.model, r.accumulate, r.n_batches)
     r.say(f"out of memory {where} at batch size {bs}: retrying with batch size {bs // 2} x accumulate "
           f"{r.accumulate} (the same effective batch).", warning=True)
 
@@ -910,7 +343,7 @@ def _epoch_progress(r: _Run, epoch: int) -> Any:
     """The epoch's progress (a context manager): a bar in a live notebook, else a plain line at most
     every `progress_every_s` seconds; nothing when that is None."""
     if r.progress_every_s is None:
-        return _NULL
+        return contextlib.nullcontext()
     return Progress(r.n_batches, f"{r.progress_label} epoch {epoch + 1}/{r.epochs}".strip(), budget=r.budget,
                     every_s=r.progress_every_s, echo=r.say, unit="batch")
 
@@ -922,19 +355,21 @@ def _evaluate(s: _Step, r: _Run, loss_fn: Callable, metric: Metric) -> dict[str,
             return evaluate(s.forward, r.val_loader, loss_fn=loss_fn, device=s.device, metric=metric,
                             autocast=s.dtype, channels_last=s.channels_last)
         except torch.OutOfMemoryError:
-            _halve_val(s, r)
+            r.val_loader = _halve_val(s, r, r.val_loader)
 
 
-def _halve_val(s: _Step, r: _Run) -> None:
-    bs = r.val_loader.batch_size
+def _halve_val(s: _Step, r: _Run, loader: DataLoader) -> DataLoader:
+    """`loader` at half its batch size after out-of-memory in evaluation (one of the retries)."""
+    bs = loader.batch_size
     if s.device.type == "cuda":
         torch.cuda.empty_cache()
     if r.oom_left == 0 or bs is None or bs < 2:
         raise torch.OutOfMemoryError(f"out of memory in evaluation at batch size {bs}: lower the validation "
                                      "batch size, IMG_SIZE or the model size.")
     r.oom_left -= 1
-    r.val_loader = _rebuild(r.val_loader, batch_size=bs // 2)
+    loader = _rebuild(loader, batch_size=bs // 2)
     r.say(f"out of memory in evaluation at batch size {bs}: retrying with {bs // 2}.", warning=True)
+    return loader
 
 
 class _Snapshot:
@@ -991,7 +426,6 @@ def fit(
     device: torch.device | str,
     metric: Metric,
     scheduler: Any = None,
-    patience: int | None = None,
     options: LoopOptions | None = None,
     should_stop: StopHook | None = None,
     on_step: StepHook | None = None,
@@ -1000,7 +434,6 @@ def fit(
     start_epoch: int = 0,
     resume: FitResult | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    progress_every_s: float | None = 30.0,
     progress_label: str = "",
     budget: Budget | None = None,
 ) -> FitResult:
@@ -1008,6 +441,8 @@ def fit(
     (its direction decides what "best" means, for early stopping and ReduceLROnPlateau too).
 
     The model must already be on `device` and the optimizer built from its parameters afterwards.
+    `options` (a `LoopOptions`) holds the switches: accumulation, clipping, AMP, early-stopping
+    `patience`, the NaN and out-of-memory policies, the watchdog, the progress cadence.
     `should_stop(where)` is asked before each optimizer step ('step') and each evaluation ('eval');
     a non-empty answer ends training with that reason. `on_step(epoch, samples)` is called after each
     optimizer step with the number of samples it consumed; a resumable sampler (make_loader's train
@@ -1019,64 +454,23 @@ def fit(
     that epoch where it stopped) and `resume`, the history and best score so far; with fp16 AMP pass
     the restored `scaler` too (`make_scaler` builds one to checkpoint), else fit makes its own.
 
-    Progress within an epoch goes to `log` as a plain line at most every `progress_every_s` seconds
-    (none for shorter epochs; a tqdm bar instead in a live notebook; None turns it off), e.g.
+    Progress within an epoch goes to `log` as a plain line at most every `options.progress_every_s`
+    seconds (none for shorter epochs; a tqdm bar instead in a live notebook; None turns it off), e.g.
     "fold 2 epoch 3/12: batch 120/400 (30%), 0.35 s/batch, ~1m38s to go, budget left 14m10s,
     train loss 0.4121" with `progress_label="fold 2"` and the run's `budget`. It changes nothing
     that training computes.
     """
-    opts = LoopOptions() if options is None else options
-    if not isinstance(opts, LoopOptions):
-        raise ValueError(f"options={options!r} must be a LoopOptions.")
-    _check_int("epochs", epochs, 0)
-    if patience is not None:
-        _check_int("patience", patience, 0)
-    _check_int("start_epoch", start_epoch, 0)
-    if progress_every_s is not None and not _positive(progress_every_s):
-        raise ValueError(f"progress_every_s={progress_every_s!r} must be a positive number of seconds or None.")
+    opts = _checked(options, epochs, start_epoch)
     device = torch.device(device)
-    result = FitResult()
-    if resume is not None:
-        result.history, result.steps = list(resume.history), resume.steps
-        result.best_score, result.best_epoch = resume.best_score, resume.best_epoch
-
-    def say(message: str, warning: bool = False) -> None:
-        if warning:
-            result.warnings.append(message)
-        if log is not None and is_main_process():
-            log(("WARNING: " if warning else "") + message)
-
-    interval = _scheduler_interval(scheduler, opts.scheduler_interval, metric)
-    cl = use_channels_last(opts.channels_last, device.type)
-    if cl and _unwrap(model) is model:  # a wrapped (DDP) model is converted before wrapping, by its owner
-        model.to(memory_format=torch.channels_last)
-    for w in _check_placement(model, optimizer, device):
-        say(w, warning=True)
-    first = next(model.parameters(), None)
-    for w in device_warnings(device, cuda_available=torch.cuda.is_available(),
-                             model_device=None if first is None else first.device):
-        say(w, warning=True)
-    dtype = amp_dtype(opts.amp, device.type, _capability(device))
-    if scaler is None and dtype == torch.float16:
-        scaler = make_scaler(opts, device)
-    if hasattr(train_loader.sampler, "restart"):  # a fresh fit reads whole epochs; a resume keeps its position
-        if resume is None:
-            train_loader.sampler.restart(start_epoch)
-        else:
-            train_loader.sampler.set_epoch(start_epoch)
-    n_batches = _loader_len(train_loader)
-    if n_batches == 0:
-        raise ValueError(f"train_loader yields no batches ({len(train_loader.dataset)} samples, batch size "
-                         f"{train_loader.batch_size}, drop_last={train_loader.drop_last}).")
-    s = _Step(model=model, forward=_compiled(model, opts.compile), optimizer=optimizer, loss_fn=loss_fn,
-              device=device, dtype=dtype, scaler=scaler, clip=opts.clip_grad_norm,
-              params=[p for g in optimizer.param_groups for p in g["params"]],
-              scheduler=scheduler if interval == "step" else None, scheduler_all=scheduler, channels_last=cl,
-              no_sync=opts.accumulate > 1 and hasattr(model, "no_sync") and n_batches is not None)
+    result = _continued(resume)
+    say = _reporter(result, log)
+    s = _prepare_step(model, optimizer, loss_fn, device, metric, scheduler, scaler, opts, say)
+    n_batches = _start_position(train_loader, start_epoch, resumed=resume is not None)
+    s.no_sync = _use_no_sync(model, opts.accumulate, n_batches)
     r = _Run(loader=train_loader, val_loader=val_loader, n_batches=n_batches, accumulate=opts.accumulate,
              oom_left=opts.oom_retries, say=say, preflight_due=opts.preflight, watchdog_s=opts.watchdog_s,
              epochs=epochs, progress_label=progress_label, budget=budget,
-             progress_every_s=progress_every_s if log is not None and is_main_process() else None)
+             progress_every_s=opts.progress_every_s if log is not None and is_main_process() else None)
     snapshot = _Snapshot() if opts.nan_policy == "restore" else None
     since_best = 0 if result.best_epoch is None else len(result.history) - result.best_epoch
     epoch = start_epoch
@@ -1091,41 +485,15 @@ def fit(
         if not ep.finite or not _all_finite(ep.loss_sum):
             epoch, since_best = _recover(s, r, snapshot, result, epoch)
             continue
-        train_loss = ep.loss_sum.item() / max(ep.count, 1)
-        reason = ep.reason
-        if not reason and should_stop is not None:
-            reason = should_stop("eval")
+        reason = ep.reason or (should_stop("eval") if should_stop is not None else None)
         if reason:  # no evaluation of a cut epoch: the time is kept for what the stop asked for
             result.stop_reason = reason
             break
-        ev = _evaluate(s, r, loss_fn, metric)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": ev["loss"],
-            "score": ev["score"],
-            "lr": float(optimizer.param_groups[0]["lr"]),
-            "seconds": time.monotonic() - t0,
-        }
-        result.history.append(row)
-        if opts.learning_check and len(result.history) == 1:
-            warning = learning_check(ev["probs"], ev["targets"])
-            if warning:
-                say(warning, warning=True)
-        if result.best_score is None or metric.better(ev["score"], result.best_score):
-            result.best_score, result.best_epoch, since_best = ev["score"], epoch + 1, 0
-            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
-            result.best_probs = ev["probs"]
-        else:
-            since_best += 1
-        if scheduler is not None and interval == "epoch":
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(ev["score"])
-            else:
-                scheduler.step()
+        row, improved = _close_epoch(s, r, result, ep, epoch, metric, opts, t0)
+        since_best = 0 if improved else since_best + 1
         if on_epoch_end is not None:
             on_epoch_end(row, result)
-        if patience is not None and since_best > patience:
+        if opts.patience is not None and since_best > opts.patience:
             result.stop_reason = f"early stopping: no improvement for {since_best} epochs"
             break
         epoch += 1
@@ -1133,10 +501,99 @@ def fit(
     return result
 
 
-def _compiled(model: nn.Module, option: bool | str) -> nn.Module:
-    if option is False:
-        return model
-    return torch.compile(model, backend="inductor" if option is True else option)
+def _checked(options: LoopOptions | None, epochs: int, start_epoch: int) -> LoopOptions:
+    """The options to use (the defaults for None), after checking `fit`'s other plain arguments."""
+    opts = LoopOptions() if options is None else options
+    if not isinstance(opts, LoopOptions):
+        raise ValueError(f"options={options!r} must be a LoopOptions.")
+    _check_int("epochs", epochs, 0)
+    _check_int("start_epoch", start_epoch, 0)
+    return opts
+
+
+def _continued(resume: FitResult | None) -> FitResult:
+    """A fresh result, carrying the history, steps and best score of `resume` when given."""
+    result = FitResult()
+    if resume is not None:
+        result.history, result.steps = list(resume.history), resume.steps
+        result.best_score, result.best_epoch = resume.best_score, resume.best_epoch
+    return result
+
+
+def _reporter(result: FitResult, log: Log | None) -> Callable[..., None]:
+    """`say(message, warning=False)`: to `log` on rank 0; warnings also into `result.warnings`."""
+
+    def say(message: str, warning: bool = False) -> None:
+        if warning:
+            result.warnings.append(message)
+        if log is not None and is_main_process():
+            log(("WARNING: " if warning else "") + message)
+
+    return say
+
+
+def _prepare_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, device: torch.device,
+                  metric: Metric, scheduler: Any, scaler: torch.amp.GradScaler | None, opts: LoopOptions,
+                  say: Callable[..., None]) -> _Step:
+    """Resolve once what every step needs: memory format, placement checks, AMP dtype and scaler,
+    when the scheduler steps, the (compiled) forward."""
+    interval = _scheduler_interval(scheduler, opts.scheduler_interval, metric)
+    cl = use_channels_last(opts.channels_last, device.type)
+    if cl and _unwrap(model) is model:  # a wrapped (DDP) model is converted before wrapping, by its owner
+        model.to(memory_format=torch.channels_last)
+    for w in _check_setup(model, optimizer, device):
+        say(w, warning=True)
+    dtype = amp_dtype(opts.amp, device.type, _capability(device))
+    if scaler is None and dtype == torch.float16:
+        scaler = make_scaler(opts, device)
+    return _Step(model=model, forward=_compiled(model, opts.compile), optimizer=optimizer, loss_fn=loss_fn,
+                 device=device, dtype=dtype, scaler=scaler, clip=opts.clip_grad_norm,
+                 params=[p for g in optimizer.param_groups for p in g["params"]],
+                 scheduler=scheduler if interval == "step" else None, scheduler_all=scheduler, channels_last=cl,
+                 no_sync=False)
+
+
+def _start_position(loader: DataLoader, start_epoch: int, *, resumed: bool) -> int | None:
+    """Put a resumable sampler at `start_epoch` (a resume keeps its position within it); the number of
+    batches per epoch (None when unknown). An empty train loader is an error."""
+    if hasattr(loader.sampler, "restart"):  # a fresh fit reads whole epochs; a resume keeps its position
+        if resumed:
+            loader.sampler.set_epoch(start_epoch)
+        else:
+            loader.sampler.restart(start_epoch)
+    n_batches = _loader_len(loader)
+    if n_batches == 0:
+        raise ValueError(f"train_loader yields no batches ({len(loader.dataset)} samples, batch size "
+                         f"{loader.batch_size}, drop_last={loader.drop_last}).")
+    return n_batches
+
+
+def _close_epoch(s: _Step, r: _Run, result: FitResult, ep: _Epoch, epoch: int, metric: Metric, opts: LoopOptions,
+                 t0: float) -> tuple[dict[str, float], bool]:
+    """Evaluate a finished epoch, record its row, keep the best weights, step a per-epoch scheduler.
+    Returns the row and whether the score improved on the best so far."""
+    train_loss = ep.loss_sum.item() / max(ep.count, 1)
+    ev = _evaluate(s, r, s.loss_fn, metric)
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "val_loss": ev["loss"],
+        "score": ev["score"],
+        "lr": float(s.optimizer.param_groups[0]["lr"]),
+        "seconds": time.monotonic() - t0,
+    }
+    result.history.append(row)
+    if opts.learning_check and len(result.history) == 1:
+        warning = learning_check(ev["probs"], ev["targets"])
+        if warning:
+            r.say(warning, warning=True)
+    improved = result.best_score is None or metric.better(ev["score"], result.best_score)
+    if improved:
+        result.best_score, result.best_epoch = ev["score"], epoch + 1
+        result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(s.model).state_dict().items()}
+        result.best_probs = ev["probs"]
+    _epoch_scheduler_step(s, ev["score"])
+    return row, improved
 
 
 def _recover(s: _Step, r: _Run, snapshot: _Snapshot | None, result: FitResult, epoch: int) -> tuple[int, int]:

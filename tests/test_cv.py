@@ -32,8 +32,9 @@ from kagglekit_nb.cv import (
     train_folds,
 )
 from kagglekit_nb.folds import FoldRegistry
-from kagglekit_nb.loop import SmokeReport, make_loader
+from kagglekit_nb.loaders import make_loader
 from kagglekit_nb.metrics import Metric, get_metric
+from kagglekit_nb.preflight import SmokeReport
 from kagglekit_nb.run import start_run
 
 N_POINTS = 240          # split into N_FOLDS folds by index: 160 train / 80 validation points per fold

@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import matthews_corrcoef
 
 from kagglekit_nb.demo.glacier import make_glacier_demo
-from kagglekit_nb.loop import make_loader
+from kagglekit_nb.loaders import make_loader
 from kagglekit_nb.run import start_run
 from kagglekit_nb.tasks import glacier_pipeline as g
 from kagglekit_nb.tasks.glacier import BandStats

@@ -474,7 +474,8 @@ def test_without_any_fit_the_emergency_baseline_is_written_and_verified(tabular_
 
 def test_finetuned_image_scores_are_out_of_fold_and_test_scores_the_fold_mean(demo, tmp_path, monkeypatch):
     from kagglekit_nb import cv
-    from kagglekit_nb.loop import make_loader, predict
+    from kagglekit_nb.loaders import make_loader
+    from kagglekit_nb.loop import predict
 
     captured = {}
     real_train_folds = cv.train_folds

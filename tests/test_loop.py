@@ -1,10 +1,10 @@
-"""Tests for kagglekit_nb.loop: loaders, fit (best weights, stopping, patience), evaluate, predict."""
+"""Tests for kagglekit_nb.loop: fit (best weights, stopping, patience, accumulation, AMP, recovery, resume),
+evaluate, predict."""
 
 from __future__ import annotations
 
 import copy
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -14,9 +14,11 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from kagglekit_nb import loop
-from kagglekit_nb.loop import FitResult, default_workers, evaluate, fit, make_loader, predict
+from kagglekit_nb.loaders import make_loader, steps_per_epoch
+from kagglekit_nb.loop import FitResult, evaluate, fit, predict
 from kagglekit_nb.metrics import Metric, get_metric
-from kagglekit_nb.state import capture_state, restore_state
+from kagglekit_nb.options import LoopOptions, make_scaler
+from kagglekit_nb.state import capture_state, pack_rng_state, restore_state, unpack_rng_state
 
 
 def _separable(n: int = 64, seed: int = 0) -> TensorDataset:
@@ -39,10 +41,6 @@ def _loaders(train_seed: int = 0, batch_size: int = 8):
             make_loader(val_ds, 16, train=False, num_workers=0))
 
 
-def _order(loader) -> list[int]:
-    return [int(i) for batch in loader for i in (batch[0] if isinstance(batch, (list, tuple)) else batch)]
-
-
 class _Index(Dataset):
     def __init__(self, n: int):
         self.n = n
@@ -54,65 +52,31 @@ class _Index(Dataset):
         return torch.tensor(i)
 
 
-# --------------------------------------------------------------------------- make_loader
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_train_loader_shuffles_with_a_seeded_order():
-    ds = _Index(40)
-    a = make_loader(ds, 8, train=True, seed=5, num_workers=0)
-    torch.manual_seed(123)  # the global RNG must not change the order
-    b = make_loader(ds, 8, train=True, seed=5, num_workers=0)
-    c = make_loader(ds, 8, train=True, seed=6, num_workers=0)
-    def epoch_order(loader, epoch):
-        loader.sampler.set_epoch(epoch)  # as fit does before each epoch
-        return _order(loader)
-
-    a1, a2 = epoch_order(a, 0), epoch_order(a, 1)
-    assert (a1, a2) == (epoch_order(b, 0), epoch_order(b, 1))  # same seed: same order, epoch after epoch
-    assert a1 == epoch_order(a, 0)  # the order is a function of (seed, epoch) alone
-    assert a1 != epoch_order(c, 0)
-    assert a1 != a2  # a new order each epoch
-    assert sorted(a1) == list(range(40)) and a1 != list(range(40))
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_train_loader_drops_a_ragged_last_batch_only_when_there_is_more_than_one_batch():
-    many = make_loader(_Index(20), 8, train=True, seed=0, num_workers=0)
-    assert [len(b) for b in many] == [8, 8]
-    few = make_loader(_Index(5), 8, train=True, seed=0, num_workers=0)
-    assert [len(b) for b in few] == [5]
+def _fit(model, train_loader, val_loader, *, lr=0.5, epochs=2, opt=None, **kw):
+    opt = opt or torch.optim.SGD(model.parameters(), lr=lr)
+    return fit(model, train_loader, val_loader, optimizer=opt, loss_fn=kw.pop("loss_fn", nn.CrossEntropyLoss()),
+               epochs=epochs, device="cpu", metric=kw.pop("metric", get_metric("accuracy")),
+               log=kw.pop("log", None), **kw)
 
 
-def test_val_and_test_loaders_never_shuffle_and_keep_every_sample():
-    loader = make_loader(_Index(21), 8, train=False, seed=5, num_workers=0)
-    assert _order(loader) == list(range(21))
-    assert _order(loader) == list(range(21))
-    assert [len(b) for b in loader] == [8, 8, 5]
+class _Noisy(nn.Module):
+    """BatchNorm and dropout: state and randomness a careless smoke step would disturb."""
 
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), nn.Linear(8, 2))
 
-def test_iterating_a_validation_loader_leaves_the_global_rng_alone():
-    loader = make_loader(_Index(10), 4, train=False, num_workers=0)
-    before = torch.get_rng_state()
-    assert _order(loader) == list(range(10))
-    assert torch.equal(torch.get_rng_state(), before)
-    naive = torch.utils.data.DataLoader(_Index(10), batch_size=4)
-    _order(naive)
-    assert not torch.equal(torch.get_rng_state(), before)
-
-
-@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "8", None])
-def test_bad_batch_size(batch_size):
-    with pytest.raises(ValueError, match="BATCH_SIZE="):
-        make_loader(_Index(4), batch_size, train=False, num_workers=0)
-
-
-def test_bad_worker_count():
-    with pytest.raises(ValueError, match="NUM_WORKERS=-1"):
-        make_loader(_Index(4), 2, train=False, num_workers=-1)
-
-
-def test_default_workers():
-    assert 0 <= default_workers("cpu") <= 4
-    assert 1 <= default_workers("cuda") <= 8
+    def forward(self, x):
+        return self.net(x)
 
 
 # --------------------------------------------------------------------------- fit
@@ -273,7 +237,7 @@ def test_patience_early_stopping(patience, epochs_run):
     train_loader, val_loader = _loaders()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # no learning: the score never improves
     result = fit(model, train_loader, val_loader, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), epochs=6,
-                 device="cpu", metric=get_metric("accuracy"), patience=patience)
+                 device="cpu", metric=get_metric("accuracy"), options=LoopOptions(patience=patience))
     assert len(result.history) == epochs_run
     assert result.best_epoch == 1
     if patience is None:
@@ -363,47 +327,6 @@ def test_predict_averages_tta():
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
 
 
-# --------------------------------------------------------------------------- options and pure decisions
-
-from kagglekit_nb.loop import (  # noqa: E402
-    LoopOptions, SmokeReport, amp_dtype, device_warnings, learning_check, memory_report, plateau_mode,
-    make_scaler, smoke_step, steps_per_epoch, use_channels_last,
-)
-
-
-def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _fit(model, train_loader, val_loader, *, lr=0.5, epochs=2, opt=None, **kw):
-    opt = opt or torch.optim.SGD(model.parameters(), lr=lr)
-    return fit(model, train_loader, val_loader, optimizer=opt, loss_fn=kw.pop("loss_fn", nn.CrossEntropyLoss()),
-               epochs=epochs, device="cpu", metric=kw.pop("metric", get_metric("accuracy")),
-               log=kw.pop("log", None), **kw)
-
-
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"accumulate": 0}, "accumulate=0 must be an integer >= 1"),
-    ({"accumulate": 2.0}, "accumulate=2.0"),
-    ({"clip_grad_norm": 0}, "clip_grad_norm=0 must be a positive number"),
-    ({"amp": "fp8"}, "amp='fp8' is not valid; use None"),
-    ({"scheduler_interval": "batch"}, "scheduler_interval='batch' is not valid; use 'step', 'epoch'"),
-    ({"nan_policy": "ignore"}, "nan_policy='ignore' is not valid; choose one of restore, raise"),
-    ({"watchdog_s": -1}, "watchdog_s=-1"),
-    ({"check_every": 0}, "check_every=0"),
-    ({"oom_retries": -1}, "oom_retries=-1"),
-    ({"compile": ""}, "compile=''"),
-    ({"channels_last": "yes"}, "channels_last='yes'"),
-])
-def test_loop_options_reject_bad_values(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        LoopOptions(**kwargs)
-
-
 def test_fit_rejects_bad_arguments():
     train_loader, val_loader = _loaders()
     with pytest.raises(ValueError, match="epochs=-1"):
@@ -413,61 +336,6 @@ def test_fit_rejects_bad_arguments():
     empty = make_loader(_Index(3), 4, train=True, num_workers=0, drop_last=True)
     with pytest.raises(ValueError, match="train_loader yields no batches"):
         _fit(_model(), empty, val_loader)
-
-
-@pytest.mark.parametrize(("amp", "device", "capability", "expected"), [
-    (None, "cpu", None, None),              # off on the CPU unless asked
-    ("bf16", "cpu", None, torch.bfloat16),
-    (True, "cpu", None, torch.bfloat16),
-    (None, "cuda", (7, 5), torch.float16),  # T4: fp16 (+ GradScaler)
-    (None, "cuda", (6, 0), torch.float16),  # P100
-    (None, "cuda", (8, 0), torch.bfloat16),  # A100
-    (None, "cuda", (9, 0), torch.bfloat16),  # H100
-    ("fp16", "cuda", (9, 0), torch.float16),
-    (False, "cuda", (9, 0), None),
-    ("off", "cuda", (7, 5), None),
-])
-def test_amp_dtype_follows_the_device(amp, device, capability, expected):
-    assert amp_dtype(amp, device, capability) == expected
-
-
-def test_amp_bf16_on_an_old_gpu_is_an_error():
-    with pytest.raises(ValueError, match=r"amp='bf16' needs a GPU of compute capability 8.0.*\(7, 5\)"):
-        amp_dtype("bf16", "cuda", (7, 5))
-
-
-def test_channels_last_is_automatic_on_cuda_only():
-    assert use_channels_last(None, "cuda") is True
-    assert use_channels_last(None, "cpu") is False
-    assert use_channels_last(True, "cpu") is True and use_channels_last(False, "cuda") is False
-
-
-def test_plateau_mode_and_steps_per_epoch():
-    assert plateau_mode(get_metric("accuracy")) == "max"
-    assert plateau_mode(get_metric("log_loss")) == "min"
-    loader = make_loader(_Index(50), 8, train=False, num_workers=0)  # 7 batches
-    assert [steps_per_epoch(loader, k) for k in (1, 2, 3, 7, 8)] == [7, 4, 3, 1, 1]
-
-
-def test_learning_check():
-    t = np.array([0, 1, 2, 3] * 5)
-    uniform = np.full((20, 4), 0.25)
-    assert "ln(4) = 1.3863" in learning_check(uniform, t)
-    good = np.where(t[:, None] == np.arange(4), 0.7, 0.1)
-    assert learning_check(good, t) is None
-    assert learning_check(uniform, t.astype(float)) is None  # not class indices
-    assert learning_check(uniform, np.array([0, 1, 2, 9] * 5)) is None  # labels outside the classes
-
-
-def test_device_warnings_and_memory_report():
-    assert device_warnings("cuda:0", cuda_available=True, model_device="cuda:0") == []
-    (w,) = device_warnings("cuda", cuda_available=True, batch_device="cpu")
-    assert "but the batches are on the CPU" in w
-    gib = 2**30
-    line = memory_report(3 * gib, 4 * gib, 16 * gib)
-    assert line == ("GPU memory after the first step: peak 3.00 GiB allocated, 4.00 GiB reserved, "
-                    "of 16.00 GiB (19%)")
-    assert "close to the limit" in memory_report(15 * gib, 15 * gib, 16 * gib)
 
 
 # --------------------------------------------------------------------------- accumulation, clipping, AMP
@@ -742,97 +610,6 @@ def test_out_of_memory_beyond_the_retries_is_an_error():
 
     with pytest.raises(torch.OutOfMemoryError, match="out of memory in epoch 1 at batch size 2 after 2 halvings"):
         _fit(Always(2, 2), *_loaders(), options=LoopOptions(oom_retries=2))
-
-
-def test_first_batch_returns_the_batch_or_times_out_without_waiting():
-    assert loop._first_batch(iter([1, 2]), 5.0) == 1
-    with pytest.raises(StopIteration):
-        loop._first_batch(iter([]), 5.0)
-    release = threading.Event()
-
-    class Stuck:
-        def __next__(self):
-            release.wait()
-            return "late"
-
-    try:
-        with pytest.raises(TimeoutError, match="no batch within 0s"):
-            loop._first_batch(Stuck(), 0)
-    finally:
-        release.set()
-
-
-def test_watchdog_rebuilds_a_stuck_loader_without_workers(monkeypatch):
-    def stuck(iterator, limit_s):
-        assert limit_s == 30
-        raise TimeoutError("no batch")
-
-    monkeypatch.setattr(loop, "_first_batch", stuck)
-    train_ds, val_ds = _separable(64, seed=1), _separable(40, seed=2)
-    with_workers = make_loader(train_ds, 8, train=True, seed=4, num_workers=1)
-    logged: list[str] = []
-    a = _model()
-    result = _fit(a, with_workers, make_loader(val_ds, 16, train=False, num_workers=0), log=logged.append,
-                  options=LoopOptions(watchdog_s=30))
-    assert any("rebuilt with num_workers=0" in w for w in result.warnings)
-    assert any("1 worker processes gave no batch within 30s" in m for m in logged)
-    b = _model()
-    _fit(b, make_loader(train_ds, 8, train=True, seed=4, num_workers=0), make_loader(val_ds, 16, train=False,
-                                                                                     num_workers=0))
-    assert _same(_weights(a), _weights(b))  # the same batches, in the same order
-
-
-# --------------------------------------------------------------------------- pre-flight and smoke step
-
-
-class _Noisy(nn.Module):
-    """BatchNorm and dropout: state and randomness a careless smoke step would disturb."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), nn.Linear(8, 2))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def test_preflight_checks_one_validation_batch_and_changes_nothing():
-    logged: list[str] = []
-    a = _Noisy()
-    torch.manual_seed(1)
-    result = _fit(a, *_loaders(train_seed=2), log=logged.append)
-    b = _Noisy()
-    torch.manual_seed(1)
-    _fit(b, *_loaders(train_seed=2), options=LoopOptions(preflight=False))
-    assert _same(_weights(a), _weights(b))
-    assert set(result.preflight) == {"first_step_s", "eval_batch_s"}
-    assert any(m.startswith("pre-flight ok: first optimizer step") for m in logged)
-
-
-def test_smoke_step_is_timed_and_leaves_no_trace():
-    model = _Noisy()
-    train_loader, val_loader = _loaders(train_seed=6)
-    before = _weights(model)
-    torch.manual_seed(3)
-    np.random.seed(3)
-    report = smoke_step(model, train_loader, val_loader, loss_fn=nn.CrossEntropyLoss(), device="cpu")
-    assert isinstance(report, SmokeReport)
-    assert report.step_s > 0 and report.eval_s_per_sample > 0 and math.isfinite(report.loss)
-    assert _same(_weights(model), before)  # BatchNorm statistics included
-    assert all(p.grad is None for p in model.parameters())
-    draws = torch.rand(3), np.random.rand(3)
-    torch.manual_seed(3)
-    np.random.seed(3)
-    assert torch.equal(draws[0], torch.rand(3)) and np.array_equal(draws[1], np.random.rand(3))
-    labels = lambda loader: [y.tolist() for _, y in loader]
-    assert labels(train_loader) == labels(_loaders(train_seed=6)[0])  # the shuffle generator is untouched
-
-
-def test_smoke_step_raises_on_a_non_finite_loss():
-    with pytest.raises(FloatingPointError, match="the first training batch gives loss nan"):
-        smoke_step(_model(), *_loaders(), loss_fn=lambda logits, y: F.cross_entropy(logits, y) * float("nan"),
-                   device="cpu")
 
 
 # --------------------------------------------------------------------------- state, hooks, several processes

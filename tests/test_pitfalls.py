@@ -17,10 +17,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from kagglekit_nb.folds import make_folds
-from kagglekit_nb.loop import (
-    LoopOptions, device_warnings, evaluate, fit, learning_check, make_loader, plateau_mode, predict,
-)
+from kagglekit_nb.loaders import make_loader
+from kagglekit_nb.loop import evaluate, fit, predict
 from kagglekit_nb.metrics import get_metric
+from kagglekit_nb.options import LoopOptions, plateau_mode
+from kagglekit_nb.preflight import device_warnings, learning_check
 from kagglekit_nb.repro import seed_everything
 from kagglekit_nb.state import capture_state, restore_state
 

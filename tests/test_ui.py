@@ -16,8 +16,10 @@ from torch.utils.data import TensorDataset
 
 from kagglekit_nb import ui
 from kagglekit_nb.budget import Budget
-from kagglekit_nb.loop import fit, make_loader
+from kagglekit_nb.loaders import make_loader
+from kagglekit_nb.loop import fit
 from kagglekit_nb.metrics import METRICS, get_metric
+from kagglekit_nb.options import LoopOptions
 from kagglekit_nb.tasks.classification import TTA_CHOICES, Config
 
 
@@ -294,8 +296,8 @@ def _untimed(item):
 
 
 def test_fit_progress_lines_change_nothing_that_training_computes():
-    plain_model, plain, plain_log = _train(progress_every_s=None)
-    model, result, logged = _train(progress_every_s=1e-9, progress_label="fold 2",
+    plain_model, plain, plain_log = _train(options=LoopOptions(progress_every_s=None))
+    model, result, logged = _train(options=LoopOptions(progress_every_s=1e-9), progress_label="fold 2",
                                    budget=Budget(total_s=600, clock=FakeClock(100.0), start=0.0))
     lines = [m for m in logged if ": batch " in m]
     assert len(lines) == 2 * (12 - 1)   # every batch but the last of each of 2 epochs of 12 batches
@@ -311,5 +313,5 @@ def test_fit_progress_lines_change_nothing_that_training_computes():
 def test_fit_writes_no_progress_lines_for_epochs_shorter_than_the_cadence():
     _, _, logged = _train()               # default: at most one line every 30 s
     assert logged and not any(": batch " in m for m in logged)
-    with pytest.raises(ValueError, match="progress_every_s=0"):
-        _train(progress_every_s=0)
+    with pytest.raises(ValueError, match="progress_every_s=0 must be a positive number of seconds or None"):
+        LoopOptions(progress_every_s=0)

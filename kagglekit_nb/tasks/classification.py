@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 from .. import folds as _folds
 from .._atomic import write_json
 from ..cv import CVResult, FoldSetup, fold_models, load_fold_model, train_folds
-from ..loop import make_loader, predict
+from ..loaders import make_loader
+from ..loop import predict
 from ..metrics import get_metric
 from ..run import Run
 from ..ui import progress

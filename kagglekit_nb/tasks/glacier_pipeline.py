@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from .. import folds as _folds
 from ..cv import CVResult, FoldSetup, fold_models, load_fold_model, train_folds
-from ..loop import make_loader
+from ..loaders import make_loader
 from ..metrics import Metric
 from ..run import Run
 from ._config import NotebookConfig, find_data_dir

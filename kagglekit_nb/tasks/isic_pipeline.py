@@ -330,7 +330,7 @@ def _load_chunk(path: Path, ids: np.ndarray, dim: int) -> np.ndarray | None:
 
 
 def _amp(device: torch.device) -> torch.dtype | None:
-    from ..loop import amp_dtype
+    from ..options import amp_dtype
 
     if device.type != "cuda":
         return None
@@ -381,7 +381,7 @@ class _Extraction:
 def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model: torch.nn.Module,
                     cfg: Config, run: Run, deadline: float) -> str | None:
     """Compute the chunks in `todo`, saving each as it completes; a reason string if it stopped early."""
-    from ..loop import default_workers
+    from ..loaders import default_workers
 
     device = run.device
     batches: list[list[int]] = []
@@ -556,7 +556,7 @@ def finetune(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> Imag
     if not cfg.FINETUNE:
         return None
     from ..cv import OOF_FILE, FoldSetup, fold_models, load_fold_model, train_folds
-    from ..loop import make_loader
+    from ..loaders import make_loader
     from ..loop import predict as loop_predict
 
     y, fold_of = comp.y, folds.to_numpy()
