@@ -2,6 +2,8 @@
 
     demo {classification} --out DIR [--seed N]     write a demo competition in the real layout
     run NOTEBOOK [--data DIR] --out DIR [--budget 10m] [-p NAME VALUE]...
+    list                                           the template notebooks and the layouts they expect
+    new NOTEBOOK [PATH] [--py] [--force]           a clean copy of a template notebook to fork and edit
     verify SUBMISSION --sample SAMPLE [--labels a,b] [--json]
     env [--json]
     push NOTEBOOK --competition SLUG [--dataset OWNER/NAME]... [--kernel OWNER/SLUG]...
@@ -57,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="set a notebook parameter (repeatable)")
     r.add_argument("--quiet", action="store_true", help="do not stream the notebook's output")
+
+    sub.add_parser("list", help="the template notebooks, one line each: what competition layout each expects")
+
+    n = sub.add_parser("new", help="write a clean copy of a template notebook to fork and edit")
+    n.add_argument("notebook", help="classification, glacier_pretrain, glacier_finetune or isic")
+    n.add_argument("path", nargs="?", help="file or folder to write it to (default: the working dir)")
+    n.add_argument("--py", action="store_true", help="also write its py:percent twin (.py) beside it")
+    n.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     v = sub.add_parser("verify", help="check a submission file against the sample submission")
     v.add_argument("submission")
@@ -144,6 +154,30 @@ def _run(args: argparse.Namespace, start: float) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    from .runner import LAYOUTS, NOTEBOOKS
+
+    width = max(map(len, NOTEBOOKS))
+    for name, file in NOTEBOOKS.items():
+        print(f"{name.ljust(width)}  {file}\n{' ' * width}  {LAYOUTS[name]}")
+    print("\nkagglekit new NAME [PATH] writes a copy to edit; kagglekit run NAME --out DIR runs one.")
+    return 0
+
+
+def _new(args: argparse.Namespace) -> int:
+    from .runner import new_notebook
+
+    try:
+        written = new_notebook(args.notebook, args.path, force=args.force, with_py=args.py)
+    except FileExistsError as e:
+        print(f"kagglekit new: {e}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    print(f"run it with: kagglekit run {written[0]} --out runs/{written[0].stem}")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from .submission import verify
 
@@ -218,6 +252,8 @@ def main(argv: Sequence[str] | None = None, *, kaggle_api_factory: Callable[[], 
             return _run(args, start)
         if args.command == "verify":
             return _verify(args)
+        if args.command in ("list", "new"):
+            return _list(args) if args.command == "list" else _new(args)
         if args.command in kaggle_commands:
             return kaggle_commands[args.command](args, kaggle_api_factory)
         return _env(args)

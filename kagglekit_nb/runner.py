@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NOTEBOOKS", "resolve_notebook", "notebook_parameters", "convert_parameters",
-           "execute", "NotebookFailed"]
+__all__ = ["NOTEBOOKS", "LAYOUTS", "resolve_notebook", "notebook_parameters", "convert_parameters",
+           "execute", "new_notebook", "NotebookFailed"]
 
 # Short names -> files in notebooks/.
 NOTEBOOKS = {
@@ -25,6 +25,13 @@ NOTEBOOKS = {
     "glacier_finetune": "glacier_finetune.ipynb",
     "isic": "isic_embed_lgbm.ipynb",
 }
+# What each notebook expects to find, one line each (`kagglekit list`).
+LAYOUTS = {
+    "classification": "image competitions: a labels CSV + image folder(s) + sample_submission.csv (timm, K-fold, TTA)",
+    "glacier_pretrain": "HKH-style multispectral patches *_img_NNN.npy / *_mask_NNN.npy (U-Net encoder pretraining)",
+    "glacier_finetune": "GlacierHack Train/Band1..5/*.tif + Train/labels (U-Net, code package solution.py + model.pth)",
+    "isic": "ISIC 2024: train/test-metadata.csv + train/test-image.hdf5 + sample_submission.csv (embeddings + LightGBM)",
+}
 
 
 class NotebookFailed(RuntimeError):
@@ -32,9 +39,14 @@ class NotebookFailed(RuntimeError):
 
 
 def notebooks_dir() -> Path:
-    """The folder holding the bundled notebooks (next to the package in a checkout)."""
+    """The folder holding the template notebooks: KAGGLEKIT_NOTEBOOKS, else the copy a wheel carries
+    inside the package (`kagglekit_nb/notebooks`), else the checkout's top-level `notebooks/`."""
     override = os.environ.get("KAGGLEKIT_NOTEBOOKS")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "notebooks"
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parent
+    installed = package / "notebooks"
+    return installed if installed.is_dir() else package.parent / "notebooks"
 
 
 def resolve_notebook(name_or_path: str) -> Path:
@@ -51,9 +63,45 @@ def resolve_notebook(name_or_path: str) -> Path:
                          "or a path to an .ipynb file.")
     path = notebooks_dir() / file
     if not path.is_file():
-        raise FileNotFoundError(f"notebook {path} is not there: run from a checkout of kagglekit_nb "
-                                "(pip install -e .), or pass the notebook's path.")
+        raise FileNotFoundError(f"notebook {path} is not there: the installed kit is incomplete; reinstall "
+                                "kagglekit_nb (pip install --force-reinstall kagglekit_nb), or pass the notebook's path.")
     return path
+
+
+def new_notebook(name: str, dest: str | Path | None = None, *, force: bool = False,
+                 with_py: bool = False) -> list[Path]:
+    """Write a clean copy of the template notebook `name` (outputs, execution counts and front-end
+    metadata removed) to `dest` (a file, or a folder to put it in; default: the working dir), and
+    with `with_py` its py:percent twin beside it. Refuses to overwrite unless `force`."""
+    import json
+
+    source = resolve_notebook(name)
+    target = Path.cwd() if dest is None else Path(dest).expanduser()
+    if target.is_dir() or (dest is not None and str(dest).endswith(("/", os.sep))):
+        target = target / source.name
+    if target.suffix != ".ipynb":
+        raise ValueError(f"PATH {dest!s} must be a folder or an .ipynb file name, e.g. my_{source.name}.")
+    targets = [target] + ([target.with_suffix(".py")] if with_py else [])
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} already exists: pass --force to overwrite it, or "
+                              "give another PATH.")
+    nb = json.loads(source.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+        cell.get("metadata", {}).pop("execution", None)
+    for key in ("widgets", "colab", "papermill"):
+        nb.get("metadata", {}).pop(key, None)
+    from ._atomic import write_text
+
+    write_text(target, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    if with_py:
+        twin = source.with_suffix(".py")
+        if not twin.is_file():
+            raise FileNotFoundError(f"the py:percent twin {twin} is not installed; use the .ipynb alone.")
+        write_text(targets[1], twin.read_text(encoding="utf-8"))
+    return targets
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
@@ -116,6 +164,32 @@ def convert_parameters(pairs: Sequence[tuple[str, str]], defaults: Mapping[str, 
     return out
 
 
+def _kernel_manager() -> dict[str, Any]:
+    """Talk to the kernel over local sockets (IPC) in the runtime folder rather than TCP: nothing is
+    reachable from the network, and the kernel has no reason to print its "Kernel is running over
+    TCP without encryption" warning into the terminal. TCP where IPC does not exist (Windows)."""
+    if os.name == "nt":
+        return {}
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class LocalKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+        @default("ip")
+        def _ip_default(self) -> str:  # the sockets sit next to the connection file, not in the cwd
+            from jupyter_core.paths import jupyter_runtime_dir
+
+            stem = os.path.splitext(self.connection_file)[0] if self.connection_file else \
+                os.path.join(jupyter_runtime_dir(), f"kagglekit-{os.getpid()}")
+            os.makedirs(os.path.dirname(stem), exist_ok=True)
+            return stem + "-ipc"
+
+    return {"kernel_manager_class": LocalKernelManager}
+
+
 @dataclass
 class Execution:
     notebook: Path
@@ -174,6 +248,7 @@ def execute(
             str(path), str(output), parameters=values, log_output=False, progress_bar=False,
             kernel_name=kernel_name, cwd=os.getcwd(),
             stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
+            **_kernel_manager(),
         )
     except PapermillExecutionError as e:
         raise NotebookFailed(
