@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
+from ._atomic import write_atomic
 from .budget import CheckpointTimer, StopSignal, install_sigterm_handler
 from .folds import FoldRegistry
 from .loaders import steps_per_epoch
@@ -118,23 +119,18 @@ def _write_oof(run: Run, fold: int, ids: Sequence[Any], targets: np.ndarray, pro
 
     probs, targets = np.asarray(probs), np.asarray(targets)
     if probs.ndim > 2:  # per-pixel class maps: keep the predicted class of every pixel, not the probabilities
-        path = run.dir / OOF_MAPS_FILE.format(fold=fold)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, ids=np.asarray([str(i) for i in ids]), target=targets.reshape(-1),
-                            pred=probs.argmax(1).astype(np.uint8).reshape(-1))
-        tmp.replace(path)
+        write_atomic(run.dir / OOF_MAPS_FILE.format(fold=fold), lambda fh: np.savez_compressed(
+            fh, ids=np.asarray([str(i) for i in ids]), target=targets.reshape(-1),
+            pred=probs.argmax(1).astype(np.uint8).reshape(-1)), binary=True)
         return
     frame = pd.DataFrame(probs, columns=[f"p{c}" for c in range(probs.shape[1])])
     frame.insert(0, "id", list(ids))
     frame.insert(1, "target", targets)
-    path = run.dir / OOF_FILE.format(fold=fold)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_atomic(run.dir / OOF_FILE.format(fold=fold), lambda fh: frame.to_csv(fh, index=False), newline="")
 
 
 def _write_history(run: Run, fold: int, history: Sequence[dict[str, Any]]) -> None:
-    """Rewrite `history.csv` with this fold's rows replaced (atomically: tmp + os.replace)."""
+    """Rewrite `history.csv` with this fold's rows replaced (atomically)."""
     import pandas as pd
 
     path = run.dir / HISTORY_FILE
@@ -142,9 +138,7 @@ def _write_history(run: Run, fold: int, history: Sequence[dict[str, Any]]) -> No
     old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(HISTORY_COLUMNS))
     frame = pd.concat([old[old["fold"] != fold], pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))])
     frame = frame.sort_values(["fold", "epoch"], kind="stable")
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_atomic(path, lambda fh: frame.to_csv(fh, index=False), newline="")
 
 
 def oof_score(run: Run, metric: Metric, folds: Sequence[int]) -> float | None:

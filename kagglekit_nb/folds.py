@@ -6,14 +6,13 @@ training of earlier folds' models; the split is therefore saved on first use and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ._atomic import write_json
+from ._atomic import write_atomic, write_json
 
 __all__ = ["make_folds", "FoldRegistry"]
 
@@ -71,10 +70,8 @@ def make_folds(
     fold = np.empty(len(key), dtype=int)
     for k, (_, val_idx) in enumerate(split):
         fold[val_idx] = k
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    pd.DataFrame({"id": key, "fold": fold}).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    frame = pd.DataFrame({"id": key, "fold": fold})
+    write_atomic(path, lambda fh: frame.to_csv(fh, index=False), newline="")
     return pd.Series(fold, index=ids.index, name="fold")
 
 

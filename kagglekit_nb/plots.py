@@ -79,13 +79,12 @@ def _save(fig: Any, run: Any, name: str, show: bool | None) -> Path:
     folder = _run_dir(run) / PLOTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{_check_name(name)}.png"
-    tmp = path.with_name(path.name + ".tmp")
+    from ._atomic import write_atomic
+
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        write_atomic(path, lambda fh: fig.savefig(fh, format="png"), binary=True)
     finally:
         fig.clear()
-        tmp.unlink(missing_ok=True)
     if _in_kernel() if show is None else show:
         from IPython.display import Image, display
 
