@@ -145,7 +145,7 @@ def _run(args: argparse.Namespace, start: float) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .submission import verify
+    from .verification import verify
 
     if not Path(args.sample).is_file():
         print(f"kagglekit verify: --sample {args.sample} does not exist: pass the competition's "

@@ -502,7 +502,7 @@ def submit(
         raise FileNotFoundError(f"--sample {sample} does not exist: pass the competition's sample_submission.csv.")
     sample_path = Path(sample) if sample is not None else find_sample(path, competition)
     if sample_path is not None:
-        from .submission import verify
+        from .verification import verify
 
         report = verify(path, sample_path)
         if not report.valid:
