@@ -158,7 +158,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from .env import environment_report, format_report
+    from .hardware import environment_report, format_report
 
     report = environment_report()
     print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
