@@ -197,7 +197,7 @@ def _submit(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> 
 
 
 def _bundle(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> int:
-    from .kaggle_io import build_bundle
+    from .bundle import build_bundle
 
     build_bundle(args.out, all_dependencies=args.all, packages=args.packages, dataset=args.dataset,
                  api_factory=api_factory)
@@ -206,7 +206,8 @@ def _bundle(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> 
 
 def main(argv: Sequence[str] | None = None, *, kaggle_api_factory: Callable[[], Any] | None = None) -> int:
     """Run the command line; `kaggle_api_factory` replaces `kaggle_io.connect` (a fake API in tests)."""
-    from .kaggle_io import BundleError, KaggleError
+    from .bundle import BundleError
+    from .kaggle_io import KaggleError
 
     start = time.monotonic()
     args = build_parser().parse_args(argv)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from kagglekit_nb import bundle as bundle_module
 from kagglekit_nb import env, kaggle_io
-from kagglekit_nb.kaggle_io import BundleError, build_bundle
+from kagglekit_nb.bundle import BundleError, build_bundle
 from kagglekit_nb.setup_cell import SETUP_CELL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,10 +119,10 @@ def test_only_missing_adds_the_documented_packages_without_their_dependencies(tm
     kit, extra = pip.commands
     assert kit[:2] == ["wheel", "--no-deps"] and pip.from_source == [True, False]  # the kit from a source copy
     assert extra[:2] == ["wheel", "--no-deps"]
-    assert extra[-2:] == [*kaggle_io.KAGGLE_MISSING, "lightgbm==4.5.0"]
+    assert extra[-2:] == [*bundle_module.KAGGLE_MISSING, "lightgbm==4.5.0"]
     assert [w.name for w in result.wheels] == ["kagglekit_nb-0.1.0-py3-none-any.whl",
                                               "segmentation_models_pytorch-0.6.0-py3-none-any.whl"]
-    assert result.manifest["requested"] == ["kagglekit_nb", *kaggle_io.KAGGLE_MISSING, "lightgbm==4.5.0"]
+    assert result.manifest["requested"] == ["kagglekit_nb", *bundle_module.KAGGLE_MISSING, "lightgbm==4.5.0"]
 
 
 def test_all_resolves_every_dependency_of_the_kit_wheel(tmp_path):
