@@ -179,7 +179,7 @@ def _new(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .submission import verify
+    from .verification import verify
 
     if not Path(args.sample).is_file():
         print(f"kagglekit verify: --sample {args.sample} does not exist: pass the competition's "
@@ -192,7 +192,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from .env import environment_report, format_report
+    from .hardware import environment_report, format_report
 
     report = environment_report()
     print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
@@ -231,7 +231,7 @@ def _submit(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> 
 
 
 def _bundle(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> int:
-    from .kaggle_io import build_bundle
+    from .bundle import build_bundle
 
     build_bundle(args.out, all_dependencies=args.all, packages=args.packages, dataset=args.dataset,
                  api_factory=api_factory)
@@ -240,7 +240,8 @@ def _bundle(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> 
 
 def main(argv: Sequence[str] | None = None, *, kaggle_api_factory: Callable[[], Any] | None = None) -> int:
     """Run the command line; `kaggle_api_factory` replaces `kaggle_io.connect` (a fake API in tests)."""
-    from .kaggle_io import BundleError, KaggleError
+    from .bundle import BundleError
+    from .kaggle_io import KaggleError
 
     start = time.monotonic()
     args = build_parser().parse_args(argv)

@@ -137,7 +137,7 @@ def start_run(
     first copies them back from Drive, so it resumes where the last one stopped. Without Drive the
     run folder is `<local_disk>/runs/<run_name>`.
     """
-    from . import env
+    from . import env, hardware
 
     environ = os.environ if environ is None else environ
     platform = env.detect_platform(environ)
@@ -174,7 +174,7 @@ def start_run(
         run.log(f"continuing the run found in {seeded_from} (copied into {run.dir})")
     if platform == "colab" and run.dir.is_relative_to(drive.resolve()):
         _mirror_checkpoints(run, (disk / LOCAL_SCRATCH / run.dir.relative_to(drive.resolve())).resolve())
-    report = env.environment_report(environ=environ, paths={"output": run.dir})
+    report = hardware.environment_report(environ=environ, paths={"output": run.dir})
     run.record["environment"] = report
     limit = f"{bud.total_s:.0f}s ({bud.source})" if bud.limited else "none"
     run.log(f"run '{run_name}' in {run.dir} | platform {platform} | device {run.device} | "

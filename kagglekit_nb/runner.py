@@ -2,7 +2,7 @@
 
 Used by `kagglekit run`. Parameters are checked against the notebook's `parameters` cell before
 anything runs: an unknown name is an error listing the valid ones, and each value is converted to
-the type of the notebook's default.
+the type of the notebook's default (`params.parse_value`, the rule the notebook form uses too).
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .params import parse_value
 
 __all__ = ["NOTEBOOKS", "LAYOUTS", "resolve_notebook", "notebook_parameters", "convert_parameters",
            "execute", "new_notebook", "NotebookFailed"]
@@ -121,38 +123,6 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
     return out
 
 
-def _convert(name: str, text: str, default: Any) -> Any:
-    if text in ("None", "none", "null") and default is None:
-        return None
-    if isinstance(default, bool):
-        low = text.lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"-p {name} {text}: expected true or false.")
-    if isinstance(default, (int, float)):
-        try:
-            return type(default)(text)
-        except ValueError:
-            raise ValueError(f"-p {name} {text}: expected a {type(default).__name__} "
-                             f"like the default {default!r}.") from None
-    if default is None:
-        try:
-            return ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
-    if isinstance(default, str):
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ValueError(f"-p {name} {text}: expected a literal of type {type(default).__name__}.") from None
-    if not isinstance(value, type(default)):
-        raise ValueError(f"-p {name} {text}: expected a {type(default).__name__} like {default!r}.")
-    return value
-
-
 def convert_parameters(pairs: Sequence[tuple[str, str]], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """Check `-p NAME VALUE` pairs against the notebook's parameters and convert each value."""
     out = {}
@@ -160,7 +130,7 @@ def convert_parameters(pairs: Sequence[tuple[str, str]], defaults: Mapping[str, 
         if name not in defaults:
             raise ValueError(f"-p {name}: the notebook has no parameter {name!r}; "
                              f"its parameters are {', '.join(defaults)}.")
-        out[name] = _convert(name, text, defaults[name])
+        out[name] = parse_value(f"-p {name}", text, defaults[name])
     return out
 
 

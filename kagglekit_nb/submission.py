@@ -1,68 +1,74 @@
-"""Submission checks before upload: verify against the sample, explicit repairs, emergency baseline.
+"""The closing step of a run: explicit repairs, the emergency baseline, and `finalize`.
 
-A submission with the wrong ids, a NaN or a saved index column scores zero or is rejected after
-hours of work. `verify` catches what the graders catch (ids, row count, columns, ranges, NaN/inf,
-CSV dialect) and says how to fix each problem; `repair` applies only the fixes asked for;
-`finalize` is the closing step of a run and never leaves it without a valid file.
+`repair` applies only the fixes asked for; `baseline` fills the sample from the training prior;
+`finalize` verifies (see `verification`), repairs if asked, writes verification.json and never
+leaves a run without a valid file. Non-CSV kinds register their stand-in with `register_baseline`.
 
-    report = verify("submission.csv", "sample_submission.csv")
-    print(report)                      # one line per problem, each with what to do
+    report = finalize(OUTPUT_DIR / "submission.csv", "sample_submission.csv", OUTPUT_DIR)
+
+`verify`, `VerificationReport`, `infer_kind`, `register_verifier` and `KINDS` live in
+`verification` and are importable from here too, where a run's last cell has always found them.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ._atomic import write_atomic, write_json
+from ._table import (
+    PathLike,
+    SampleLike,
+    _all_int,
+    _examples,
+    _is_na,
+    _is_unnamed,
+    _load_sample,
+    _normalize_ids,
+    _read_table,
+    _to_number,
+    _Unreadable,
+)
+from .verification import (
+    _PROBA_KINDS,
+    KINDS,
+    VerificationReport,
+    _check_labels,
+    _infer_kind,
+    infer_kind,
+    register_verifier,
+    verify,
+)
 
 __all__ = [
-    "KINDS",
     "VERIFICATION_FILE",
     "SubmissionError",
-    "VerificationReport",
     "baseline",
     "finalize",
-    "infer_kind",
     "register_baseline",
-    "register_verifier",
     "repair",
-    "verify",
     "write_csv",
+    # re-exported from `verification`
+    "KINDS",
+    "VerificationReport",
+    "infer_kind",
+    "register_verifier",
+    "verify",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
-SampleLike = Union[str, "os.PathLike[str]", pd.DataFrame]
-
 VERIFICATION_FILE = "verification.json"  # written by `finalize` into the output dir
-KINDS = ("label", "class_proba", "binary_proba", "numeric")  # the CSV formats built in
-ROW_SUM_ATOL = 1e-3  # per-class rows further than this from 1 get a warning
 _RENORM_ATOL = 1e-9  # `repair(renormalize=True)` leaves rows this close to 1 untouched
-_N_EXAMPLES = 5  # examples quoted per problem
-# Cells pandas reads as NaN by default; we read raw text, so we recognise them ourselves.
-_NA_TOKENS = frozenset({
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
-})
-# A single integer column with one of these names holds class labels even if the sample is all 0/1.
-_LABEL_COLUMN_NAMES = frozenset({"label", "labels", "class", "classes", "category", "categories"})
-_INT_RE = r"^[+-]?\d+$"
-_FLOAT_INT_RE = r"^[+-]?\d+\.0*$"  # "1.0", "17.", "3.000": an integer written as a float
 _REPAIR_FLAGS = ("drop_index", "cast_ids", "fill_nan", "clip", "renormalize", "reorder")
 _REPAIR_OPTIONS = _REPAIR_FLAGS + ("prior",)
-_PROBA_KINDS = ("class_proba", "binary_proba")
 
 
 class SubmissionError(ValueError):
@@ -73,532 +79,8 @@ class SubmissionError(ValueError):
         self.report = report
 
 
-@dataclass
-class VerificationReport:
-    """The verdict on one submission: errors make it invalid, warnings do not."""
-
-    valid: bool
-    kind: str
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    repairs: list[str] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
-    submission: str = ""
-    sample: str = ""
-    notes: list[str] = field(default_factory=list)  # how the format was decided, checks skipped
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict of every field."""
-        return _jsonable(asdict(self))
-
-    def to_json(self, path: PathLike) -> Path:
-        """Write the report as JSON atomically (temp file, then `os.replace`)."""
-        return write_json(Path(path), self.to_dict())
-
-    def format(self) -> str:
-        """Return a human-readable multi-line report."""
-        verdict = "VALID" if self.valid else "INVALID"
-        lines = [
-            f"{self.submission}: {verdict} ({self.kind} format, {len(self.errors)} error(s), "
-            f"{len(self.warnings)} warning(s))",
-            f"  checked against: {self.sample}",
-        ]
-        if "rows" in self.stats:
-            sample_rows = self.stats.get("sample_rows", "?")
-            lines.append(f"  rows: {self.stats['rows']} (sample: {sample_rows})")
-        for title, items in (("errors", self.errors), ("warnings", self.warnings),
-                             ("repairs", self.repairs), ("notes", self.notes)):
-            if items:
-                lines.append(f"{title}:")
-                lines.extend(f"  - {item}" for item in items)
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.format()
-
-
 # --------------------------------------------------------------------------------------------
-# Reading: every cell as raw text, so "1.0" vs "1" and " 7" stay visible.
-
-
-class _Unreadable(Exception):
-    """The file cannot be read as a CSV table; the message says why and what to do."""
-
-
-@dataclass
-class _Table:
-    """A CSV read as text: header cells as written, data cells as strings."""
-
-    header: list[str]
-    data: pd.DataFrame  # columns are positions 0..k-1; `header` names them
-    name: str
-
-    def frame(self) -> pd.DataFrame:
-        """Return the data with named columns (first occurrence of a duplicated name kept)."""
-        keep = ~pd.Index(self.header).duplicated()
-        out = self.data.loc[:, keep].copy()
-        out.columns = [h for h, k in zip(self.header, keep) if k]
-        return out
-
-
-def _sniff_delimiter(first_line: str) -> str:
-    """Return a header line's delimiter: comma, unless it has none and another is present."""
-    if "," in first_line:
-        return ","
-    counts = {d: first_line.count(d) for d in (";", "\t", "|")}
-    best = max(counts, key=lambda d: counts[d])
-    return best if counts[best] > 0 else ","
-
-
-_DELIMITER_NAMES = {";": "semicolon", "\t": "tab", "|": "pipe"}
-
-
-def _read_table(path: Path, name: str) -> _Table:
-    """Read a CSV file as text; raise `_Unreadable` with a competitor-facing message on failure."""
-    if not path.exists():
-        raise _Unreadable(f"{name} does not exist: write the predictions there "
-                          f"(kk.write_csv(df, path)) before verifying")
-    if not path.is_file():
-        raise _Unreadable(f"{name} is not a file (is it a folder?): pass the path of the CSV")
-    if path.stat().st_size == 0:
-        raise _Unreadable(f"{name} is empty (0 bytes): the write failed or nothing was predicted; "
-                          f"write one row per id of the sample")
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            first_line = fh.readline().rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise _Unreadable(f"{name} is not UTF-8 text: write it with df.to_csv(path, index=False)")
-    delimiter = _sniff_delimiter(first_line)
-    if delimiter != ",":
-        raise _Unreadable(
-            f"{name} is {_DELIMITER_NAMES[delimiter]}-separated (first line {first_line!r}); "
-            f"submissions must be comma-separated: write it with df.to_csv(path, index=False) "
-            f"without sep=")
-    return _parse_csv(path, name)
-
-
-def _parse_csv(source: Path | io.StringIO, name: str) -> _Table:
-    """Parse comma-separated text with pandas, every cell as a string ('' for an empty cell)."""
-    try:
-        raw = pd.read_csv(source, header=None, dtype=str, keep_default_na=False,
-                          skip_blank_lines=True, encoding="utf-8")
-    except pd.errors.EmptyDataError:
-        raise _Unreadable(f"{name} contains no CSV data (only blank lines): write the header and "
-                          f"one row per id of the sample")
-    except pd.errors.ParserError as exc:
-        raise _Unreadable(f"{name} is not a well-formed CSV ({str(exc).strip()}): every row needs "
-                          f"as many fields as the header; quote values that contain commas")
-    raw = raw.fillna("")  # a short row leaves missing trailing fields: count them as empty cells
-    header = [str(h) for h in raw.iloc[0].tolist()]
-    data = raw.iloc[1:].reset_index(drop=True)
-    data.columns = range(len(header))
-    return _Table(header=header, data=data, name=name)
-
-
-def _load_sample(sample: SampleLike) -> _Table:
-    """Read the sample submission (path or DataFrame); raise on a missing or unusable one."""
-    if isinstance(sample, pd.DataFrame):
-        text = sample.to_csv(index=False, lineterminator="\n")
-        try:
-            table = _parse_csv(io.StringIO(text), "the sample")
-        except _Unreadable as exc:
-            raise ValueError(f"sample DataFrame cannot be used: {exc}") from None
-    else:
-        if not isinstance(sample, (str, os.PathLike)):
-            raise ValueError(f"sample must be a path or a pandas DataFrame, got "
-                             f"{type(sample).__name__}")
-        path = Path(sample)
-        if not path.is_file():
-            raise FileNotFoundError(f"sample={str(sample)!r} does not exist: pass the "
-                                    f"competition's sample_submission.csv")
-        try:
-            table = _read_table(path, path.name)
-        except _Unreadable as exc:
-            raise ValueError(f"sample={str(sample)!r} cannot be used: {exc}") from None
-    if len(table.header) < 2:
-        raise ValueError(f"sample has columns {table.header}: expected an id column and at least "
-                         f"one prediction column")
-    if table.data.empty:
-        raise ValueError(f"sample {table.name} has no rows: it must list every id to predict")
-    return table
-
-
-def _sample_name(sample: SampleLike) -> str:
-    return "the sample (DataFrame)" if isinstance(sample, pd.DataFrame) else str(sample)
-
-
-# --------------------------------------------------------------------------------------------
-# Small helpers on text columns.
-
-
-def _examples(values: Sequence[Any] | pd.Series | pd.Index, quote: bool = False) -> str:
-    """Format up to five examples: '17, 42, 99'."""
-    items = list(values)[:_N_EXAMPLES]
-    return ", ".join(repr(str(v)) if quote else str(v) for v in items)
-
-
-def _is_na(cells: pd.Series) -> pd.Series:
-    return cells.str.strip().isin(_NA_TOKENS)
-
-
-def _to_number(cells: pd.Series) -> pd.Series:
-    """Parse text cells as floats; unparseable and NA cells become NaN."""
-    return pd.to_numeric(cells.str.strip(), errors="coerce").astype(float)
-
-
-def _non_numeric(cells: pd.Series) -> pd.Series:
-    """Mask of cells that are neither NA nor parseable as a number."""
-    return _to_number(cells).isna() & ~_is_na(cells)
-
-
-def _all_int(cells: pd.Series) -> bool:
-    return bool(cells.str.strip().str.fullmatch(_INT_RE).all())
-
-
-def _normalize_ids(ids: pd.Series, int_ids: bool) -> pd.Series:
-    """Strip spaces and, for integer ids, write '1.0' as '1'; leave everything else unchanged."""
-    out = ids.str.strip()
-    if int_ids:
-        floaty = out.str.fullmatch(_FLOAT_INT_RE)
-        out = out.where(~floaty, out.str.split(".").str[0])
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Format inference.
-
-
-def infer_kind(sample: SampleLike, labels: Sequence[Any] | None = None) -> str:
-    """Infer the submission format from the sample submission.
-
-    The first column is the id; the rest decide:
-    - one column: ``label`` if `labels` is given, or its values are not numbers, or they are
-      integers and either some value is outside {0, 1} or the column is named like a label
-      (``label``, ``class``, ``category``); else ``binary_proba`` if all values lie in [0, 1];
-      else ``numeric``.
-    - two or more columns, all numeric: ``class_proba`` if all values lie in [0, 1],
-      else ``numeric``.
-    Pass ``kind=`` to `verify` where this guesses wrong (e.g. a regression target inside [0, 1]).
-    """
-    return _infer_kind(_load_sample(sample), _check_labels(labels))
-
-
-def _infer_kind(table: _Table, labels: list[str] | None) -> str:
-    frame = table.frame()
-    values = frame.columns[1:]
-    numbers = {c: _to_number(frame[c]) for c in values}
-    numeric = {c: not _non_numeric(frame[c]).any() for c in values}
-    in_unit = {c: bool(numbers[c].dropna().between(0, 1).all()) for c in values}
-    if len(values) == 1:
-        col = values[0]
-        if labels is not None or not numeric[col]:
-            return "label"
-        if _all_int(frame[col]):
-            outside_01 = not numbers[col].isin([0, 1]).all()
-            if outside_01 or col.strip().lower() in _LABEL_COLUMN_NAMES:
-                return "label"
-        return "binary_proba" if in_unit[col] else "numeric"
-    if all(numeric.values()):
-        return "class_proba" if all(in_unit.values()) else "numeric"
-    text_cols = [c for c in values if not numeric[c]]
-    raise ValueError(f"cannot infer the submission format: the sample has {len(values)} prediction "
-                     f"columns and {text_cols} are not numeric; pass kind= one of {list(KINDS)}")
-
-
-def _check_labels(labels: Sequence[Any] | None) -> list[str] | None:
-    if labels is None:
-        return None
-    if isinstance(labels, (str, bytes)):
-        raise ValueError(f"labels must be a list like ['cat', 'dog'], got the string {labels!r}")
-    out = [str(v) for v in labels]
-    if not out:
-        raise ValueError("labels is empty: pass the legal class labels, e.g. ['cat', 'dog'], "
-                         "or None")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# The CSV verifier.
-
-
-def _index_like(cells: pd.Series) -> bool:
-    """True when a column holds 0..n-1 or 1..n in order: a saved DataFrame index."""
-    stripped = cells.str.strip()
-    if stripped.empty or not stripped.str.fullmatch(_INT_RE).all():
-        return False
-    values = stripped.astype(int).to_numpy()
-    start = np.arange(len(values))
-    return bool(np.array_equal(values, start) or np.array_equal(values, start + 1))
-
-
-def _is_unnamed(name: str) -> bool:
-    return name.strip() == "" or name.startswith("Unnamed:") or name in ("index", "level_0")
-
-
-def _looks_like_data(header: list[str], sample: _Table) -> bool:
-    """True when a header line shares nothing with the sample's and reads like a data row."""
-    if set(header) & set(sample.header):
-        return False
-    sample_ids = set(sample.frame()[sample.header[0]].str.strip())
-    if header[0].strip() in sample_ids:
-        return True
-    cells = pd.Series(header[1:], dtype=str)
-    return bool(len(cells)) and not _non_numeric(cells).any() and not _is_na(cells).all()
-
-
-def _check_columns(sub: _Table, sample: _Table, errors: list[str]) -> list[str]:
-    """Check the header against the sample's; return the columns to drop as index columns."""
-    sample_cols = sample.header
-    counts = Counter(sub.header)
-    for name, n in counts.items():
-        if n > 1:
-            errors.append(f"column {name!r} appears {n} times: keep one")
-    index_cols: list[str] = []
-    frame = sub.frame()
-    for pos, name in enumerate(frame.columns):
-        if name in sample_cols or not _is_unnamed(name):
-            continue
-        index_cols.append(name)
-        if _index_like(frame[name]):
-            errors.append(f"column {pos + 1} ({name!r}) is a saved DataFrame index (values "
-                          f"{frame[name].iloc[0]}..{frame[name].iloc[-1]}): write the file with "
-                          f"df.to_csv(path, index=False), or repair with drop_index=True")
-        else:
-            errors.append(f"column {pos + 1} ({name!r}) has no name and is not in the sample: "
-                          f"drop it (the sample's columns are {','.join(sample_cols)})")
-    present = [c for c in frame.columns if c not in index_cols]
-    missing = [c for c in sample_cols if c not in present]
-    extra = [c for c in present if c not in sample_cols]
-    for got in list(extra):
-        want = next((m for m in missing if m.strip().lower() == got.strip().lower()), None)
-        if want is not None:
-            errors.append(f"column {got!r} should be named {want!r}: rename it (column names "
-                          f"must match the sample exactly, including case and spaces)")
-            extra.remove(got)
-            missing.remove(want)
-    if missing:
-        errors.append(f"{len(missing)} column(s) missing: {missing}: the sample's columns are "
-                      f"{sample_cols}; add a prediction column for each")
-    if extra:
-        errors.append(f"{len(extra)} extra column(s) not in the sample: {extra}: drop them (only "
-                      f"{sample_cols} are allowed)")
-    return index_cols
-
-
-def _check_ids(sub_ids: pd.Series, sample_ids: pd.Series, id_col: str, sample_name: str,
-               errors: list[str], warnings: list[str], stats: dict[str, Any]) -> None:
-    int_ids = _all_int(sample_ids)
-    spaced = sub_ids[sub_ids != sub_ids.str.strip()]
-    if len(spaced):
-        errors.append(f"{len(spaced)} ids have leading or trailing spaces (e.g. "
-                      f"{_examples(spaced, quote=True)}): strip them "
-                      f"(df[{id_col!r}] = df[{id_col!r}].str.strip()), or repair with "
-                      f"cast_ids=True")
-    stripped = sub_ids.str.strip()
-    if int_ids:
-        floaty = stripped[stripped.str.fullmatch(_FLOAT_INT_RE)]
-        if len(floaty):
-            errors.append(f"{len(floaty)} ids are written as floats (e.g. {_examples(floaty)}) but "
-                          f"the sample writes integers (e.g. {sample_ids.iloc[0]}): write "
-                          f"df[{id_col!r}].astype(int), or repair with cast_ids=True")
-        text = stripped[~stripped.str.fullmatch(_INT_RE) & ~stripped.str.fullmatch(_FLOAT_INT_RE)]
-        if len(text) > len(stripped) / 2:
-            errors.append(f"the sample's ids are integers (e.g. {sample_ids.iloc[0]}) but the "
-                          f"submission's are text (e.g. {_examples(text, quote=True)}): write the "
-                          f"sample's id column unchanged")
-    elif len(stripped) and stripped.str.fullmatch(_INT_RE).all():
-        errors.append(f"the sample's ids are strings (e.g. {sample_ids.iloc[0]!r}) but the "
-                      f"submission's are all integers (e.g. {_examples(stripped)}): a row number "
-                      f"was probably written instead of the id column")
-    ids = _normalize_ids(sub_ids, int_ids)
-    want = sample_ids.str.strip()
-    want_set, got_set = set(want), set(ids)
-    missing = [i for i in want if i not in got_set]
-    extra = list(dict.fromkeys(i for i in ids if i not in want_set))
-    dup_mask = ids.duplicated(keep=False)
-    duplicated = list(dict.fromkeys(ids[dup_mask]))
-    surplus = int(ids.duplicated().sum())
-    stats.update(missing_ids=len(missing), extra_ids=len(extra), duplicate_ids=len(duplicated),
-                 examples={"missing_ids": missing[:_N_EXAMPLES], "extra_ids": extra[:_N_EXAMPLES],
-                           "duplicate_ids": duplicated[:_N_EXAMPLES]})
-    if missing:
-        errors.append(f"{len(missing)} ids missing from the submission (e.g. "
-                      f"{_examples(missing)}): predict every id in {sample_name}")
-    if extra:
-        errors.append(f"{len(extra)} ids not in the sample (e.g. {_examples(extra)}): drop them; "
-                      f"only the ids in {sample_name} are scored")
-    if duplicated:
-        errors.append(f"{len(duplicated)} ids appear more than once ({surplus} surplus rows, e.g. "
-                      f"{_examples(duplicated)}): keep one row per id "
-                      f"(df.drop_duplicates({id_col!r}))")
-    if len(ids) != len(want):
-        errors.append(f"the submission has {len(ids)} rows but the sample has {len(want)}: write "
-                      f"exactly one row per sample id")
-    elif not (missing or extra or duplicated) and ids.tolist() != want.tolist():
-        warnings.append("rows are in a different order than the sample: Kaggle matches rows by "
-                        "id, but some graders compare positions; repair with reorder=True to match")
-
-
-def _check_values(frame: pd.DataFrame, sample: pd.DataFrame, kind: str, id_col: str,
-                  labels: list[str] | None, errors: list[str], warnings: list[str],
-                  notes: list[str], stats: dict[str, Any]) -> None:
-    cols = [c for c in sample.columns[1:] if c in frame.columns]
-    if id_col in frame.columns:
-        ids, where = frame[id_col].str.strip(), "id"
-    else:  # examples name row numbers instead
-        ids, where = pd.Series([str(i + 1) for i in range(len(frame))], dtype=str), "row"
-    nan_cells = 0
-    for col in cols:
-        cells = frame[col]
-        na = _is_na(cells)
-        if kind == "label" and labels is not None:
-            na &= ~cells.str.strip().isin(labels)  # "None" may be a legal label
-        nan_cells += int(na.sum())
-        if len(cells) and na.all():
-            errors.append(f"column {col!r} is entirely empty ({len(cells)} rows): the predictions "
-                          f"were never written into it")
-            continue
-        if na.any():
-            errors.append(f"{int(na.sum())} missing values (NaN or empty cells) in column {col!r} "
-                          f"(e.g. {where}s {_examples(ids[na])}): predict every cell, or repair "
-                          f"with fill_nan=True")
-        if kind == "label":
-            _check_labels_column(cells[~na], sample[col], col, labels, errors, notes)
-        else:
-            _check_numeric_column(cells, ids, where, col, kind, errors)
-    stats["nan_cells"] = nan_cells
-    if kind == "class_proba" and len(cols) == len(sample.columns) - 1:
-        _check_row_sums(frame[cols], ids, where, warnings)
-
-
-def _check_numeric_column(cells: pd.Series, ids: pd.Series, where: str, col: str, kind: str,
-                          errors: list[str]) -> None:
-    """Numbers only, finite, and inside [0, 1] for probability formats."""
-    bad = _non_numeric(cells)
-    if bad.any():
-        errors.append(f"{int(bad.sum())} non-numeric values in column {col!r} (e.g. "
-                      f"{_examples(cells[bad], quote=True)}): this column must hold numbers")
-    numbers = _to_number(cells)
-    inf = np.isinf(numbers)
-    if inf.any():
-        errors.append(f"{int(inf.sum())} infinite values in column {col!r} (e.g. {where}s "
-                      f"{_examples(ids[inf])}): replace them with finite numbers"
-                      + (", or repair with clip=True" if kind in _PROBA_KINDS else ""))
-    if kind not in _PROBA_KINDS:
-        return
-    finite = numbers.where(~inf)
-    for mask, side, limit, extreme in ((finite > 1, "above 1", "max", finite.max()),
-                                       (finite < 0, "below 0", "min", finite.min())):
-        if mask.any():
-            errors.append(f"{int(mask.sum())} probabilities {side} in column {col!r} "
-                          f"({limit} {extreme:g}, e.g. {where}s {_examples(ids[mask])}): "
-                          f"probabilities must lie in [0, 1]; apply sigmoid/softmax to "
-                          f"logits, or repair with clip=True")
-
-
-def _check_row_sums(probs_text: pd.DataFrame, ids: pd.Series, where: str,
-                    warnings: list[str]) -> None:
-    """Warn about per-class rows whose probabilities do not sum to 1 (within ROW_SUM_ATOL)."""
-    sums = probs_text.apply(_to_number).sum(axis=1, skipna=False)
-    off = np.isfinite(sums) & ((sums - 1).abs() > ROW_SUM_ATOL)
-    if off.any():
-        first = int(np.flatnonzero(off.to_numpy())[0])
-        warnings.append(f"{int(off.sum())} rows' probabilities do not sum to 1 (e.g. {where} "
-                        f"{ids.iloc[first]} sums to {sums.iloc[first]:.4g}): most metrics "
-                        f"renormalise, but repair with renormalize=True to make it explicit")
-
-
-def _check_labels_column(cells: pd.Series, sample_cells: pd.Series, col: str,
-                         labels: list[str] | None, errors: list[str], notes: list[str]) -> None:
-    stripped = cells.str.strip()
-    if labels is not None:
-        illegal = cells[~cells.isin(labels)]
-        if len(illegal):
-            hint = ""
-            if stripped[~cells.isin(labels)].isin(labels).all():
-                hint = "; strip the spaces around them"
-            elif illegal.str.strip().str.fullmatch(_INT_RE).all() and not any(
-                    re.fullmatch(_INT_RE, lab) for lab in labels):
-                hint = ("; they look like class indices: map them to names "
-                        "(e.g. labels[i])")
-            legal = labels if len(labels) <= 10 else labels[:10] + ["..."]
-            errors.append(f"{len(illegal)} values in column {col!r} are not legal labels (e.g. "
-                          f"{_examples(pd.unique(illegal), quote=True)}): use one of {legal}{hint}")
-        return
-    if _all_int(sample_cells):
-        not_int = cells[~stripped.str.fullmatch(_INT_RE)]
-        if len(not_int):
-            errors.append(f"{len(not_int)} values in column {col!r} are not integer class labels "
-                          f"(e.g. {_examples(pd.unique(not_int), quote=True)}): the sample's "
-                          f"labels are integers; write the predicted class, not a probability")
-    notes.append(f"legal labels unknown for column {col!r}: pass labels=[...] to check them")
-
-
-def _verify_csv(submission: Path, sample: SampleLike, labels: Sequence[Any] | None,
-                kind: str) -> VerificationReport:
-    """Verify a CSV submission of a given `kind` against the sample submission."""
-    labels = _check_labels(labels)
-    sample_table = _load_sample(sample)
-    sample_frame = sample_table.frame()
-    sample_name = sample_table.name
-    report = VerificationReport(valid=False, kind=kind, submission=str(submission),
-                                sample=_sample_name(sample))
-    report.stats.update(sample_rows=len(sample_frame))
-    errors, warnings = report.errors, report.warnings
-    try:
-        sub = _read_table(submission, submission.name)
-    except _Unreadable as exc:
-        errors.append(str(exc))
-        return report
-    report.stats.update(rows=len(sub.data), columns=list(sub.header))
-    if _looks_like_data(sub.header, sample_table):
-        first, want = ",".join(sub.header), ",".join(sample_table.header)
-        errors.append(f"{sub.name} has no header row (its first line {first!r} looks like data): "
-                      f"write the header {want!r} first (df.to_csv(path, index=False))")
-        return report
-    if sub.data.empty:
-        errors.append(f"{sub.name} has a header but no data rows: predict every id in "
-                      f"{sample_name}")
-        return report
-    _check_columns(sub, sample_table, errors)
-    frame = sub.frame()
-    id_col = sample_table.header[0]
-    if id_col in frame.columns:
-        _check_ids(frame[id_col], sample_frame[id_col], id_col, sample_name, errors, warnings,
-                   report.stats)
-    _check_values(frame, sample_frame, kind, id_col, labels, errors, warnings, report.notes,
-                  report.stats)
-    report.valid = not errors
-    return report
-
-
-# --------------------------------------------------------------------------------------------
-# The registry: one verifier per submission kind.
-
-Verifier = Callable[[Path, Any, Sequence[Any] | None], VerificationReport]
-
-
-def _csv_verifier(kind: str) -> Verifier:
-    def verifier(submission: Path, sample: Any, labels: Sequence[Any] | None) -> VerificationReport:
-        return _verify_csv(submission, sample, labels, kind)
-    verifier.__doc__ = f"Verify a {kind} CSV submission against the sample submission."
-    return verifier
-
-
-_VERIFIERS: dict[str, Verifier] = {kind: _csv_verifier(kind) for kind in KINDS}
-
-
-def register_verifier(kind: str, fn: Verifier, *, replace: bool = False) -> None:
-    """Register `fn(submission_path, sample, labels) -> VerificationReport` for a kind."""
-    if not isinstance(kind, str) or not kind.strip():
-        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
-    if not callable(fn):
-        raise ValueError(f"fn for kind {kind!r} must be callable, got {type(fn).__name__}")
-    if kind in _VERIFIERS and not replace:
-        raise ValueError(f"a verifier for kind {kind!r} is already registered; pass replace=True "
-                         f"to override it")
-    _VERIFIERS[kind] = fn
-
+# The registry: one emergency stand-in writer per non-CSV kind (CSV kinds use `baseline`).
 
 BaselineWriter = Callable[[Path, Any], str | None]
 _BASELINES: dict[str, BaselineWriter] = {}
@@ -620,33 +102,6 @@ def register_baseline(kind: str, writer: BaselineWriter, *, replace: bool = Fals
         raise ValueError(f"a baseline writer for kind {kind!r} is already registered; pass "
                          f"replace=True to override it")
     _BASELINES[kind] = writer
-
-
-def _verifier(kind: str) -> Verifier:
-    if kind not in _VERIFIERS:
-        raise ValueError(f"kind={kind!r} is not a known submission kind; valid kinds: "
-                         f"{sorted(_VERIFIERS)}")
-    return _VERIFIERS[kind]
-
-
-def verify(submission: PathLike, sample: SampleLike | None, labels: Sequence[Any] | None = None,
-           *, kind: str | None = None) -> VerificationReport:
-    """Check a submission against the sample submission; a missing or broken file is invalid.
-
-    >>> verify("submission.csv", "sample_submission.csv", labels=["cat", "dog"]).valid
-    """
-    if not isinstance(submission, (str, os.PathLike)):
-        raise ValueError(f"submission must be a path, got {type(submission).__name__}")
-    notes: list[str] = []
-    if kind is None:
-        if sample is None:
-            raise ValueError("sample is None: pass the sample submission, or kind= for a "
-                             "submission kind that needs none")
-        kind = _infer_kind(_load_sample(sample), _check_labels(labels))
-        notes.append(f"format {kind!r} inferred from the sample (pass kind= to override)")
-    report = _verifier(kind)(Path(submission), sample, labels)
-    report.notes[:0] = notes
-    return report
 
 
 # --------------------------------------------------------------------------------------------
@@ -902,19 +357,6 @@ def write_csv(df: pd.DataFrame, path: PathLike) -> Path:
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
     return write_atomic(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n"), newline="")
-
-
-def _jsonable(value: Any) -> Any:
-    """Convert numpy scalars and containers to plain JSON types."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,12 +12,10 @@ carriage-return redraws. ipywidgets and tqdm are imported only on the live path.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import html
 import math
 import time
-import types
 import typing
 from collections.abc import (
     Callable,
@@ -30,6 +28,7 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any
 
 from .env import has_live_frontend
+from .params import annotation_types, parse_value
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["Progress", "form", "format_duration", "progress"]
 
 _SCALARS = (bool, int, float, str, type(None))
-_NONE_WORDS = ("", "None", "none", "null")
 
 
 # --------------------------------------------------------------------------- parameter form
@@ -57,64 +55,7 @@ def _field_types(config: type | None) -> dict[str, tuple[type, ...]]:
         raise ValueError(f"config={config!r} must be a notebook Config class (a dataclass with from_namespace), "
                          "e.g. kagglekit_nb.tasks.classification.Config, or None.")
     hints = typing.get_type_hints(config)
-    out = {}
-    for f in dataclasses.fields(config):
-        hint = hints[f.name]
-        out[f.name] = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    return out
-
-
-def _as(kind: type, text: str) -> Any:
-    """`text` as a `kind` (bool, int, float or str); ValueError when it is not one."""
-    if kind is bool:
-        low = text.lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise ValueError("true or false")
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError("a whole number, e.g. 3") from None
-    if kind is float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise ValueError("a finite number, e.g. 0.001")
-        return value
-    return text
-
-
-def _parse(name: str, text: str, default: Any, allowed: tuple[type, ...] = ()) -> Any:
-    """The typed value of a form field: typed like `default` (or as the config's annotation allows);
-    None only where the default is None or the config allows it. Raises ValueError saying what the
-    field expects."""
-    text = text.strip()
-    none_ok = default is None or type(None) in allowed
-    if none_ok and text in _NONE_WORDS:
-        return None
-    kinds = [t for t in allowed if t in (bool, int, float, str)]
-    if default is not None:
-        kinds = [type(default)] + [k for k in kinds if k is not type(default)]
-    if not kinds:  # default None and no config: a number stays a number, anything else is text
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return text
-        return value if type(value) in (bool, int, float) else text
-    wanted = []
-    for kind in kinds:
-        try:
-            return _as(kind, text)
-        except ValueError as e:
-            wanted.append(str(e))
-    if none_ok:
-        wanted.append("None")
-    raise ValueError(f"{name}: {text!r} is not valid; enter {' or '.join(wanted)}.")
+    return {f.name: annotation_types(hints[f.name]) for f in dataclasses.fields(config)}
 
 
 def _check_choices(choices: Mapping[str, Iterable[Any]] | None, names: Sequence[str]) -> dict[str, list[Any]]:
@@ -173,7 +114,7 @@ class _Form:
         field = self.fields[name]
         if name not in self.typed:
             return field.value
-        return _parse(name, field.value, self.defaults[name], self.types.get(name, ()))
+        return parse_value(name, field.value, self.defaults[name], self.types.get(name, ()))
 
     def _mark(self, name: str) -> None:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 import subprocess
 import sys
 import sysconfig
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from kagglekit_nb import bundle as bundle_module
 from kagglekit_nb import env, kaggle_io
-from kagglekit_nb.kaggle_io import BundleError, build_bundle
+from kagglekit_nb.bundle import BundleError, build_bundle
 from kagglekit_nb.setup_cell import SETUP_CELL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +36,9 @@ def bundle(tmp_path_factory):
 def test_the_bundle_holds_the_kit_wheel_a_manifest_and_dataset_metadata(bundle):
     (wheel,) = bundle.wheels
     assert wheel.name.startswith("kagglekit_nb-") and wheel.name.endswith("-py3-none-any.whl")
+    notebooks = sorted(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".ipynb"))
+    assert notebooks == sorted(f"kagglekit_nb/notebooks/{p.name}" for p in
+                               (Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
     manifest = json.loads((bundle.folder / "manifest.json").read_text())
     assert manifest == bundle.manifest
     assert manifest["wheels"] == [{"file": wheel.name, "bytes": wheel.stat().st_size,
@@ -118,10 +123,10 @@ def test_only_missing_adds_the_documented_packages_without_their_dependencies(tm
     kit, extra = pip.commands
     assert kit[:2] == ["wheel", "--no-deps"] and pip.from_source == [True, False]  # the kit from a source copy
     assert extra[:2] == ["wheel", "--no-deps"]
-    assert extra[-2:] == [*kaggle_io.KAGGLE_MISSING, "lightgbm==4.5.0"]
+    assert extra[-2:] == [*bundle_module.KAGGLE_MISSING, "lightgbm==4.5.0"]
     assert [w.name for w in result.wheels] == ["kagglekit_nb-0.1.0-py3-none-any.whl",
                                               "segmentation_models_pytorch-0.6.0-py3-none-any.whl"]
-    assert result.manifest["requested"] == ["kagglekit_nb", *kaggle_io.KAGGLE_MISSING, "lightgbm==4.5.0"]
+    assert result.manifest["requested"] == ["kagglekit_nb", *bundle_module.KAGGLE_MISSING, "lightgbm==4.5.0"]
 
 
 def test_all_resolves_every_dependency_of_the_kit_wheel(tmp_path):

@@ -122,7 +122,7 @@ def test_run_unknown_notebook(tmp_path, capsys):
 def test_run_bad_parameter_value(tmp_path, capsys):
     code, _, err = run_main(capsys, "run", "classification", "--out", str(tmp_path / "out"), "-p", "EPOCHS", "ten")
     assert code == 2
-    assert "-p EPOCHS ten: expected a int" in err
+    assert "-p EPOCHS: 'ten' is not valid; enter a whole number" in err
 
 
 def test_run_bad_budget(tmp_path, capsys):

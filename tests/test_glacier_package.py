@@ -14,6 +14,7 @@ import tifffile
 import torch
 
 from kagglekit_nb import submission as sub
+from kagglekit_nb import verification
 from kagglekit_nb.demo.glacier import make_glacier_demo
 from kagglekit_nb.submission import (
     SubmissionError,
@@ -464,7 +465,7 @@ def test_register_baseline_rejects_bad_input():
 
 
 def test_failing_baseline_writer_leaves_the_submission_in_place(tmp_path, monkeypatch):
-    monkeypatch.setattr(sub, "_VERIFIERS", dict(sub._VERIFIERS))
+    monkeypatch.setattr(verification, "_VERIFIERS", dict(verification._VERIFIERS))
     monkeypatch.setattr(sub, "_BASELINES", dict(sub._BASELINES))
 
     def check(path, sample, labels):

@@ -81,18 +81,19 @@ def test_unknown_parameter_lists_the_valid_names():
 @pytest.mark.parametrize(
     ("name", "text", "expected"),
     [
-        ("EPOCHS", "3.5", "expected a int"),
-        ("EPOCHS", "many", "expected a int"),
-        ("LR", "fast", "expected a float"),
-        ("HFLIP", "maybe", "expected true or false"),
-        ("SIZES", "32", "expected a list"),
-        ("SIZES", "[32", "expected a literal of type list"),
+        ("EPOCHS", "3.5", "enter a whole number"),
+        ("EPOCHS", "many", "enter a whole number"),
+        ("LR", "fast", "enter a finite number"),
+        ("LR", "inf", "enter a finite number"),
+        ("HFLIP", "maybe", "enter true or false"),
+        ("SIZES", "32", "enter a list like [32, 64]"),
+        ("SIZES", "[32", "enter a list like [32, 64]"),
     ],
 )
 def test_bad_values_name_the_parameter(name, text, expected):
-    with pytest.raises(ValueError, match=rf"-p {name} ") as info:
+    with pytest.raises(ValueError, match=rf"-p {name}: ") as info:
         convert_parameters([(name, text)], DEFAULTS)
-    assert text in str(info.value)
+    assert f"{text!r} is not valid" in str(info.value)
     assert expected in str(info.value)
 
 

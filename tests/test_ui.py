@@ -178,27 +178,6 @@ def test_form_without_config_types_by_default_and_guesses_none_defaults(live):
     assert ns["LIMIT"] is None
 
 
-@pytest.mark.parametrize("text, default, allowed, expected", [
-    ("12", 3, (), 12), ("-1", 3, (), -1), ("0.5", 1.0, (), 0.5), ("2", 1.0, (), 2.0),
-    ("yes", False, (), True), ("off", True, (), False), (" a b ", "x", (), "a b"),
-    ("none", None, (int, type(None)), None), ("", None, (str, type(None)), None),
-    ("90", None, (str, type(None)), "90"), ("0.25", 1, (float,), 0.25), ("3", None, (), 3),
-    ("[1, 2]", None, (), "[1, 2]"),
-])
-def test_parse_types_values_like_the_default(text, default, allowed, expected):
-    value = ui._parse("P", text, default, allowed)
-    assert value == expected and type(value) is type(expected)
-
-
-@pytest.mark.parametrize("text, default, allowed, message", [
-    ("3.5", 3, (), "whole number"), ("inf", 0.1, (), "finite number"), ("maybe", True, (), "true or false"),
-    ("None", 3, (), "whole number"), ("x", None, (int, type(None)), "whole number, e.g. 3 or None"),
-])
-def test_parse_rejects_values_of_the_wrong_type(text, default, allowed, message):
-    with pytest.raises(ValueError, match=message):
-        ui._parse("P", text, default, allowed)
-
-
 # --------------------------------------------------------------------------- progress, headless
 
 

@@ -3,11 +3,12 @@ and the first steps every task shares: opening the run and finding the data."""
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..params import annotation_types, check_type
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -32,20 +33,10 @@ class NotebookConfig:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value, hint = getattr(self, f.name), hints[f.name]
-            allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-            if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
-                value = float(value)
-                setattr(self, f.name, value)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool) and str in allowed \
-                    and type(value) not in allowed:  # `-p BUDGET 90`, `-p DATA_DIR 2024`: meant as text
-                value = str(value)
-                setattr(self, f.name, value)
-            ok = any(value is None if a is type(None) else
-                     isinstance(value, a) and not (a is int and isinstance(value, bool)) for a in allowed)
-            if not ok:
-                names = " or ".join("None" if a is type(None) else a.__name__ for a in allowed)
-                raise ValueError(f"{f.name}={value!r} has the wrong type: expected {names}.")
+            value = getattr(self, f.name)
+            checked = check_type(f.name, value, annotation_types(hints[f.name]))
+            if checked is not value:
+                setattr(self, f.name, checked)
         self.check()
 
     def check(self) -> None:

@@ -838,7 +838,7 @@ def _fit_and_save(res: ModelResult, X: pd.DataFrame, y: np.ndarray, fold_of: np.
     """Fit one model, save its booster and out-of-fold predictions (each file atomically).
 
     Returns (the saved record, whether the budget cut the fit short, seconds per predicted row)."""
-    from ..env import cpu_count
+    from ..hardware import cpu_count
 
     booster, val, pred, stopped, per_row = _fit(X, y, fold_of, k, seed, cfg, run, cpu_count())
     model_path, fit_path = res.files(seed, k)
@@ -980,7 +980,7 @@ def predict(feats: Features, models: LGBMResult, cfg: Config, run: Run) -> np.nd
     None when no model was fitted (the emergency baseline is written then)."""
     import lightgbm as lgb
 
-    from ..env import cpu_count
+    from ..hardware import cpu_count
 
     chosen = _choose(models, feats, cfg, run)
     if chosen is None:

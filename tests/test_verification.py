@@ -1,0 +1,279 @@
+"""Tests for kagglekit_nb.verification: verify, the battery of broken and valid files, infer_kind,
+the report, and the registry of submission kinds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kagglekit_nb import verification
+from kagglekit_nb.submission import SubmissionError, finalize
+from kagglekit_nb.verification import VerificationReport, infer_kind, register_verifier, verify
+
+
+# Sample submissions, one per format. Tests write them with tmp_path.
+SAMPLES = {
+    "label": "id,label\n1,cat\n2,cat\n3,cat\n4,cat\n",
+    "class": ("image_id,cat,dog,bird\n"
+              "img_a,0.25,0.25,0.5\nimg_b,0.25,0.25,0.5\nimg_c,0.25,0.25,0.5\n"),
+    "binary": "isic_id,target\nISIC_01,0.3\nISIC_02,0.3\nISIC_03,0.3\nISIC_04,0.3\n",
+    "numeric": "Id,SalePrice\n1461,169277.05\n1462,169277.05\n1463,169277.05\n",
+    "digits": "ImageId,Label\n1,0\n2,0\n3,0\n",
+}
+LABELS = ["cat", "dog", "bird"]
+LABEL_OK = "id,label\n1,dog\n2,cat\n3,bird\n4,dog\n"
+CLASS_OK = "image_id,cat,dog,bird\nimg_a,0.7,0.2,0.1\nimg_b,0.1,0.8,0.1\nimg_c,0.3,0.3,0.4\n"
+BINARY_OK = "isic_id,target\nISIC_01,0.91\nISIC_02,0.02\nISIC_03,0.5\nISIC_04,0.13\n"
+
+
+def _write(path: Path, text: str) -> Path:
+    """Write text byte for byte (no newline translation)."""
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def _sample(tmp_path: Path, which: str) -> Path:
+    return _write(tmp_path / f"sample_{which}.csv", SAMPLES[which])
+
+
+def _labels_for(which: str) -> list[str] | None:
+    return LABELS if which == "label" else None
+
+
+# ------------------------------------------------------------------------------------------------
+# The battery: broken submissions, each with the phrase its error must contain.
+
+BROKEN = [
+    ("missing-file", "label", None, "does not exist"),
+    ("empty-file", "label", "", "is empty (0 bytes)"),
+    ("blank-lines-only", "binary", "\n\n\n", "contains no CSV data"),
+    ("header-only", "label", "id,label\n", "no data rows"),
+    ("semicolon", "label", "id;label\n1;dog\n2;cat\n3;bird\n4;dog\n", "semicolon-separated"),
+    ("tab", "binary", "isic_id\ttarget\nISIC_01\t0.1\n", "tab-separated"),
+    ("no-header", "label", "1,dog\n2,cat\n3,bird\n4,dog\n", "no header row"),
+    ("no-header-proba", "class", "img_a,0.7,0.2,0.1\nimg_b,0.1,0.8,0.1\nimg_c,0.3,0.3,0.4\n",
+     "no header row"),
+    ("saved-index", "label", ",id,label\n0,1,dog\n1,2,cat\n2,3,bird\n3,4,dog\n",
+     "saved DataFrame index"),
+    ("saved-index-unnamed-0", "binary",
+     "Unnamed: 0,isic_id,target\n0,ISIC_01,0.1\n1,ISIC_02,0.2\n2,ISIC_03,0.3\n3,ISIC_04,0.4\n",
+     "saved DataFrame index"),
+    ("missing-class-column", "class",
+     "image_id,cat,dog\nimg_a,0.7,0.3\nimg_b,0.1,0.9\nimg_c,0.5,0.5\n",
+     "column(s) missing: ['bird']"),
+    ("extra-column", "label", "id,label,score\n1,dog,3\n2,cat,1\n3,bird,2\n4,dog,3\n",
+     "extra column(s) not in the sample: ['score']"),
+    ("wrong-column-name", "label", "id,Label\n1,dog\n2,cat\n3,bird\n4,dog\n",
+     "should be named 'label'"),
+    ("duplicate-column", "label", "id,label,label\n1,dog,dog\n2,cat,cat\n3,bird,bird\n4,dog,dog\n",
+     "appears 2 times"),
+    ("id-as-float", "label",
+     "id,label\n1.0,dog\n2.0,cat\n3.0,bird\n4.0,dog\n", "written as floats"),
+    ("id-whitespace", "label", "id,label\n1,dog\n 2,cat\n3 ,bird\n4,dog\n",
+     "leading or trailing spaces"),
+    ("row-index-instead-of-id", "binary", "isic_id,target\n0,0.1\n1,0.2\n2,0.3\n3,0.4\n",
+     "row number was probably written"),
+    ("missing-ids", "binary", "isic_id,target\nISIC_01,0.1\nISIC_02,0.2\nISIC_03,0.3\n",
+     "1 ids missing from the submission (e.g. ISIC_04)"),
+    ("extra-ids", "binary",
+     "isic_id,target\nISIC_01,0.1\nISIC_02,0.2\nISIC_03,0.3\nISIC_04,0.4\nISIC_99,0.5\n",
+     "1 ids not in the sample (e.g. ISIC_99)"),
+    ("duplicated-ids", "label", "id,label\n1,dog\n2,cat\n3,bird\n3,dog\n", "appear more than once"),
+    ("fewer-rows", "label", "id,label\n1,dog\n2,cat\n", "2 rows but the sample has 4"),
+    ("nan-text", "binary", "isic_id,target\nISIC_01,nan\nISIC_02,0.2\nISIC_03,0.3\nISIC_04,0.4\n",
+     "1 missing values (NaN or empty cells)"),
+    ("empty-cell", "class",
+     "image_id,cat,dog,bird\nimg_a,0.7,,0.1\nimg_b,0.1,0.8,0.1\nimg_c,0.3,0.3,0.4\n",
+     "missing values (NaN or empty cells) in column 'dog'"),
+    ("short-row-missing-class", "class",
+     "image_id,cat,dog,bird\nimg_a,0.7,0.2,0.1\nimg_b,0.1,0.8,0.1\nimg_c,0.3,0.3\n",
+     "missing values (NaN or empty cells) in column 'bird'"),
+    ("too-many-fields", "label",
+     "id,label\n1,dog\n2,cat,oops\n3,bird\n4,dog\n", "not a well-formed CSV"),
+    ("inf", "binary", "isic_id,target\nISIC_01,inf\nISIC_02,0.2\nISIC_03,0.3\nISIC_04,0.4\n",
+     "infinite values"),
+    ("inf-regression", "numeric",
+     "Id,SalePrice\n1461,-inf\n1462,1.5e5\n1463,2e5\n", "infinite values"),
+    ("string-in-numeric", "class",
+     "image_id,cat,dog,bird\nimg_a,high,0.2,0.1\nimg_b,0.1,0.8,0.1\nimg_c,0.3,0.3,0.4\n",
+     "non-numeric values in column 'cat'"),
+    ("proba-above-1", "class",
+     "image_id,cat,dog,bird\nimg_a,1.7,0.2,0.1\nimg_b,0.1,0.8,0.1\nimg_c,0.3,0.3,0.4\n",
+     "probabilities above 1 in column 'cat'"),
+    ("negative-proba", "binary",
+     "isic_id,target\nISIC_01,-0.2\nISIC_02,0.2\nISIC_03,0.3\nISIC_04,0.4\n",
+     "probabilities below 0"),
+    ("binary-target-2", "binary", "isic_id,target\nISIC_01,2.0\nISIC_02,1\nISIC_03,0\nISIC_04,1\n",
+     "probabilities above 1"),
+    ("all-nan-column", "binary", "isic_id,target\nISIC_01,\nISIC_02,\nISIC_03,\nISIC_04,\n",
+     "is entirely empty"),
+    ("label-outside-set", "label", "id,label\n1,dog\n2,horse\n3,bird\n4,dog\n", "not legal labels"),
+    ("label-indices-not-names", "label",
+     "id,label\n1,0\n2,1\n3,2\n4,0\n", "look like class indices"),
+    ("label-with-spaces", "label", "id,label\n1, dog\n2,cat\n3,bird\n4,dog\n", "strip the spaces"),
+    ("label-empty", "label", "id,label\n1,dog\n2,\n3,bird\n4,dog\n", "missing values"),
+    ("int-label-as-probability", "digits", "ImageId,Label\n1,0.7\n2,3\n3,9\n",
+     "not integer class labels"),
+]
+
+
+@pytest.mark.parametrize("which, text, phrase", [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
+def test_broken_submission_is_invalid_with_reason(tmp_path, which, text, phrase):
+    path = tmp_path / "submission.csv"
+    if text is not None:
+        _write(path, text)
+    report = verify(path, _sample(tmp_path, which), labels=_labels_for(which))
+    assert report.valid is False
+    assert any(phrase in e for e in report.errors), report.format()
+
+
+VALID = [
+    ("exact-sample", "label", SAMPLES["label"], None),
+    ("label-good", "label", LABEL_OK, None),
+    ("shuffled-rows", "label", "id,label\n3,bird\n1,dog\n4,dog\n2,cat\n", "different order"),
+    ("crlf", "label", LABEL_OK.replace("\n", "\r\n"), None),
+    ("quoted-fields", "label", '"id","label"\n"1","dog"\n"2","cat"\n"3","bird"\n"4","dog"\n', None),
+    ("no-trailing-newline", "label", LABEL_OK.rstrip("\n"), None),
+    ("utf8-bom", "label", "\ufeff" + LABEL_OK, None),
+    ("class-good-string-ids", "class", CLASS_OK, None),
+    ("reordered-columns", "class",
+     "image_id,bird,cat,dog\nimg_a,0.1,0.7,0.2\nimg_b,0.1,0.1,0.8\nimg_c,0.4,0.3,0.3\n", None),
+    ("class-quoted-crlf", "class",
+     CLASS_OK.replace("img_a", '"img_a"').replace("\n", "\r\n"), None),
+    ("rows-not-summing-to-1", "class",
+     "image_id,cat,dog,bird\nimg_a,0.7,0.2,0.3\nimg_b,0.1,0.8,0.1\nimg_c,0.3,0.3,0.4\n",
+     "do not sum to 1"),
+    ("binary-good", "binary", BINARY_OK, None),
+    ("binary-hard-0-1", "binary",
+     "isic_id,target\nISIC_01,1\nISIC_02,0\nISIC_03,0\nISIC_04,1\n", None),
+    ("binary-scientific", "binary",
+     "isic_id,target\nISIC_01,1e-05\nISIC_02,0\nISIC_03,.5\nISIC_04,1.0\n",
+     None),
+    ("integer-ids-regression", "numeric",
+     "Id,SalePrice\n1461,120000\n1462,1.5e5\n1463,201000.5\n", None),
+    ("digit-labels", "digits", "ImageId,Label\n1,7\n2,0\n3,9\n", None),
+]
+
+
+@pytest.mark.parametrize("which, text, warning", [c[1:] for c in VALID], ids=[c[0] for c in VALID])
+def test_valid_submission_passes(tmp_path, which, text, warning):
+    path = _write(tmp_path / "submission.csv", text)
+    report = verify(path, _sample(tmp_path, which), labels=_labels_for(which))
+    assert report.valid is True, report.format()
+    assert report.errors == []
+    if warning is None:
+        assert report.warnings == []
+    else:
+        assert len(report.warnings) == 1 and warning in report.warnings[0]
+
+
+def test_battery_is_large_enough():
+    assert len(BROKEN) >= 25 and len(VALID) >= 8
+    assert {c[1] for c in BROKEN} >= {"label", "class", "binary"}
+    assert {c[1] for c in VALID} >= {"label", "class", "binary"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Format inference and arguments.
+
+
+@pytest.mark.parametrize("which, labels, expected", [
+    ("label", None, "label"),
+    ("class", None, "class_proba"),
+    ("binary", None, "binary_proba"),
+    ("numeric", None, "numeric"),
+    ("digits", None, "label"),          # all-0 integer column named Label: class labels
+    ("binary", LABELS, "label"),        # labels given with one target column: a label format
+], ids=["strings", "per-class", "isic", "regression", "digit-recognizer", "labels-given"])
+def test_infer_kind(tmp_path, which, labels, expected):
+    assert infer_kind(_sample(tmp_path, which), labels) == expected
+
+
+def test_infer_kind_integer_columns():
+    ints = pd.DataFrame({"id": [1, 2, 3], "y": [0, 4, 2]})
+    hard01 = pd.DataFrame({"id": [1, 2], "target": [0, 1]})
+    assert infer_kind(ints) == "label"
+    assert infer_kind(hard01) == "binary_proba"
+    with pytest.raises(ValueError, match="cannot infer the submission format"):
+        infer_kind(pd.DataFrame({"id": [1], "a": ["x"], "b": ["y"]}))
+
+
+def test_kind_override_and_dataframe_sample(tmp_path):
+    text = "isic_id,target\nISIC_01,3.5\nISIC_02,2\nISIC_03,0\nISIC_04,1\n"
+    path = _write(tmp_path / "s.csv", text)
+    sample_df = pd.read_csv(_sample(tmp_path, "binary"))
+    assert verify(path, sample_df).valid is False
+    report = verify(path, sample_df, kind="numeric")
+    assert report.valid is True and report.kind == "numeric"
+    assert report.sample == "the sample (DataFrame)"
+
+
+def test_bad_arguments_raise(tmp_path):
+    path = _write(tmp_path / "s.csv", LABEL_OK)
+    with pytest.raises(FileNotFoundError, match="sample='.*nope.csv' does not exist"):
+        verify(path, tmp_path / "nope.csv")
+    with pytest.raises(ValueError, match="labels must be a list"):
+        verify(path, _sample(tmp_path, "label"), labels="cat,dog")
+    with pytest.raises(ValueError, match=r"kind='code_package' is not a known.*'binary_proba'"):
+        verify(path, _sample(tmp_path, "label"), kind="code_package")
+
+
+def test_stats_count_ids_with_examples(tmp_path):
+    text = "id,label\n1,dog\n2,cat\n2,cat\n9,cat\n"
+    report = verify(_write(tmp_path / "s.csv", text), _sample(tmp_path, "label"), labels=LABELS)
+    assert report.stats["rows"] == 4 and report.stats["sample_rows"] == 4
+    assert (report.stats["missing_ids"], report.stats["extra_ids"], report.stats["duplicate_ids"]) \
+        == (2, 1, 1)
+    assert report.stats["examples"] == {"missing_ids": ["3", "4"], "extra_ids": ["9"],
+                                        "duplicate_ids": ["2"]}
+    assert any("2 ids missing from the submission (e.g. 3, 4): predict every id in sample_label.csv"
+               == e for e in report.errors)
+
+
+# ------------------------------------------------------------------------------------------------
+# The report.
+
+
+def test_report_json_and_format(tmp_path):
+    path = _write(tmp_path / "s.csv", "id,label\n1,dog\n2,horse\n3,bird\n4,dog\n")
+    report = verify(path, _sample(tmp_path, "label"), labels=LABELS)
+    out = report.to_json(tmp_path / "out" / "report.json")
+    assert json.loads(out.read_text()) == report.to_dict()
+    assert json.loads(json.dumps(report.to_dict()))["valid"] is False
+    assert [p.name for p in out.parent.iterdir()] == ["report.json"]  # no temp file left
+    text = str(report)
+    assert text == report.format()
+    assert text.splitlines()[0] == f"{path}: INVALID (label format, 1 error(s), 0 warning(s))"
+    assert "  - 1 values in column 'label' are not legal labels" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry of submission kinds.
+
+
+def test_register_verifier_for_a_new_kind(tmp_path, monkeypatch):
+    monkeypatch.setattr(verification, "_VERIFIERS", dict(verification._VERIFIERS))
+    seen = []
+
+    def check_package(path, sample, labels):
+        seen.append((path, sample, labels))
+        ok = (path / "solution.py").is_file()
+        return VerificationReport(valid=ok, kind="code_package", submission=str(path),
+                                  errors=[] if ok else ["solution.py is missing: add it"])
+
+    register_verifier("code_package", check_package)
+    package = tmp_path / "package"
+    package.mkdir()
+    report = verify(package, None, kind="code_package")
+    assert report.valid is False and report.errors == ["solution.py is missing: add it"]
+    assert seen == [(package, None, None)]
+    with pytest.raises(ValueError, match="already registered"):
+        register_verifier("code_package", check_package)
+    with pytest.raises(ValueError, match="must be callable"):
+        register_verifier("other", "not a function")
+    with pytest.raises(SubmissionError, match="solution.py is missing"):
+        finalize(package, None, tmp_path, kind="code_package")
+    assert json.loads((tmp_path / "verification.json").read_text())["baseline_written"] is False
