@@ -1,8 +1,9 @@
 """The base of every task's Config (the notebook's parameters, type-checked the same way everywhere)
-and the first steps every task shares: opening the run and finding the data."""
+and the first steps every task shares: opening the run, finding the data, the bundled demo."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..run import Run
 
-__all__ = ["NotebookConfig", "find_data_dir", "start"]
+__all__ = ["Demo", "NotebookConfig", "find_data", "find_data_dir", "start"]
 
 
 class NotebookConfig:
@@ -90,3 +91,35 @@ def find_data_dir(data_dir: str | None, run: Run, *, required: Sequence[str], wh
     path = demo()
     run.log(f"no {what} attached: using {demo_note or 'the demo'} in {path}")
     return path
+
+
+@dataclass(frozen=True)
+class Demo:
+    """A bundled demo competition (`kagglekit_nb.demo.make_demo(kind, ...)`), made once in the working
+    dir's `kagglekit_demo/<name>` and reused; `subdir` is the part of it a task reads."""
+
+    kind: str                                   # the demo maker: classification, glacier, isic
+    marks: tuple[str, ...]                      # paths inside the folder that exist once it is made
+    note: str                                   # how the log names it
+    name: str = ""                              # the folder's name (default: `kind`)
+    subdir: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)  # passed to the demo maker
+
+    def path(self, run: Run) -> Path:
+        """The demo's folder (its `subdir`), written first if it is not complete."""
+        from .. import env
+        from ..demo import make_demo
+
+        folder = env.working_dir(run.platform) / "kagglekit_demo" / (self.name or self.kind)
+        if not all((folder / mark).exists() for mark in self.marks):
+            make_demo(self.kind, folder, seed=0, **self.options)
+        return folder / self.subdir if self.subdir else folder
+
+
+def find_data(cfg: Any, run: Run, *, required: Sequence[str], what: str, demo: Demo | None = None,
+              max_depth: int = 3) -> Path | None:
+    """The folder a task reads: cfg.DATA_DIR, else found under the inputs, else the demo (see
+    `find_data_dir`); None only without a demo."""
+    return find_data_dir(cfg.DATA_DIR, run, required=required, what=what, max_depth=max_depth,
+                         demo=None if demo is None else lambda: demo.path(run),
+                         demo_note=demo.note if demo is not None else "")
