@@ -1,5 +1,6 @@
 """The base of every task's Config (the notebook's parameters, type-checked the same way everywhere)
-and the first steps every task shares: opening the run, finding the data, the bundled demo."""
+and what every task shares: opening the run, finding the data, the bundled demo, a timm model by
+name, verifying a CSV submission, the training plots."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..run import Run
 
-__all__ = ["Demo", "NotebookConfig", "find_data", "find_data_dir", "start"]
+__all__ = ["Demo", "NotebookConfig", "RunConfig", "find_data", "find_data_dir", "start", "timm_model",
+           "training_plots", "verify_csv"]
 
 
 class NotebookConfig:
@@ -61,6 +63,19 @@ class NotebookConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass
+class RunConfig(NotebookConfig):
+    """The parameters every notebook starts with (the common names), in the parameters cell's order; a
+    task's Config sets its RUN_NAME and adds its own, ending with NUM_WORKERS and DEVICE (`start`
+    reads RUN_NAME, OUTPUT_DIR, BUDGET, SEED and DEVICE)."""
+
+    DATA_DIR: str | None = None        # the data folder; None = find it under /kaggle/input, else the demo
+    OUTPUT_DIR: str | None = None      # None = the platform's run dir (Drive on Colab, /kaggle/working on Kaggle)
+    BUDGET: str | None = None          # "45m", "2h"; None = what the platform allows
+    SEED: int = 42
+    RUN_NAME: str = "run"
 
 
 def start(cfg: Any, **kwargs: Any) -> Run:
@@ -123,3 +138,47 @@ def find_data(cfg: Any, run: Run, *, required: Sequence[str], what: str, demo: D
     return find_data_dir(cfg.DATA_DIR, run, required=required, what=what, max_depth=max_depth,
                          demo=None if demo is None else lambda: demo.path(run),
                          demo_note=demo.note if demo is not None else "")
+
+
+def timm_model(name: str, **kwargs: Any) -> Any:
+    """`timm.create_model(name, **kwargs)`; an unknown name is a ValueError listing similar ones."""
+    import timm
+
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" not in str(e):
+            raise
+        close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:8]
+        raise ValueError(f"MODEL={name!r} is not a timm model; similar names: {close}.") from None
+
+
+def verify_csv(run: Run, path: Path, sample_path: Path, **kwargs: Any) -> Any:
+    """Verify a CSV submission against the sample (`submission.finalize`, timed as "verify"), write
+    verification.json, and run.json whatever happens. An invalid file is replaced by the emergency
+    baseline and the call fails with the reasons."""
+    from ..submission import finalize
+
+    try:
+        with run.budget.timed("verify"):
+            report = finalize(path, sample_path, run.dir, **kwargs)
+    finally:
+        run.save()
+    run.log(f"submission {path} is valid; report in {run.dir / 'verification.json'}")
+    return report
+
+
+def training_plots(run: Run) -> dict[str, Path]:
+    """Training curves (loss and score per fold and epoch) and time per phase against the budget, saved
+    in `<run>/plots`; a plot without data yet is skipped with a log line."""
+    from .. import plots
+    from ..cv import HISTORY_FILE
+
+    out: dict[str, Path] = {}
+    if (run.dir / HISTORY_FILE).is_file():
+        out["training_curves"] = plots.training_curves(run)
+    else:
+        run.log(f"no training curves: {HISTORY_FILE} does not exist yet (no epoch has finished)")
+    if run.budget.phases:
+        out["time_bar"] = plots.time_bar(run)
+    return out

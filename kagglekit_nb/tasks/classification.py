@@ -36,7 +36,7 @@ from ..loop import predict as _predict_loader
 from ..metrics import get_metric
 from ..run import Run
 from ..ui import progress
-from ._config import Demo, NotebookConfig, find_data, start
+from ._config import Demo, RunConfig, find_data, start, timm_model, training_plots, verify_csv
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -61,13 +61,9 @@ DEMO = Demo("classification", marks=("sample_submission.csv",), note="the bundle
 
 
 @dataclass
-class Config(NotebookConfig):
+class Config(RunConfig):
     """The notebook's parameters (same names, same defaults as its `parameters` cell)."""
 
-    DATA_DIR: str | None = None        # competition folder; None = find it under /kaggle/input, else the demo
-    OUTPUT_DIR: str | None = None      # None = the platform's run dir (Drive on Colab, /kaggle/working on Kaggle)
-    BUDGET: str | None = None          # "45m", "2h"; None = what the platform allows
-    SEED: int = 42
     RUN_NAME: str = "classification"
     MODEL: str = "resnet18"            # any timm model name
     WEIGHTS: str | None = None         # local pretrained weights file; None = random init (no download)
@@ -348,21 +344,13 @@ def _tta(name: str) -> list:
 
 def build_model(cfg: Config, n_classes: int, in_chans: int) -> nn.Module:
     """A timm model; pretrained weights only from a local file (`WEIGHTS`), never downloaded."""
-    import timm
-
     kwargs: dict[str, Any] = {"num_classes": n_classes, "in_chans": in_chans}
     if cfg.WEIGHTS:
         if not Path(cfg.WEIGHTS).is_file():
             raise FileNotFoundError(f"WEIGHTS={cfg.WEIGHTS!r} is not a file: attach the weights as a "
                                     "dataset and point WEIGHTS at the .pth/.safetensors file, or use None.")
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(cfg.WEIGHTS)})
-    try:
-        return timm.create_model(cfg.MODEL, **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" not in str(e):
-            raise
-        close = timm.list_models(f"*{cfg.MODEL.split('_')[0][:6]}*")[:8]
-        raise ValueError(f"MODEL={cfg.MODEL!r} is not a timm model; similar names: {close}.") from None
+    return timm_model(cfg.MODEL, **kwargs)
 
 
 # ----------------------------------------------------------------------------- folds & training
@@ -491,21 +479,12 @@ def write_submission(data: Competition, preds: np.ndarray | None, cfg: Config, r
 
 
 def finish(data: Competition, path: Path, cfg: Config, run: Run) -> Any:
-    """Verify the submission against the sample, write verification.json and run.json.
-
-    An invalid submission is replaced by the emergency baseline and the notebook fails with reasons.
-    """
-    from ..submission import finalize
-
+    """Verify the submission against the sample (columns, ids, values, and labels among the classes),
+    write verification.json and run.json; an invalid file is replaced by the emergency baseline (the
+    training prior) and the cell fails with the reasons."""
     prior = data.train["label"].map(dict(enumerate(data.classes))).tolist()
     labels = data.classes if data.kind == "label" else None
-    try:
-        with run.budget.timed("verify"):
-            report = finalize(path, data.sample_path, run.dir, labels=labels, train_labels=prior)
-    finally:
-        run.save()
-    run.log(f"submission {path} is valid; report in {run.dir / 'verification.json'}")
-    return report
+    return verify_csv(run, path, data.sample_path, labels=labels, train_labels=prior)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -549,15 +528,8 @@ def plot_results(run: Run, data: Competition | None = None, models: CVResult | N
 
     Everything is read from the run folder, so `data`, `models` and `folds` may be None."""
     from .. import plots
-    from ..cv import HISTORY_FILE
 
-    out: dict[str, Path] = {}
-    if (run.dir / HISTORY_FILE).is_file():
-        out["training_curves"] = plots.training_curves(run)
-    else:
-        run.log(f"no training curves: {HISTORY_FILE} does not exist yet (no epoch has finished)")
-    if run.budget.phases:
-        out["time_bar"] = plots.time_bar(run)
+    out = training_plots(run)
     oof, classes = out_of_fold(run)
     if len(oof):
         out["confusion_matrix"] = plots.confusion_matrix(oof["target"].to_numpy(), oof["pred"].to_numpy(),

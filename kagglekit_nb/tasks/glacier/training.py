@@ -22,7 +22,8 @@ from ... import folds as _folds
 from ...cv import CVResult, FoldSetup, fold_models, train_folds
 from ...loop import make_loader
 from ...run import Run
-from .._config import NotebookConfig
+from .._config import RunConfig
+from .._config import training_plots as training_plots
 from .bands import CLASS_NAMES, BandStats
 from .data import CropDataset, TileData, TileDataset
 from .metrics import PIXEL_MCC
@@ -38,13 +39,9 @@ MAX_VAL_PATCHES = 64                 # pretraining validates on at most this man
 
 
 @dataclass
-class SegConfig(NotebookConfig):
+class SegConfig(RunConfig):
     """Parameters shared by both glacier notebooks (same names and defaults as their parameters cells)."""
 
-    DATA_DIR: str | None = None          # None = find it under /kaggle/input, else the bundled demo
-    OUTPUT_DIR: str | None = None
-    BUDGET: str | None = None
-    SEED: int = 42
     RUN_NAME: str = "glacier"
     ENCODER: str = "resnet34"            # any segmentation_models_pytorch encoder
     WEIGHTS: str | None = None           # local ImageNet weights of the encoder (RGB bands mapped by name)
@@ -246,19 +243,3 @@ def trained_models(cfg: SegConfig, run: Run) -> list[tuple[int, Path, str]]:
     if missing:
         run.log(f"ensemble members without a model (skipped): {missing}")
     return models
-
-
-def training_plots(run: Run) -> dict[str, Path]:
-    """Training curves (loss and MCC per member and epoch) and time per phase against the budget; a
-    plot without data yet is skipped with a log line."""
-    from ... import plots
-    from ...cv import HISTORY_FILE
-
-    out: dict[str, Path] = {}
-    if (run.dir / HISTORY_FILE).is_file():
-        out["training_curves"] = plots.training_curves(run)
-    else:
-        run.log(f"no training curves: {HISTORY_FILE} does not exist yet (no epoch has finished)")
-    if run.budget.phases:
-        out["time_bar"] = plots.time_bar(run)
-    return out

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..._atomic import write_json
 from ...run import Run
+from .._config import timm_model
 from ._time import _base_reserve, _close_setup
 from .data import Competition, HDF5Images, ResizeToTensor, _save_npz, collate_skip_none
 
@@ -75,8 +76,6 @@ def embedding_key(cfg: Config) -> str:
 
 def _backbone(cfg: Config, num_classes: int, run: Run | None = None) -> torch.nn.Module:
     """A timm model; pretrained weights only from the local WEIGHTS file, never downloaded."""
-    import timm
-
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if cfg.WEIGHTS is not None:
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(Path(cfg.WEIGHTS).expanduser())})
@@ -87,13 +86,7 @@ def _backbone(cfg: Config, num_classes: int, run: Run | None = None) -> torch.nn
         if run is not None:
             run.log(f"WARNING: {message}")
     torch.manual_seed(cfg.SEED)  # random weights are a function of SEED (the cache key says so)
-    try:
-        return timm.create_model(cfg.MODEL, **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" not in str(e):
-            raise
-        close = timm.list_models(f"*{cfg.MODEL.split('_')[0][:6]}*")[:8]
-        raise ValueError(f"MODEL={cfg.MODEL!r} is not a timm model; similar names: {close}.") from None
+    return timm_model(cfg.MODEL, **kwargs)
 
 
 def _mean_std(model: torch.nn.Module) -> tuple[list[float], list[float]]:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from ... import folds as _folds
 from ...run import Run
-from .._config import Demo, NotebookConfig, find_data, start
+from .._config import Demo, RunConfig, find_data, start, verify_csv
 from .data import SAMPLE_FILE, TEST_FILE, TEST_IMAGES, TRAIN_FILE, TRAIN_IMAGES, Competition, read_metadata
 from .embeddings import Embeddings, embeddings
 from .features import Features, features
@@ -62,13 +62,9 @@ DEMO = Demo("isic", marks=(SAMPLE_FILE,), note="the bundled synthetic ISIC demo"
 
 
 @dataclass
-class Config(NotebookConfig):
+class Config(RunConfig):
     """The notebook's parameters (same names, same defaults as its `parameters` cell)."""
 
-    DATA_DIR: str | None = None        # competition folder; None = find it under /kaggle/input, else the demo
-    OUTPUT_DIR: str | None = None      # None = the platform's run dir (Drive on Colab, /kaggle/working on Kaggle)
-    BUDGET: str | None = None          # "45m", "2h"; None = what the platform allows
-    SEED: int = 42
     RUN_NAME: str = "isic"
     MODEL: str = "resnet18"            # timm backbone of the image embeddings
     WEIGHTS: str | None = None         # local pretrained weights file; None = random init (a warning)
@@ -257,19 +253,10 @@ def write_submission(data: Competition, preds: np.ndarray | None, cfg: Config, r
 
 
 def finish(data: Competition, path: Path, cfg: Config, run: Run) -> Any:
-    """Verify the submission against the sample, write verification.json and run.json.
-
-    An invalid submission is replaced by the emergency baseline and the notebook fails with reasons.
-    """
-    from ...submission import finalize
-
-    try:
-        with run.budget.timed("verify"):
-            report = finalize(path, data.sample_path, run.dir, train_labels=data.y.tolist(), kind="binary_proba")
-    finally:
-        run.save()
-    run.log(f"submission {path} is valid; report in {run.dir / 'verification.json'}")
-    return report
+    """Verify the submission against the sample (isic_ids, probabilities in [0, 1]), write
+    verification.json and run.json; an invalid file is replaced by the emergency baseline (the
+    training positive rate) and the cell fails with the reasons."""
+    return verify_csv(run, path, data.sample_path, train_labels=data.y.tolist(), kind="binary_proba")
 
 
 # ----------------------------------------------------------------------------- plots
