@@ -175,7 +175,6 @@ def finish(data: TileData, path: Path, cfg: Config, run: Run) -> Any:
     from ...submission import finalize
     from . import package as _package  # noqa: F401  (registers the package verifier and its NDSI baseline)
 
-    package = path
     folds = make_folds(data, cfg, run)  # the split made before training, read back
     holdout = [i for i, f in enumerate(folds) if f == HOLDOUT_FOLD]
     check_dir = _holdout_dir(data, folds, run)
@@ -188,14 +187,14 @@ def finish(data: TileData, path: Path, cfg: Config, run: Run) -> Any:
     run.record["scores"] = scores
     try:
         with run.budget.timed("verify"):
-            report = finalize(package, check_dir, run.dir, kind="glacier_code_package")
+            report = finalize(path, check_dir, run.dir, kind="glacier_code_package")
         mcc = report.stats.get("mcc")
         scores["package_mcc_holdout" if holdout else "package_mcc_train"] = mcc
     finally:
         run.save()
     where = "the held-out tiles" if holdout else "training tiles"
     versus = f" (NDSI baseline {scores['ndsi_mcc_holdout']:.4f})" if holdout else ""
-    run.log(f"package {package} is valid; MCC {'n/a' if mcc is None else f'{mcc:.4f}'} on {where}{versus}")
+    run.log(f"package {path} is valid; MCC {'n/a' if mcc is None else f'{mcc:.4f}'} on {where}{versus}")
     return report
 
 
