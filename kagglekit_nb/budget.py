@@ -92,6 +92,8 @@ SMOKE_OVERHEAD = 1.15
 WRITE_S = 5.0
 VERIFY_S = 5.0
 MODEL_LOAD_S = 0.5   # loading one saved model for prediction (per model)
+PACKAGE_S = 20.0     # checking a code package: a fresh process importing torch, then its outputs
+FEATURE_ROW_S = 1e-4 # building the tabular features of one test row (ISIC)
 
 
 @dataclass

@@ -19,8 +19,8 @@
 # 170 debris, 255 lake). The metric is the Matthews correlation over all pixels.
 #
 # The submission is a **code package**: `solution.py`, defining `maskgeration(imagepath, out_dir)`,
-# and `model.pth` (at most 300 MB), in `OUTPUT_DIR/package`. The last cell runs it in a fresh Python
-# process on tiles that no model trained on and checks every mask it writes.
+# and `model.pth` (at most 300 MB), in `OUTPUT_DIR/package`. The *Verify the package* step runs it
+# in a fresh Python process on tiles that no model trained on and checks every mask it writes.
 #
 # **How to use it**
 # - *Kaggle*: fork, attach the GlacierHack data and (optionally) the `glacier_pretrain` output; run all.
@@ -86,55 +86,71 @@ if importlib.util.find_spec("kagglekit_nb") is None:
 
 # %%
 import kagglekit_nb as kk
-from kagglekit_nb.tasks import glacier_pipeline as task
+from kagglekit_nb.tasks.glacier import finetune as task
 
-kk.ui.form(globals(), config=task.FinetuneConfig, choices={"TTA": list(task.TTA_CHOICES)})
+kk.ui.form(globals(), config=task.Config, choices={"TTA": list(task.TTA_CHOICES)})
 
 # %% [markdown]
 # ## Setup
+# Every notebook of the kit runs the same steps, each one call into its task module:
+# `start` → `load` → `make_folds` → `train` → `predict` → `write_submission` → `finish` → `plot_results`.
+#
+# `start` seeds every RNG from `SEED`, resolves the time budget (counted from the kernel's start) and
+# the output folder, and picks the device. A GPU that is present but unused is reported loudly.
 
 # %%
 import kagglekit_nb as kk
-from kagglekit_nb.tasks import glacier_pipeline as task
+from kagglekit_nb.tasks.glacier import finetune as task
 
-cfg = task.FinetuneConfig.from_namespace(globals())
+cfg = task.Config.from_namespace(globals())
 run = task.start(cfg)
 
 # %% [markdown]
-# ## Tiles, folds and the held-out tiles
-# Band folders are found by name. `HOLDOUT` labelled tiles are set aside before the K-fold split
-# (every class stays in training); they are what the package is checked on at the end.
+# ## Load the tiles
+# Band folders are found by name (`band1`, `Band_1` …); each band keeps its physical name (blue,
+# green, red, swir1, thermal), which is how the pretrained first layer is mapped onto them.
 
 # %%
-data = task.load_tiles(cfg, run)
+data = task.load(cfg, run)
+
+# %% [markdown]
+# ## Folds and the held-out tiles
+# `HOLDOUT` labelled tiles are set aside before the K-fold split (every class stays in training);
+# no model trains on them, and the package is checked on them at the end. Written once to `folds.csv`.
+
+# %%
 folds = task.make_folds(data, cfg, run)
 folds.value_counts().sort_index().rename("tiles per fold (-1: held out)")
 
 # %% [markdown]
-# ## Pretrained weights
-# The pretrain's first layer is mapped onto these bands by physical name; without a pretrain output
-# the model trains from scratch (and says so).
+# ## Train
+# First the pretrained weights are looked up (`PRETRAINED`, else `glacier_pretrained.pth` under the
+# inputs or next to this run); their first layer is mapped onto these bands by physical name, and
+# without them the model trains from scratch (and says so). Statistics come from each fold's training
+# tiles only; class-balanced crops with flips and rotations; focal + dice + a boundary term ramped in;
+# the fold's score is the pixel MCC of its validation tiles. The budget plans epochs × folds and keeps
+# time to export and check the package.
 
 # %%
-pretrained = task.find_pretrained(cfg, run)
+models = task.train(data, folds, cfg, run)
+models.table()
 
 # %% [markdown]
-# ## Training
-# Statistics from each fold's training tiles only; class-balanced crops with flips and rotations;
-# focal + dice + a boundary term ramped in; the fold's score is the pixel MCC of its validation
-# tiles. The budget plans epochs x folds and keeps time to export and check the package.
+# ## Predict: the ensemble the package holds
+# The graders run the submission themselves, so this step gathers what `solution.py` will predict
+# with: every trained fold (its best epoch, else its last checkpoint) with its own band statistics.
 
 # %%
-result = task.train(data, folds, cfg, run, pretrained=pretrained)
-result.table()
+preds = task.predict(data, models, cfg, run)
 
 # %% [markdown]
-# ## Export the code package
-# Every trained fold (its best epoch, else its last checkpoint) goes into `model.pth` with its own
-# band statistics; `solution.py` averages them over the TTA views with sliding-window inference.
+# ## Write the code package
+# `OUTPUT_DIR/package` gets `model.pth` (at most 300 MB) and `solution.py`, which averages the fold
+# models over the TTA views with sliding-window inference. Without a trained model it is the
+# NDSI-threshold package.
 
 # %%
-package = task.export_package(data, folds, cfg, run)
+path = task.write_submission(data, preds, cfg, run)
 
 # %% [markdown]
 # ## Verify the package
@@ -143,7 +159,7 @@ package = task.export_package(data, folds, cfg, run)
 # baseline on the same tiles. A broken package is replaced by the NDSI package and this cell fails.
 
 # %%
-report = task.finish_package(package, data, folds, cfg, run)
+report = task.finish(data, path, cfg, run)
 print(report)
 
 # %% [markdown]
@@ -153,4 +169,4 @@ print(report)
 # masks and the masks the package wrote for them.
 
 # %%
-figures = task.plot_results(run, data, folds)
+figures = task.plot_results(run, data, models, folds)

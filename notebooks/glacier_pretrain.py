@@ -82,50 +82,76 @@ if importlib.util.find_spec("kagglekit_nb") is None:
 
 # %%
 import kagglekit_nb as kk
-from kagglekit_nb.tasks import glacier_pipeline as task
+from kagglekit_nb.tasks.glacier import pretrain as task
 
-kk.ui.form(globals(), config=task.PretrainConfig)
+kk.ui.form(globals(), config=task.Config)
 
 # %% [markdown]
 # ## Setup
-# Seeds every RNG from `SEED`, resolves the budget (counted from the kernel's start) and the output folder.
+# Every notebook of the kit runs the same steps, each one call into its task module:
+# `start` → `load` → `make_folds` → `train` → `predict` → `write_submission` → `finish` → `plot_results`.
+#
+# `start` seeds every RNG from `SEED`, resolves the time budget (counted from the kernel's start) and
+# the output folder, and picks the device. A GPU that is present but unused is reported loudly.
 
 # %%
 import kagglekit_nb as kk
-from kagglekit_nb.tasks import glacier_pipeline as task
+from kagglekit_nb.tasks.glacier import pretrain as task
 
-cfg = task.PretrainConfig.from_namespace(globals())
+cfg = task.Config.from_namespace(globals())
 run = task.start(cfg)
 
 # %% [markdown]
-# ## The patches
+# ## Load the patches
 # Channels are picked by physical band name. The masks are read once; the images are read through a
 # memory map, crop by crop.
 
 # %%
-data = task.load_patches(cfg, run)
+data = task.load(cfg, run)
+
+# %% [markdown]
+# ## Folds
+# Patches of one scene overlap in space, so folds are grouped by scene; the split is written once to
+# `folds.csv`. Pretraining needs one model: fold 0 (`TRAIN_FOLDS = 1`) validates it.
+
+# %%
 folds = task.make_folds(data, cfg, run)
 folds.value_counts().sort_index().rename("patches per fold")
 
 # %% [markdown]
-# ## Training
+# ## Train
 # Per-band statistics come from the training fold only. Crops are centred on pixels drawn by class
 # frequency (debris is rare), flipped and rotated; the loss is focal + dice with a boundary term that
 # ramps in over the first epochs. The budget plans the epochs and keeps time to save and check the
 # weights; checkpoints hold the whole training state, so a killed run resumes exactly.
 
 # %%
-result = task.train(data, folds, cfg, run)
-result.table()
+models = task.train(data, folds, cfg, run)
+models.table()
 
 # %% [markdown]
-# ## Save and check the pretrained weights
-# The check loads the file safely (weights only) and maps it onto the five GlacierHack bands, as the
-# fine-tune will.
+# ## Predict: the weights to hand on
+# Pretraining has no test set: what it "predicts" is the model the fine-tune starts from, the best
+# epoch of the trained model (else its last checkpoint), with its band names and statistics.
 
 # %%
-path = task.export_pretrained(data, cfg, run)
-report = task.finish_pretrained(path, run)
+preds = task.predict(data, models, cfg, run)
+
+# %% [markdown]
+# ## Write the pretrained weights
+# Saved as `OUTPUT_DIR/glacier_pretrained.pth`: the weights, the physical band names of their input
+# channels and the training statistics. The fine-tune finds this file by itself (or via `PRETRAINED`).
+
+# %%
+path = task.write_submission(data, preds, cfg, run)
+
+# %% [markdown]
+# ## Check the pretrained weights
+# The check loads the file safely (weights only) and maps it onto the five GlacierHack bands, as the
+# fine-tune will; the report goes to `verification.json`.
+
+# %%
+report = task.finish(data, path, cfg, run)
 print(report)
 
 # %% [markdown]
@@ -134,4 +160,4 @@ print(report)
 # phase took against the budget.
 
 # %%
-figures = task.plot_results(run)
+figures = task.plot_results(run, data, models, folds)

@@ -81,8 +81,11 @@ kk.ui.form(globals(), config=task.Config, choices={"TTA": task.TTA_CHOICES, "MET
 
 # %% [markdown]
 # ## Setup
-# Seeds every RNG from `SEED`, resolves the time budget (counted from the kernel's start) and the
-# output folder, and picks the device. A GPU that is present but unused is reported loudly.
+# Every notebook of the kit runs the same steps, each one call into its task module:
+# `start` → `load` → `make_folds` → `train` → `predict` → `write_submission` → `finish` → `plot_results`.
+#
+# `start` seeds every RNG from `SEED`, resolves the time budget (counted from the kernel's start) and
+# the output folder, and picks the device. A GPU that is present but unused is reported loudly.
 
 # %%
 import kagglekit_nb as kk
@@ -92,14 +95,14 @@ cfg = task.Config.from_namespace(globals())
 run = task.start(cfg)
 
 # %% [markdown]
-# ## The competition's files
+# ## Load the competition's files
 # Column names come from `sample_submission.csv`: its first column is the id. Labels may be strings
 # or integers; the label encoder is saved with the run (`labels.json`) so every later session and
 # the prediction step use the very same classes.
 
 # %%
-comp = task.load_competition(cfg, run)
-comp.train.head()
+data = task.load(cfg, run)
+data.train.head()
 
 # %% [markdown]
 # ## Folds
@@ -107,36 +110,45 @@ comp.train.head()
 # run never trains a fold's model on another fold's validation images.
 
 # %%
-folds = task.make_folds(comp, cfg, run)
+folds = task.make_folds(data, cfg, run)
 folds.value_counts().sort_index().rename("validation images per fold")
 
 # %% [markdown]
-# ## Training
+# ## Train
 # A smoke step times one batch first; the plan then fits epochs × folds into the budget while
 # keeping a reserve for prediction and verification. Augmentation is applied to training images only;
 # the normalisation comes from the model's own config and is saved with each fold's model.
 
 # %%
-result = task.train(comp, folds, cfg, run)
-result.table()
+models = task.train(data, folds, cfg, run)
+models.table()
 
 # %% [markdown]
 # ## Predict the test set
-# Every fold model that finished predicts the test images (eval mode, no gradients, unshuffled
-# loader); the probabilities are averaged over folds and test-time augmentations.
+# Every fold model that exists (its best epoch, else the last checkpoint of an interrupted fold)
+# predicts the test images (eval mode, no gradients, unshuffled loader); the probabilities are
+# averaged over folds and test-time augmentations.
 
 # %%
-probs = task.predict_test(comp, cfg, run)
+preds = task.predict(data, models, cfg, run)
 
 # %% [markdown]
-# ## Write and verify the submission
-# The submission copies ids and row order from the sample submission. The verification checks
-# columns, ids, values and labels against the sample; if the file were invalid, the emergency
+# ## Write the submission
+# The submission copies ids and row order from the sample submission and follows its format (one
+# label column, or one probability column per class). If no fold has a model yet, the emergency
+# baseline (the training prior) is written instead.
+
+# %%
+path = task.write_submission(data, preds, cfg, run)
+
+# %% [markdown]
+# ## Verify the submission
+# Columns, ids, values and labels are checked against the sample; the report goes to
+# `verification.json` and the run's record to `run.json`. If the file were invalid, the emergency
 # baseline is written instead and this cell fails with the reasons.
 
 # %%
-path = task.write_submission(comp, probs, run)
-report = task.finish(comp, path, run)
+report = task.finish(data, path, cfg, run)
 print(report)
 
 # %% [markdown]
@@ -151,4 +163,4 @@ print(report)
 # A plot whose data does not exist yet (no epoch finished) is skipped with a note.
 
 # %%
-figures = task.plot_results(run)
+figures = task.plot_results(run, data, models, folds)

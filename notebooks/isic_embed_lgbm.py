@@ -80,31 +80,34 @@ if importlib.util.find_spec("kagglekit_nb") is None:
 
 # %%
 import kagglekit_nb as kk
-from kagglekit_nb.tasks import isic_pipeline as task
+from kagglekit_nb.tasks.isic import pipeline as task
 
 kk.ui.form(globals(), config=task.Config,
            choices={"SUBMIT": task.SUBMIT_CHOICES, "ON_BAD_IMAGE": task.ON_BAD_IMAGE_CHOICES})
 
 # %% [markdown]
 # ## Setup
-# Seeds every RNG from `SEED`, resolves the time budget (counted from the kernel's start) and the
-# output folder, and picks the device. A GPU that is present but unused is reported loudly.
+# Every notebook of the kit runs the same steps, each one call into its task module:
+# `start` → `load` → `make_folds` → `train` → `predict` → `write_submission` → `finish` → `plot_results`.
+#
+# `start` seeds every RNG from `SEED`, resolves the time budget (counted from the kernel's start) and
+# the output folder, and picks the device. A GPU that is present but unused is reported loudly.
 
 # %%
 import kagglekit_nb as kk
-from kagglekit_nb.tasks import isic_pipeline as task
+from kagglekit_nb.tasks.isic import pipeline as task
 
 cfg = task.Config.from_namespace(globals())
 run = task.start(cfg)
 
 # %% [markdown]
-# ## The competition's files
+# ## Load the competition's files
 # Test rows follow the order of `sample_submission.csv`. The 11 train-only columns (`target`,
 # `lesion_id`, `iddx_*`, `mel_*`, `tbp_lv_dnn_lesion_confidence`) are never used as features.
 
 # %%
-comp = task.load_competition(cfg, run)
-comp.train[["isic_id", "patient_id", "target", "age_approx", "clin_size_long_diam_mm"]].head()
+data = task.load(cfg, run)
+data.train[["isic_id", "patient_id", "target", "age_approx", "clin_size_long_diam_mm"]].head()
 
 # %% [markdown]
 # ## Folds
@@ -112,59 +115,55 @@ comp.train[["isic_id", "patient_id", "target", "age_approx", "clin_size_long_dia
 # never sees a patient the model trained on. Written once to `folds.csv` and reused by every session.
 
 # %%
-folds = task.make_folds(comp, cfg, run)
+folds = task.make_folds(data, cfg, run)
 folds.value_counts().sort_index().rename("validation lesions per fold")
 
 # %% [markdown]
-# ## Image embeddings
-# Pooled features of the timm backbone for every image, batched (mixed precision on a GPU), cached
-# under `OUTPUT_DIR/embeddings/<model>-<size>px-<weights>/` in chunks written atomically. Test
-# images come first; the extraction stops when its share of the budget is spent, and a rerun
-# continues where it stopped.
+# ## Train: embeddings, (fine-tuning), features, LightGBM
+# 1. *Image embeddings*: pooled features of the timm backbone for every image, batched (mixed
+#    precision on a GPU), cached under `OUTPUT_DIR/embeddings/<model>-<size>px-<weights>/` in chunks
+#    written atomically. Test images come first; the extraction stops when `EMBED_SHARE` of the
+#    time left is spent, and a rerun continues where it stopped.
+# 2. *Fine-tuning* (optional, `FINETUNE`): one model per fold with balanced sampling; each training
+#    lesion's image score comes from the model of its own fold, which never trained on it.
+# 3. *Features*: the raw `tbp_lv_*` measurements, ratios and contrasts of them, per-patient z-scores
+#    ("ugly duckling": how a lesion differs from the same patient's other lesions), lesion counts per
+#    patient and the categorical columns; the embeddings z-scored per patient, reduced by a PCA
+#    fitted on train.
+# 4. *LightGBM*, tabular-only, image-only and combined: for each seed and fold, negatives
+#    down-sampled in the training folds, early stopping on the validation fold. The fits stop when
+#    the next one would eat into the time kept for predicting and verifying.
+#
+# The table shows each model's out-of-fold pAUC: predictions averaged over seeds, then ranked within
+# their fold (each fold's models have their own calibration) and scored together.
 
 # %%
-emb = task.embeddings(comp, cfg, run)
-
-# %% [markdown]
-# ## Fine-tuning (optional, `FINETUNE`)
-# One model per fold with balanced sampling; each training lesion's image score comes from the model
-# of its own fold, which never trained on it, and test scores are averaged over the fold models.
-
-# %%
-ft = task.finetune(comp, folds, cfg, run)
-
-# %% [markdown]
-# ## Features
-# Tabular: the raw `tbp_lv_*` measurements, ratios and contrasts of them, per-patient z-scores
-# ("ugly duckling": how a lesion differs from the same patient's other lesions), lesion counts per
-# patient, and the categorical columns. Image: the embeddings z-scored per patient, reduced by a
-# PCA fitted on train.
-
-# %%
-feats = task.features(comp, emb, ft, cfg, run)
-{name: len(cols) for name, cols in feats.columns.items()}
-
-# %% [markdown]
-# ## LightGBM: tabular-only, image-only, combined
-# For each seed and fold: negatives down-sampled in the training folds, early stopping on the
-# validation fold. The table shows each model's out-of-fold pAUC: predictions averaged over seeds,
-# then ranked within their fold (each fold's models have their own calibration) and scored together.
-# The fits stop when the next one would eat into the time kept for predicting and verifying.
-
-# %%
-models = task.train_lgbm(feats, folds, cfg, run)
+models = task.train(data, folds, cfg, run)
 models.table()
 
 # %% [markdown]
-# ## Predict, write and verify the submission
-# The `SUBMIT` model's test predictions are averaged over every fold and seed. The file is checked
-# against the sample submission; if it were invalid, the emergency baseline is written instead and
-# this cell fails with the reasons.
+# ## Predict the test set
+# The `SUBMIT` model's test predictions, averaged over every fold and seed that was fitted.
 
 # %%
-probs = task.predict(feats, models, cfg, run)
-path = task.write_submission(comp, probs, run)
-report = task.finish(comp, path, run)
+preds = task.predict(data, models, cfg, run)
+
+# %% [markdown]
+# ## Write the submission
+# `isic_id,target` in the sample's row order; if no LightGBM model was fitted, the emergency baseline
+# (the training positive rate) is written instead.
+
+# %%
+path = task.write_submission(data, preds, cfg, run)
+
+# %% [markdown]
+# ## Verify the submission
+# The file is checked against the sample submission; the report goes to `verification.json` and the
+# run's record to `run.json`. If it were invalid, the emergency baseline is written instead and this
+# cell fails with the reasons.
+
+# %%
+report = task.finish(data, path, cfg, run)
 print(report)
 
 # %% [markdown]
@@ -173,4 +172,4 @@ print(report)
 # curve of each model's out-of-fold predictions with the scored region (TPR above 80%) shaded.
 
 # %%
-figures = task.plot_results(comp, models, folds, run)
+figures = task.plot_results(run, data, models, folds)

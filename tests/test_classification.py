@@ -18,7 +18,7 @@ from PIL import Image
 from kagglekit_nb.demo import make_classification_demo
 from kagglekit_nb.run import start_run
 from kagglekit_nb.tasks import classification as clf
-from kagglekit_nb.tasks.classification import Config, load_competition
+from kagglekit_nb.tasks.classification import Config, load
 
 DIGITS_SORTED = ["eight", "five", "four", "nine", "one", "seven", "six", "three", "two", "zero"]
 
@@ -128,11 +128,11 @@ def test_bad_values_are_refused(kwargs, pattern):
         Config.from_namespace(kwargs)
 
 
-# --------------------------------------------------------------------------- load_competition
+# --------------------------------------------------------------------------- load
 
 
 def test_load_the_demo(demo, run):
-    comp = load_competition(_cfg(demo), run)
+    comp = load(_cfg(demo), run)
     train_csv = pd.read_csv(demo / "train.csv", dtype=str)
     sample = pd.read_csv(demo / "sample_submission.csv", dtype=str)
     assert comp.kind == "label"
@@ -149,29 +149,29 @@ def test_load_the_demo(demo, run):
 
 
 def test_load_again_with_the_same_classes_is_fine(demo, run):
-    load_competition(_cfg(demo), run)
-    comp = load_competition(_cfg(demo), run)
+    load(_cfg(demo), run)
+    comp = load(_cfg(demo), run)
     assert comp.classes == DIGITS_SORTED
 
 
 def test_rgb_demo_has_three_channels(tmp_path, run):
     data = make_classification_demo(tmp_path / "rgb", image_size=8, color="rgb", id_style="int",
                                     label_style="int")
-    comp = load_competition(_cfg(data), run)
+    comp = load(_cfg(data), run)
     assert comp.in_chans == 3
     assert comp.classes == [str(d) for d in range(10)]  # integer labels in numeric order
 
 
 def test_integer_labels_sort_as_numbers(tmp_path, run):
     data = _tiny(tmp_path / "c", labels=("10", "2", "9"))
-    comp = load_competition(_cfg(data), run)
+    comp = load(_cfg(data), run)
     assert comp.classes == ["2", "9", "10"]
 
 
 def test_ids_keep_leading_zeros(tmp_path, run):
     ids = [f"{k:03d}" for k in range(12)]
     data = _tiny(tmp_path / "c", ids=ids)
-    comp = load_competition(_cfg(data), run)
+    comp = load(_cfg(data), run)
     assert comp.train["id"].tolist() == ids
     assert Path(comp.train["path"].iloc[0]).name == "000.png"
 
@@ -182,7 +182,7 @@ def test_same_name_in_train_and_test_resolves_to_its_own_folder(tmp_path, run):
     sample = pd.read_csv(data / "sample_submission.csv", dtype=str)
     sample.loc[0, "id"] = "im000"
     sample.to_csv(data / "sample_submission.csv", index=False)
-    comp = load_competition(_cfg(data), run)
+    comp = load(_cfg(data), run)
     assert Path(comp.train["path"].iloc[0]) == data / "train" / "im000.png"
     assert Path(comp.test["path"].iloc[0]) == data / "test" / "im000.png"
 
@@ -192,7 +192,7 @@ def test_per_class_probability_sample(tmp_path, run):
     test_ids = pd.read_csv(data / "test.csv", dtype=str)["id"]
     pd.DataFrame({"id": test_ids, "dog": 0.3, "cat": 0.3, "bird": 0.4}).to_csv(
         data / "sample_submission.csv", index=False)
-    comp = load_competition(_cfg(data), run)
+    comp = load(_cfg(data), run)
     assert comp.kind == "class_proba"
     assert comp.classes == ["dog", "cat", "bird"] == comp.target_cols  # the sample's column order
     train_csv = pd.read_csv(data / "train.csv", dtype=str)
@@ -207,24 +207,24 @@ def test_one_hot_training_labels(tmp_path, run):
     onehot.to_csv(data / "train.csv", index=False)
     test_ids = pd.read_csv(data / "test.csv", dtype=str)["id"]
     pd.DataFrame({"id": test_ids, "dog": 0.5, "cat": 0.5}).to_csv(data / "sample_submission.csv", index=False)
-    comp = load_competition(_cfg(data), run)
+    comp = load(_cfg(data), run)
     assert comp.classes == ["dog", "cat"]
     assert [comp.classes[k] for k in comp.train["label"]] == train_csv["label"].tolist()
 
 
-# --------------------------------------------------------------------------- load_competition: clear errors
+# --------------------------------------------------------------------------- load: clear errors
 
 
 def test_missing_data_dir(tmp_path, run):
     with pytest.raises(FileNotFoundError, match=r"DATA_DIR='.*nope' is not a folder"):
-        load_competition(_cfg(tmp_path / "nope"), run)
+        load(_cfg(tmp_path / "nope"), run)
 
 
 def test_missing_train_csv(tmp_path, run):
     data = _tiny(tmp_path / "c")
     (data / "train.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"train.csv is missing") as info:
-        load_competition(_cfg(data), run)
+        load(_cfg(data), run)
     assert str(data) in str(info.value)
 
 
@@ -232,21 +232,21 @@ def test_missing_sample_submission(tmp_path, run):
     data = _tiny(tmp_path / "c")
     (data / "sample_submission.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"sample_submission.csv is missing"):
-        load_competition(_cfg(data), run)
+        load(_cfg(data), run)
 
 
 def test_train_csv_without_the_sample_id_column(tmp_path, run):
     data = _tiny(tmp_path / "c")
     pd.read_csv(data / "train.csv").rename(columns={"id": "image"}).to_csv(data / "train.csv", index=False)
     with pytest.raises(ValueError, match=r"train.csv has no column 'id'.*\['image', 'label'\]"):
-        load_competition(_cfg(data), run)
+        load(_cfg(data), run)
 
 
 def test_listed_image_missing(tmp_path, run):
     data = _tiny(tmp_path / "c")
     (data / "train" / "im103.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"1 of 12 images listed in train.csv were not found") as info:
-        load_competition(_cfg(data), run)
+        load(_cfg(data), run)
     assert "'im103'" in str(info.value)
 
 
@@ -254,7 +254,7 @@ def test_test_image_missing_names_the_sample(tmp_path, run):
     data = _tiny(tmp_path / "c")
     (data / "test" / "t2.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"listed in sample_submission.csv.*'t2'"):
-        load_competition(_cfg(data), run)
+        load(_cfg(data), run)
 
 
 def test_unknown_image_format(tmp_path, run):
@@ -264,24 +264,24 @@ def test_unknown_image_format(tmp_path, run):
     train_csv.loc[train_csv["id"] == "im001", "id"] = "im001.xyz"  # the id names the file
     train_csv.to_csv(data / "train.csv", index=False)
     with pytest.raises(ValueError, match=r"1 train images have an unknown format \(e.g. im001.xyz\)"):
-        load_competition(_cfg(data), run)
+        load(_cfg(data), run)
 
 
 def test_unreadable_image(tmp_path, run):
     data = _tiny(tmp_path / "c")
     (data / "train" / "im000.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"cannot read image .*im000.png"):
-        load_competition(_cfg(data), run)
+        load(_cfg(data), run)
 
 
 def test_changed_classes_against_saved_labels(tmp_path, run):
     data = _tiny(tmp_path / "c")
-    load_competition(_cfg(data), run)
+    load(_cfg(data), run)
     train_csv = pd.read_csv(data / "train.csv", dtype=str)
     train_csv.loc[0, "label"] = "bird"
     train_csv.to_csv(data / "train.csv", index=False)
     with pytest.raises(ValueError, match=r"labels.json holds classes \['cat', 'dog'\].*new OUTPUT_DIR"):
-        load_competition(_cfg(data), run)
+        load(_cfg(data), run)
 
 
 @pytest.mark.parametrize(
@@ -296,14 +296,14 @@ def test_bad_train_csv_contents(tmp_path, run, change, pattern):
     data = _tiny(tmp_path / "c")
     change(pd.read_csv(data / "train.csv", dtype=str)).to_csv(data / "train.csv", index=False)
     with pytest.raises(ValueError, match=pattern):
-        load_competition(_cfg(data), run)
+        load(_cfg(data), run)
 
 
 def test_sample_with_only_the_id_column(tmp_path, run):
     data = _tiny(tmp_path / "c")
     pd.read_csv(data / "sample_submission.csv")[["id"]].to_csv(data / "sample_submission.csv", index=False)
     with pytest.raises(ValueError, match=r"has only the column 'id'"):
-        load_competition(_cfg(data), run)
+        load(_cfg(data), run)
 
 
 # --------------------------------------------------------------------------- data and model
@@ -365,7 +365,7 @@ def test_tiny_run_trains_predicts_writes_and_resumes(tmp_path):
     cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="2h", SEED=0, IMG_SIZE=16,
                  MODEL="test_resnet", EPOCHS=2, MIN_EPOCHS=1, FOLDS=2, BATCH_SIZE=4, NUM_WORKERS=0, DEVICE="cpu")
     run = clf.start(cfg, environ={}, echo=lambda message: None)
-    comp = clf.load_competition(cfg, run)
+    comp = clf.load(cfg, run)
     folds = clf.make_folds(comp, cfg, run)
     result = clf.train(comp, folds, cfg, run)
     assert sorted(result.folds) == [0, 1]
@@ -376,14 +376,14 @@ def test_tiny_run_trains_predicts_writes_and_resumes(tmp_path):
         oof = pd.read_csv(run.dir / f"oof_fold{k}.csv", dtype={"id": str})
         assert set(oof["id"]) == set(comp.train["id"][folds.to_numpy() == k])
 
-    probs = clf.predict_test(comp, cfg, run)
+    probs = clf.predict(comp, result, cfg, run)
     assert probs.shape == (6, 2)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
-    path = clf.write_submission(comp, probs, run)
+    path = clf.write_submission(comp, probs, cfg, run)
     sub = pd.read_csv(path, dtype=str)
     assert sub["id"].tolist() == comp.sample["id"].tolist()
     assert set(sub["label"]) <= {"cat", "dog"}
-    report = clf.finish(comp, path, run)
+    report = clf.finish(comp, path, cfg, run)
     assert report.valid
     assert json.loads((run.dir / "verification.json").read_text())["valid"] is True
     record = json.loads((run.dir / "run.json").read_text())
@@ -393,7 +393,7 @@ def test_tiny_run_trains_predicts_writes_and_resumes(tmp_path):
     stamp = (run.dir / "checkpoints" / "fold0" / "best.ckpt").stat().st_mtime_ns
     run2 = clf.start(cfg, environ={}, echo=lambda message: None)
     assert run2.previous is not None and run2.record["sessions"] == 2
-    comp2 = clf.load_competition(cfg, run2)
+    comp2 = clf.load(cfg, run2)
     again = clf.train(comp2, clf.make_folds(comp2, cfg, run2), cfg, run2)
     assert sorted(again.folds) == [0, 1] and again.plan == {}
     assert (run.dir / "checkpoints" / "fold0" / "best.ckpt").stat().st_mtime_ns == stamp
@@ -406,9 +406,9 @@ def test_no_trained_fold_writes_the_baseline(tmp_path, run):
     train_csv.loc[train_csv["label"] == "cat", "label"] = ["dog"] * 2 + ["cat"] * 4  # 4 cat, 8 dog
     train_csv.to_csv(data / "train.csv", index=False)
     cfg = _cfg(data)
-    comp = load_competition(cfg, run)
-    assert clf.predict_test(comp, cfg, run) is None
-    path = clf.write_submission(comp, None, run)
+    comp = load(cfg, run)
+    assert clf.predict(comp, None, cfg, run) is None
+    path = clf.write_submission(comp, None, cfg, run)
     sub = pd.read_csv(path, dtype=str)
     assert sub["id"].tolist() == comp.sample["id"].tolist()
     assert set(sub["label"]) == {"dog"}  # the majority class of train.csv
@@ -422,7 +422,7 @@ def _one_fold_run(tmp_path):
                  MODEL="test_resnet", EPOCHS=1, MIN_EPOCHS=1, FOLDS=2, TRAIN_FOLDS=1, BATCH_SIZE=4,
                  NUM_WORKERS=0, DEVICE="cpu")
     run = clf.start(cfg, environ={}, echo=lambda message: None)
-    comp = clf.load_competition(cfg, run)
+    comp = clf.load(cfg, run)
     folds = clf.make_folds(comp, cfg, run)
     assert sorted(clf.train(comp, folds, cfg, run).folds) == [0]
     return cfg, run, comp, folds

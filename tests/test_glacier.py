@@ -1,4 +1,5 @@
-"""Tests for kagglekit_nb.tasks.glacier: bands, tile I/O, statistics, MCC, sampling, inference, transfer."""
+"""Tests for kagglekit_nb.tasks.glacier's building blocks: bands, tile I/O, statistics, MCC, sampling,
+the package's sliding-window inference, transfer."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sklearn.metrics import matthews_corrcoef
 from torch import nn
 
 from kagglekit_nb.tasks import glacier as G
+from kagglekit_nb.tasks.glacier.solution_template import _sliding_window as sliding_window
 
 HACK = list(G.HACK_CHANNELS)
 
@@ -225,20 +227,6 @@ def test_ndsi_baseline():
 
 # ----------------------------------------------------------------------------------------- sampling
 
-def test_random_crop_is_deterministic_and_inside():
-    img = np.arange(2 * 10 * 12).reshape(2, 10, 12)
-    lab = img[0] % 4
-    a, la = G.random_crop(img, lab, 4, np.random.default_rng(0))
-    b, lb = G.random_crop(img, lab, 4, np.random.default_rng(0))
-    np.testing.assert_array_equal(a, b)
-    assert a.shape == (2, 4, 4) and la.shape == (4, 4)
-    top, left = divmod(int(a[0, 0, 0]), 12)
-    np.testing.assert_array_equal(a, img[:, top:top + 4, left:left + 4])
-    np.testing.assert_array_equal(la, lab[top:top + 4, left:left + 4])
-    with pytest.raises(ValueError, match="crop=11 is larger than the tile"):
-        G.random_crop(img, lab, 11, np.random.default_rng(0))
-
-
 def _rare_labels(rng):
     labels = []
     for _ in range(3):
@@ -276,13 +264,22 @@ def test_balanced_sampler_crops_stay_inside_and_resume_exactly():
     assert [resumed.sample() for _ in range(5)] == ahead
     with pytest.raises(ValueError, match="labels\\[0\\] holds class 4"):
         G.BalancedCropSampler([np.full((4, 4), 4)], crop=2)
+    with pytest.raises(ValueError, match="crop=11 is larger than the tile"):
+        G.BalancedCropSampler([np.zeros((10, 12), np.uint8)], crop=11)
 
 
 # ---------------------------------------------------------------------------------------- inference
+# The sliding-window inference of the shipped solution.py (self-contained, so it has its own copy).
 
 def _pointwise_model(in_ch=3, n_classes=4):
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(in_ch, 8, 1), nn.ReLU(), nn.Conv2d(8, n_classes, 1)).eval()
+
+
+def _windows(model, image, *, window, overlap, blend="cosine"):
+    with torch.inference_mode():
+        return sliding_window(lambda batch: model(batch).softmax(1), np.asarray(image, np.float32), window=window,
+                              overlap=overlap, n_classes=4, blend=blend, device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("blend", ["cosine", "linear", "uniform"])
@@ -291,8 +288,7 @@ def test_sliding_window_equals_whole_tile_for_a_translation_equivariant_model(bl
     model = _pointwise_model()
     image = torch.randn(3, *shape).numpy()
     whole = model(torch.from_numpy(image)[None]).softmax(1)[0].detach().numpy()
-    probs = G.sliding_window_predict(model, image, window=32, overlap=overlap, n_classes=4, batch_size=3,
-                                     blend=blend)
+    probs = _windows(model, image, window=32, overlap=overlap, blend=blend)
     assert probs.shape == (4, *shape) and probs.dtype == np.float32
     np.testing.assert_allclose(probs, whole, atol=1e-6)
 
@@ -301,15 +297,12 @@ def test_sliding_window_equals_whole_tile_where_the_tile_fits():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(5, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(8, 4, 3, padding=1)).eval()
-    for shape, multiple in (((64, 64), 32), ((50, 41), 1)):
-        image = torch.randn(1, 5, *shape)
-        whole = model(image).softmax(1)[0].detach().numpy()
-        probs = G.sliding_window_predict(model, image[0], window=64, overlap=16, n_classes=4,
-                                         pad_multiple=multiple)
-        np.testing.assert_allclose(probs, whole, atol=1e-6)
+    image = torch.randn(1, 5, 64, 64)
+    whole = model(image).softmax(1)[0].detach().numpy()
+    np.testing.assert_allclose(_windows(model, image[0], window=64, overlap=16), whole, atol=1e-6)
     # With 3x3 convolutions a tiled 96x96 tile differs only near window borders: blending keeps it close.
     image = torch.randn(1, 5, 96, 96)
-    tiled = G.sliding_window_predict(model, image[0], window=64, overlap=32, n_classes=4)
+    tiled = _windows(model, image[0], window=64, overlap=32)
     whole = model(image).softmax(1)[0].detach().numpy()
     assert np.abs(tiled - whole).mean() < 0.01
 
@@ -319,20 +312,9 @@ def test_sliding_window_with_a_unet_on_a_tile_that_fits():
     image = torch.randn(1, 5, 64, 64)
     with torch.no_grad():
         whole = model(image).softmax(1)[0].numpy()
-    probs = G.sliding_window_predict(model, image[0].numpy(), window=64, overlap=16, n_classes=4)
+    probs = _windows(model, image[0].numpy(), window=64, overlap=16)
     np.testing.assert_allclose(probs, whole, atol=1e-5)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
-
-
-def test_sliding_window_validates():
-    model = _pointwise_model()
-    image = np.zeros((3, 40, 40), np.float32)
-    with pytest.raises(ValueError, match="overlap=32 must be smaller than window=32"):
-        G.sliding_window_predict(model, image, window=32, overlap=32, n_classes=4)
-    with pytest.raises(ValueError, match=r"model_fn returned shape \(1, 4, 32, 32\).*expected \(1, 3,"):
-        G.sliding_window_predict(model, image[:, :32, :32], window=32, overlap=0, n_classes=3)
-    with pytest.raises(ValueError, match="blend='gauss'"):
-        G.sliding_window_predict(model, image, window=32, overlap=0, n_classes=4, blend="gauss")
 
 
 # -------------------------------------------------------------------------------------------- model

@@ -1,4 +1,4 @@
-"""Tests for kagglekit_nb.tasks.glacier_package (code-package export and verification) and the
+"""Tests for kagglekit_nb.tasks.glacier.package (code-package export and verification) and the
 registered-baseline path of submission.finalize."""
 from __future__ import annotations
 
@@ -35,9 +35,8 @@ from kagglekit_nb.tasks.glacier import (
     ndsi_baseline,
     read_label,
     read_tile,
-    sliding_window_predict,
 )
-from kagglekit_nb.tasks.glacier_package import (
+from kagglekit_nb.tasks.glacier.package import (
     KIND,
     MODEL_FILE,
     SOLUTION_FILE,
@@ -46,6 +45,7 @@ from kagglekit_nb.tasks.glacier_package import (
     verify_code_package,
     write_ndsi_package,
 )
+from kagglekit_nb.tasks.glacier.solution_template import _sliding_window
 
 BANDS = list(HACK_BANDS)
 WINDOW, OVERLAP, TTA = 64, 16, ("none", "hflip", "rot90")
@@ -234,6 +234,14 @@ def test_round_trip_verifies_valid(verified, package, data):
     assert sorted(p.name for p in data.iterdir()) == sorted([*BANDS, "labels"])
 
 
+def _windows(predict, tile_chw):
+    """Class probabilities of a tile from `predict` (a batch -> probabilities) through the template's
+    sliding window, which tests/test_glacier.py checks against whole-tile inference."""
+    with torch.inference_mode():
+        return _sliding_window(predict, tile_chw, window=WINDOW, overlap=OVERLAP, n_classes=4, blend="cosine",
+                               device=torch.device("cpu"))
+
+
 def _reference_classes(states, stats, tile_chw):
     models = []
     for state in states:
@@ -246,8 +254,7 @@ def _reference_classes(states, stats, tile_chw):
                  (REFERENCE_TTA[t] for t in TTA)]
         return torch.stack(probs).mean(0)
 
-    probs = sliding_window_predict(ensemble, stats.normalise(tile_chw), window=WINDOW, overlap=OVERLAP,
-                                   n_classes=4, activation="none")
+    probs = _windows(ensemble, stats.normalise(tile_chw))
     top2 = np.sort(probs, axis=0)[-2:]
     return probs.argmax(0), top2[1] - top2[0]
 
@@ -288,7 +295,7 @@ def test_each_model_is_fed_with_its_own_fold_statistics(tmp_path, data, states, 
         model = build_unet("resnet18", in_channels=5, n_classes=4)
         model.load_state_dict(state)
         models.append(model.eval())
-    probs = sum(sliding_window_predict(m, st.normalise(tile), window=WINDOW, overlap=OVERLAP, n_classes=4)
+    probs = sum(_windows(lambda batch, m=m: m(batch).softmax(1), st.normalise(tile))
                 for m, st in zip(models, (stats, other))) / 2
     top2 = np.sort(probs, axis=0)[-2:]
     clear = top2[1] - top2[0] > 1e-4

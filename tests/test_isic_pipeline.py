@@ -1,4 +1,4 @@
-"""Tests for kagglekit_nb.tasks.isic_pipeline: the embedding cache, resumable extraction, folds, features,
+"""Tests for kagglekit_nb.tasks.isic (pipeline and its steps): the embedding cache, resumable extraction, folds, features,
 LightGBM (leak-proof, reused, budgeted), prediction averaging, fine-tuning out of fold."""
 from __future__ import annotations
 
@@ -17,8 +17,13 @@ import torch
 from kagglekit_nb.budget import Budget
 from kagglekit_nb.metrics import partial_auc
 from kagglekit_nb.run import Run
-from kagglekit_nb.tasks import isic_pipeline as task
 from kagglekit_nb.tasks.isic import ID_COLUMNS, TRAIN_ONLY_COLUMNS
+from kagglekit_nb.tasks.isic import data as D
+from kagglekit_nb.tasks.isic import embeddings as E
+from kagglekit_nb.tasks.isic import features as F
+from kagglekit_nb.tasks.isic import finetune as FT
+from kagglekit_nb.tasks.isic import lgbm as L
+from kagglekit_nb.tasks.isic import pipeline as task
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "isic_embed_lgbm.ipynb"
@@ -57,7 +62,12 @@ def make_cfg(demo: Path, **overrides) -> task.Config:
 
 def quiet_embeddings(comp, cfg, run):
     with pytest.warns(UserWarning, match="random weights"):
-        return task.embeddings(comp, cfg, run)
+        return E.embeddings(comp, cfg, run)
+
+
+def _trained(feats, models) -> task.Trained:
+    """What `task.train` returns, built from the steps a test ran one by one."""
+    return task.Trained(embeddings=None, image_scores=None, features=feats, lgbm=models)
 
 
 @pytest.fixture
@@ -111,17 +121,17 @@ def test_test_rows_follow_the_sample_and_mismatched_ids_are_refused(demo, tmp_pa
     data = copy_tree(demo)
     sample = pd.read_csv(data / "sample_submission.csv", dtype=str)
     sample.iloc[::-1].to_csv(data / "sample_submission.csv", index=False)
-    comp = task.load_competition(make_cfg(data), make_run(tmp_path / "out"))
+    comp = task.load(make_cfg(data), make_run(tmp_path / "out"))
     assert comp.test["isic_id"].tolist() == sample["isic_id"].tolist()[::-1]
     sample.loc[0, "isic_id"] = "ISIC_9999999"
     sample.to_csv(data / "sample_submission.csv", index=False)
     with pytest.raises(ValueError, match=r"1 isic_ids only in the sample \(e.g. \['ISIC_9999999'\]\)"):
-        task.load_competition(make_cfg(data), make_run(tmp_path / "out"))
+        task.load(make_cfg(data), make_run(tmp_path / "out"))
 
 
 def test_folds_keep_patients_apart_and_are_reused_on_rerun(demo, tmp_path):
     run = make_run(tmp_path / "out")
-    comp = task.load_competition(make_cfg(demo), run)
+    comp = task.load(make_cfg(demo), run)
     folds = task.make_folds(comp, make_cfg(demo), run)
     assert folds.groupby(comp.train["patient_id"].to_numpy()).nunique().max() == 1
     assert sorted(folds.unique()) == [0, 1, 2]
@@ -135,19 +145,19 @@ def test_folds_keep_patients_apart_and_are_reused_on_rerun(demo, tmp_path):
 # --- embeddings -------------------------------------------------------------------------------
 
 def test_embedding_key_names_model_size_and_weights(tmp_path, demo):
-    assert task.embedding_key(make_cfg(demo)) == "test_resnet-32px-random-seed0"
-    assert task.embedding_key(make_cfg(demo, SEED=5)) == "test_resnet-32px-random-seed5"
+    assert E.embedding_key(make_cfg(demo)) == "test_resnet-32px-random-seed0"
+    assert E.embedding_key(make_cfg(demo, SEED=5)) == "test_resnet-32px-random-seed5"
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"one")
-    key = task.embedding_key(make_cfg(demo, WEIGHTS=str(weights)))
-    assert key.startswith("test_resnet-32px-w") and key != task.embedding_key(make_cfg(demo))
+    key = E.embedding_key(make_cfg(demo, WEIGHTS=str(weights)))
+    assert key.startswith("test_resnet-32px-w") and key != E.embedding_key(make_cfg(demo))
     weights.write_bytes(b"two")
-    assert task.embedding_key(make_cfg(demo, WEIGHTS=str(weights))) != key
+    assert E.embedding_key(make_cfg(demo, WEIGHTS=str(weights))) != key
 
 
 def test_embeddings_are_cached_by_model_and_size(demo, tmp_path):
     run = make_run(tmp_path / "out")
-    comp = task.load_competition(make_cfg(demo), run)
+    comp = task.load(make_cfg(demo), run)
     first = quiet_embeddings(comp, make_cfg(demo), run)
     assert first.train.shape == (200, 96) and first.test.shape == (40, 96)
     assert np.isfinite(first.train).all() and np.isfinite(first.test).all()
@@ -170,19 +180,19 @@ def test_local_weights_are_loaded_and_key_the_cache(demo, tmp_path):
     weights = tmp_path / "test_resnet.pth"
     torch.save(timm.create_model("test_resnet").state_dict(), weights)
     run = make_run(tmp_path / "out")
-    comp = task.load_competition(make_cfg(demo), run)
+    comp = task.load(make_cfg(demo), run)
     random = quiet_embeddings(comp, make_cfg(demo), run)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no random-weights warning now
-        loaded = task.embeddings(comp, make_cfg(demo, WEIGHTS=str(weights)), run)
+        loaded = E.embeddings(comp, make_cfg(demo, WEIGHTS=str(weights)), run)
     assert loaded.key.startswith("test_resnet-32px-w")
     assert not np.allclose(loaded.test, random.test)
     reference = timm.create_model("test_resnet", num_classes=0)
     reference.load_state_dict({k: v for k, v in torch.load(weights).items() if not k.startswith("fc.")})
-    images = task.HDF5Images(comp.images["test"], comp.test["isic_id"][:4],
-                             transform=task.ResizeToTensor(32, mean=(0.5,) * 3, std=(0.5,) * 3))
+    images = D.HDF5Images(comp.images["test"], comp.test["isic_id"][:4],
+                             transform=D.ResizeToTensor(32, mean=(0.5,) * 3, std=(0.5,) * 3))
     with torch.inference_mode():
         expected = reference.eval()(torch.stack([images[i] for i in range(4)])).numpy()
     np.testing.assert_allclose(loaded.test[:4], expected, rtol=1e-4, atol=1e-5)
@@ -190,10 +200,10 @@ def test_local_weights_are_loaded_and_key_the_cache(demo, tmp_path):
 
 def test_an_interrupted_extraction_resumes_from_the_last_chunk_with_identical_embeddings(demo, tmp_path,
                                                                                       monkeypatch):
-    comp = task.load_competition(make_cfg(demo), make_run(tmp_path / "straight"))
+    comp = task.load(make_cfg(demo), make_run(tmp_path / "straight"))
     straight = quiet_embeddings(comp, make_cfg(demo), make_run(tmp_path / "straight"))
 
-    real_save, saved = task._save_npz, []
+    real_save, saved = D._save_npz, []
 
     def killed_on_third_chunk(path, **arrays):
         if len(saved) == 2:
@@ -201,10 +211,10 @@ def test_an_interrupted_extraction_resumes_from_the_last_chunk_with_identical_em
         saved.append(path.name)
         real_save(path, **arrays)
 
-    monkeypatch.setattr(task, "_save_npz", killed_on_third_chunk)
+    monkeypatch.setattr(E, "_save_npz", killed_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         quiet_embeddings(comp, make_cfg(demo), make_run(tmp_path / "resumed"))
-    monkeypatch.setattr(task, "_save_npz", real_save)
+    monkeypatch.setattr(E, "_save_npz", real_save)
     chunks = tmp_path / "resumed" / "embeddings" / "test_resnet-32px-random-seed0"
     assert sorted(p.relative_to(chunks).as_posix() for p in chunks.rglob("chunk_*")) == [
         "test/chunks64/chunk_00000.npz", "train/chunks64/chunk_00000.npz"]
@@ -226,7 +236,7 @@ def test_an_interrupted_extraction_resumes_from_the_last_chunk_with_identical_em
 
 
 def test_a_chunk_file_appears_whole_or_not_at_all(demo, tmp_path, monkeypatch):
-    comp = task.load_competition(make_cfg(demo), make_run(tmp_path / "out"))
+    comp = task.load(make_cfg(demo), make_run(tmp_path / "out"))
 
     def torn_write(fh, **arrays):
         fh.write(b"PK\x03\x04 half a zip")
@@ -239,21 +249,21 @@ def test_a_chunk_file_appears_whole_or_not_at_all(demo, tmp_path, monkeypatch):
 
 
 def test_extraction_stops_at_its_share_of_the_budget_and_a_rerun_completes_it(demo, tmp_path, monkeypatch):
-    comp = task.load_competition(make_cfg(demo), make_run(tmp_path / "full"))
+    comp = task.load(make_cfg(demo), make_run(tmp_path / "full"))
     full = quiet_embeddings(comp, make_cfg(demo), make_run(tmp_path / "full"))
     clock = FakeClock()
-    real_backbone = task._backbone
+    real_backbone = E._backbone
 
     def slow_backbone(*args, **kwargs):  # every batch takes one second on the budget's clock
         model = real_backbone(*args, **kwargs)
         model.register_forward_hook(lambda *_: setattr(clock, "t", clock.t + 1.0))
         return model
 
-    monkeypatch.setattr(task, "_backbone", slow_backbone)
+    monkeypatch.setattr(E, "_backbone", slow_backbone)
     run = make_run(tmp_path / "out", budget=40.0, clock=clock)
     emb = quiet_embeddings(comp, make_cfg(demo, EMBED_CHUNK=32), run)
     # 40 s - 10 s reserve = 30 s of work left; EMBED_SHARE 0.5 gives the embeddings 15 s: 15 batches of 16.
-    assert emb.stop_reason.startswith("budget: EMBED_SHARE=0.5")
+    assert emb.stop_reason == "budget: the share of the time given to embeddings (EMBED_SHARE) is used"
     assert not emb.complete and run.record["embeddings"]["stop_reason"] == emb.stop_reason
     assert clock.t - 1000.0 <= 15.0
     assert emb.rows("test") == 40 and 0 < emb.rows("train") < 200
@@ -261,7 +271,7 @@ def test_extraction_stops_at_its_share_of_the_budget_and_a_rerun_completes_it(de
     done = ~np.isnan(emb.train).any(1)
     assert done[:emb.rows("train")].all()
     np.testing.assert_array_equal(emb.train[done], full.train[done])
-    monkeypatch.setattr(task, "_backbone", real_backbone)
+    monkeypatch.setattr(E, "_backbone", real_backbone)
     rest = quiet_embeddings(comp, make_cfg(demo, EMBED_CHUNK=32), make_run(tmp_path / "out"))
     assert rest.complete
     np.testing.assert_array_equal(rest.train, full.train)
@@ -278,7 +288,7 @@ def bad_image_copy(demo: Path, copy_tree) -> tuple[Path, str]:
 
 def test_a_corrupt_image_raises_naming_it_or_is_skipped_and_reported(demo, tmp_path, copy_tree):
     data, bad = bad_image_copy(demo, copy_tree)
-    comp = task.load_competition(make_cfg(data), make_run(tmp_path / "out"))
+    comp = task.load(make_cfg(data), make_run(tmp_path / "out"))
     with pytest.raises(ValueError, match=f"the image of isic_id '{bad}' in .*train-image.hdf5 is not a readable JPEG"):
         quiet_embeddings(comp, make_cfg(data), make_run(tmp_path / "out"))
     run = make_run(tmp_path / "out")
@@ -287,7 +297,7 @@ def test_a_corrupt_image_raises_naming_it_or_is_skipped_and_reported(demo, tmp_p
     assert emb.skipped == [bad] and run.record["embeddings"]["skipped"] == [bad]
     assert np.isnan(emb.train[5]).all() and emb.rows("train") == 199 and emb.complete
     assert quiet_embeddings(comp, make_cfg(data, ON_BAD_IMAGE="skip"), make_run(tmp_path / "out")).skipped == [bad]
-    feats = task.features(comp, emb, None, make_cfg(data, ON_BAD_IMAGE="skip"), run)
+    feats = F.features(comp, emb, None, make_cfg(data, ON_BAD_IMAGE="skip"), run)
     assert feats.train.loc[5, feats.columns["image"]].isna().all()
     assert feats.train.drop(index=5)[feats.columns["image"]].notna().all(axis=None)
 
@@ -303,19 +313,19 @@ def test_patient_normalise_matches_a_groupby_z_score():
     frame = pd.DataFrame(values)
     groups = frame.groupby(patients)
     expected = ((frame - groups.transform("mean")) / groups.transform("std", ddof=0)).to_numpy()
-    got = task.patient_normalise(values, patients)
+    got = F.patient_normalise(values, patients)
     np.testing.assert_allclose(got[:10][~np.isnan(expected[:10]).any(1)],
                                expected[:10][~np.isnan(expected[:10]).any(1)], rtol=1e-5, atol=1e-6)
     assert np.isnan(got[4]).all() and (got[10:] == 0).all()
     with pytest.raises(ValueError, match="one row per patient entry"):
-        task.patient_normalise(values, patients[:5])
+        F.patient_normalise(values, patients[:5])
 
 
 def test_features_have_image_columns_for_two_models_and_no_train_only_column(demo, tmp_path):
     run = make_run(tmp_path / "out")
     cfg = make_cfg(demo)
-    comp = task.load_competition(cfg, run)
-    feats = task.features(comp, quiet_embeddings(comp, cfg, run), None, cfg, run)
+    comp = task.load(cfg, run)
+    feats = F.features(comp, quiet_embeddings(comp, cfg, run), None, cfg, run)
     assert feats.columns["image"] == [f"img_pc{i}" for i in range(8)]
     assert feats.columns["combined"] == feats.columns["tabular"] + feats.columns["image"]
     assert feats.test_complete == {"tabular": True, "image": True, "combined": True}
@@ -331,14 +341,30 @@ def test_features_have_image_columns_for_two_models_and_no_train_only_column(dem
 def tabular_setup(demo, tmp_path):
     cfg = make_cfg(demo, IMAGE_PCA=0, LGBM_SEEDS=2)
     run = make_run(tmp_path / "out")
-    comp = task.load_competition(cfg, run)
+    comp = task.load(cfg, run)
     folds = task.make_folds(comp, cfg, run)
     return cfg, run, comp, folds
 
 
+def test_train_runs_the_steps_in_order_and_predict_uses_its_models(tabular_setup):
+    cfg, run, comp, folds = tabular_setup
+    trained = task.train(comp, folds, cfg, run)
+    assert trained.embeddings is None and trained.image_scores is None  # IMAGE_PCA=0, FINETUNE=False
+    assert list(trained.features.columns) == ["tabular"]
+    assert list(trained.table().index) == ["tabular"]
+    alone = L.train_lgbm(F.features(comp, None, None, cfg, run), folds, cfg, run)  # reuses every saved fit
+    np.testing.assert_array_equal(trained.lgbm.models["tabular"].oof, alone.models["tabular"].oof)
+    preds = task.predict(comp, trained, cfg, run)  # SUBMIT="combined" is absent: the tabular model
+    assert run.record["submitted_model"] == "tabular" and preds.shape == (len(comp.test),)
+    path = task.write_submission(comp, preds, cfg, run)
+    assert task.finish(comp, path, cfg, run).valid
+    figures = task.plot_results(run, comp, trained, folds)
+    assert set(figures) == {"time_bar", "roc_tabular"} and all(p.is_file() for p in figures.values())
+
+
 def test_train_only_columns_never_reach_lightgbm(tabular_setup, lgb_calls, tmp_path):
     cfg, run, comp, folds = tabular_setup
-    models = task.train_lgbm(task.features(comp, None, None, cfg, run), folds, cfg, run)
+    models = L.train_lgbm(F.features(comp, None, None, cfg, run), folds, cfg, run)
     assert len(lgb_calls) == cfg.FOLDS * cfg.LGBM_SEEDS
     for call in lgb_calls:
         assert not set(call["X"].columns) & (set(TRAIN_ONLY_COLUMNS) | set(ID_COLUMNS))
@@ -348,14 +374,14 @@ def test_train_only_columns_never_reach_lightgbm(tabular_setup, lgb_calls, tmp_p
         leaky[col] = comp.train["target"]
     comp2 = dataclasses.replace(comp, train=leaky)
     run2 = make_run(tmp_path / "leaky")
-    again = task.train_lgbm(task.features(comp2, None, None, cfg, run2), folds, cfg, run2)
+    again = L.train_lgbm(F.features(comp2, None, None, cfg, run2), folds, cfg, run2)
     np.testing.assert_array_equal(again.models["tabular"].oof, models.models["tabular"].oof)
 
 
 def test_each_fit_trains_on_other_folds_down_sampled_and_stops_early_on_its_own(tabular_setup, lgb_calls):
     cfg, run, comp, folds = tabular_setup
     cfg = dataclasses.replace(cfg, NEG_PER_POS=3, MAX_ROUNDS=400, EARLY_STOPPING=5)
-    models = task.train_lgbm(task.features(comp, None, None, cfg, run), folds, cfg, run)
+    models = L.train_lgbm(F.features(comp, None, None, cfg, run), folds, cfg, run)
     fold_of, y = folds.to_numpy(), comp.y
     for i, call in enumerate(lgb_calls):
         k = i % cfg.FOLDS
@@ -369,22 +395,22 @@ def test_each_fit_trains_on_other_folds_down_sampled_and_stops_early_on_its_own(
 
 def test_fits_are_reused_on_rerun_and_refitted_when_settings_change(tabular_setup, lgb_calls):
     cfg, run, comp, folds = tabular_setup
-    feats = task.features(comp, None, None, cfg, run)
-    first = task.train_lgbm(feats, folds, cfg, run)
+    feats = F.features(comp, None, None, cfg, run)
+    first = L.train_lgbm(feats, folds, cfg, run)
     n = len(lgb_calls)
-    again = task.train_lgbm(feats, folds, cfg, make_run(run.dir))
+    again = L.train_lgbm(feats, folds, cfg, make_run(run.dir))
     assert len(lgb_calls) == n  # nothing refitted
     np.testing.assert_array_equal(again.models["tabular"].oof, first.models["tabular"].oof)
     assert again.scores() == first.scores()
-    task.train_lgbm(feats, folds, dataclasses.replace(cfg, LEARNING_RATE=0.1), make_run(run.dir))
+    L.train_lgbm(feats, folds, dataclasses.replace(cfg, LEARNING_RATE=0.1), make_run(run.dir))
     assert len(lgb_calls) == 2 * n
 
 
 def test_test_predictions_are_the_mean_over_folds_and_seeds(tabular_setup):
     cfg, run, comp, folds = tabular_setup
-    feats = task.features(comp, None, None, cfg, run)
-    models = task.train_lgbm(feats, folds, cfg, run)
-    probs = task.predict(feats, models, dataclasses.replace(cfg, SUBMIT="tabular"), run)
+    feats = F.features(comp, None, None, cfg, run)
+    models = L.train_lgbm(feats, folds, cfg, run)
+    probs = task.predict(comp, _trained(feats, models), dataclasses.replace(cfg, SUBMIT="tabular"), run)
     fits = models.models["tabular"].fits
     assert sorted((s, k) for s, k, _ in fits) == [(s, k) for s in range(2) for k in range(3)]
     each = [lightgbm.Booster(model_file=str(p)).predict(feats.test[feats.columns["tabular"]]) for _, _, p in fits]
@@ -404,14 +430,14 @@ def test_lightgbm_stops_for_the_budget_and_what_exists_is_submitted(tabular_setu
 
     monkeypatch.setattr(lightgbm, "train", slow)
     run = make_run(tmp_path / "budget", budget=60.0, clock=clock)
-    feats = task.features(comp, None, None, cfg, run)
-    models = task.train_lgbm(feats, folds, cfg, run)
+    feats = F.features(comp, None, None, cfg, run)
+    models = L.train_lgbm(feats, folds, cfg, run)
     fits = models.models["tabular"].fits
     # 60 s - 10 s reserve: a fit is started only while 1.5 x the last fit's 10 s still fits.
     assert 1 <= len(fits) < cfg.FOLDS * cfg.LGBM_SEEDS
     assert models.stop_reason.startswith("budget") and run.record["lgbm_stop_reason"] == models.stop_reason
     assert run.budget.elapsed() <= 60.0 - run.budget.reserve_s + 1e-9
-    probs = task.predict(feats, models, dataclasses.replace(cfg, SUBMIT="tabular"), run)
+    probs = task.predict(comp, _trained(feats, models), dataclasses.replace(cfg, SUBMIT="tabular"), run)
     assert probs.shape == (len(comp.test),) and np.isfinite(probs).all()
     assert len(run.record["predicted_with"]) == len(fits)
 
@@ -421,21 +447,21 @@ def test_oof_pauc_scores_each_fold_on_its_own_scale():
     fold_of = np.repeat([0, 1], 16)
     perfect = y * 0.5 + np.linspace(0, 0.1, 32)     # within each fold every positive ranks first
     shifted = perfect + np.where(fold_of == 1, 10.0, 0.0)  # fold 1's model is calibrated differently
-    assert task.oof_pauc(y, shifted, fold_of) == pytest.approx(0.2)
+    assert L.oof_pauc(y, shifted, fold_of) == pytest.approx(0.2)
     assert partial_auc(y, shifted) < 0.2  # pooled as they are, fold 1's negatives outrank fold 0's positives
     with_gap = shifted.copy()
     with_gap[:16] = np.nan  # a fold not fitted (budget): scored on the rows that exist
-    assert task.oof_pauc(y, with_gap, fold_of) == pytest.approx(0.2)
-    assert task.oof_pauc(np.zeros(32, int), perfect, fold_of) is None
+    assert L.oof_pauc(y, with_gap, fold_of) == pytest.approx(0.2)
+    assert L.oof_pauc(np.zeros(32, int), perfect, fold_of) is None
 
 
 def test_submit_best_or_a_missing_model_falls_back(tabular_setup):
     cfg, run, comp, folds = tabular_setup
-    feats = task.features(comp, None, None, cfg, run)
-    models = task.train_lgbm(feats, folds, cfg, run)
+    feats = F.features(comp, None, None, cfg, run)
+    models = L.train_lgbm(feats, folds, cfg, run)
     lines: list[str] = []
     run.echo = lines.append
-    task.predict(feats, models, dataclasses.replace(cfg, SUBMIT="combined"), run)
+    task.predict(comp, _trained(feats, models), dataclasses.replace(cfg, SUBMIT="combined"), run)
     assert run.record["submitted_model"] == "tabular"
     assert any("SUBMIT='combined' is not available" in line for line in lines)
 
@@ -443,14 +469,14 @@ def test_submit_best_or_a_missing_model_falls_back(tabular_setup):
 def test_three_models_are_scored_and_best_submits_the_highest_oof_pauc(demo, tmp_path):
     cfg = make_cfg(demo, SUBMIT="best", LGBM_SEEDS=1)
     run = make_run(tmp_path / "out")
-    comp = task.load_competition(cfg, run)
+    comp = task.load(cfg, run)
     folds = task.make_folds(comp, cfg, run)
-    feats = task.features(comp, quiet_embeddings(comp, cfg, run), None, cfg, run)
-    models = task.train_lgbm(feats, folds, cfg, run)
+    feats = F.features(comp, quiet_embeddings(comp, cfg, run), None, cfg, run)
+    models = L.train_lgbm(feats, folds, cfg, run)
     scores = run.record["oof_pauc"]
     assert list(scores) == ["tabular", "image", "combined"] and all(0 < v <= 0.2 for v in scores.values())
     assert run.record["folds_done"] == [0, 1, 2] and run.record["lgbm_fits_reused"] == 0
-    probs = task.predict(feats, models, cfg, run)
+    probs = task.predict(comp, _trained(feats, models), cfg, run)
     assert run.record["submitted_model"] == max(scores, key=scores.get)
     assert run.record["cv_score"] == max(scores.values()) and probs.shape == (40,)
     assert list(models.table().index) == ["tabular", "image", "combined"]
@@ -459,11 +485,11 @@ def test_three_models_are_scored_and_best_submits_the_highest_oof_pauc(demo, tmp
 def test_without_any_fit_the_emergency_baseline_is_written_and_verified(tabular_setup, tmp_path):
     cfg, _, comp, folds = tabular_setup
     run = make_run(tmp_path / "nothing", budget=5.0)  # all of it is the reserve
-    feats = task.features(comp, None, None, cfg, run)
-    models = task.train_lgbm(feats, folds, cfg, run)
+    feats = F.features(comp, None, None, cfg, run)
+    models = L.train_lgbm(feats, folds, cfg, run)
     assert all(not m.fits for m in models.models.values())
-    path = task.write_submission(comp, task.predict(feats, models, cfg, run), run)
-    report = task.finish(comp, path, run)
+    path = task.write_submission(comp, task.predict(comp, _trained(feats, models), cfg, run), cfg, run)
+    report = task.finish(comp, path, cfg, run)
     assert report.valid
     sub = pd.read_csv(path)
     assert sub["isic_id"].tolist() == comp.sample["isic_id"].tolist()
@@ -488,10 +514,10 @@ def test_finetuned_image_scores_are_out_of_fold_and_test_scores_the_fold_mean(de
     cfg = make_cfg(demo, FINETUNE=True, FINETUNE_EPOCHS=1, IMG_SIZE=16, BATCH_SIZE=32, IMAGE_PCA=0,
                    FINETUNE_NEG_PER_POS=2)
     run = make_run(tmp_path / "out", clock=time.monotonic)  # the fold loop times epochs on the budget's clock
-    comp = task.load_competition(cfg, run)
+    comp = task.load(cfg, run)
     folds = task.make_folds(comp, cfg, run)
     with pytest.warns(UserWarning, match="random weights"):
-        ft = task.finetune(comp, folds, cfg, run)
+        ft = FT.finetune(comp, folds, cfg, run)
     fold_of, y = folds.to_numpy(), comp.y
     assert ft.folds_used == [0, 1, 2] and np.isfinite(ft.train).all() and np.isfinite(ft.test).all()
     ids = comp.train["isic_id"].to_numpy()
@@ -509,12 +535,12 @@ def test_finetuned_image_scores_are_out_of_fold_and_test_scores_the_fold_mean(de
         fs.model.load_state_dict(weights)
         val = predict(fs.model, fs.val_loader, device="cpu")[:, 1]
         np.testing.assert_allclose(ft.train[fold_of == k], val, rtol=1e-4, atol=1e-6)
-        test_ds = task._Labelled(task.HDF5Images(comp.images["test"], comp.test["isic_id"],
+        test_ds = FT._Labelled(D.HDF5Images(comp.images["test"], comp.test["isic_id"],
                                                  transform=fs.val_loader.dataset.images.transform),
                                  np.zeros(len(comp.test), int), np.arange(len(comp.test)), 16)
         test_each.append(predict(fs.model, make_loader(test_ds, 32, train=False, num_workers=0), device="cpu")[:, 1])
     np.testing.assert_allclose(ft.test, np.mean(test_each, axis=0), rtol=1e-4, atol=1e-6)
     assert "cv_score" not in run.record and run.record["finetune"]["folds_done"] == [0, 1, 2]
-    feats = task.features(comp, None, ft, cfg, run)
+    feats = F.features(comp, None, ft, cfg, run)
     assert feats.columns["image"] == ["img_finetune", "img_finetune_patient_z"]
     np.testing.assert_array_equal(feats.train["img_finetune"], ft.train)

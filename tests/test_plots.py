@@ -283,7 +283,7 @@ def test_out_of_fold_reads_every_fold_and_the_class_names(run_dir):
 
 
 def test_out_of_fold_needs_labels_json(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"labels\.json is missing: load_competition writes it"):
+    with pytest.raises(FileNotFoundError, match=r"labels\.json is missing: load\(\) writes it"):
         clf.out_of_fold(tmp_path)
 
 

@@ -146,10 +146,11 @@ def test_notebook_parameters_of_the_classification_notebook():
 
 
 def _configs():
-    from kagglekit_nb.tasks import glacier_pipeline, isic_pipeline
+    from kagglekit_nb.tasks.glacier import finetune, pretrain
+    from kagglekit_nb.tasks.isic import pipeline
 
-    return [("image_classification", Config), ("glacier_pretrain", glacier_pipeline.PretrainConfig),
-            ("glacier_finetune", glacier_pipeline.FinetuneConfig), ("isic_embed_lgbm", isic_pipeline.Config)]
+    return [("image_classification", Config), ("glacier_pretrain", pretrain.Config),
+            ("glacier_finetune", finetune.Config), ("isic_embed_lgbm", pipeline.Config)]
 
 
 @pytest.mark.parametrize(("name", "config"), _configs(), ids=lambda v: v if isinstance(v, str) else "")

@@ -314,7 +314,7 @@ def make_isic_demo(
     import h5py
     import pandas as pd
 
-    from ..tasks.isic import SAMPLE_FILE, TEST_COLUMNS, TEST_FILE, TEST_IMAGES, TRAIN_COLUMNS, TRAIN_FILE, TRAIN_IMAGES
+    from ..tasks.isic.data import SAMPLE_FILE, TEST_COLUMNS, TEST_FILE, TEST_IMAGES, TRAIN_COLUMNS, TRAIN_FILE, TRAIN_IMAGES
 
     _check_int("seed", seed, 0)
     _check_int("n_train", n_train, 100)

@@ -1,9 +1,11 @@
 """The base of every task's Config (the notebook's parameters, type-checked the same way everywhere)
-and the first steps every task shares: opening the run and finding the data."""
+and what every task shares: opening the run, finding the data, the bundled demo, a timm model by
+name, verifying a CSV submission, the training plots."""
 from __future__ import annotations
 
 import dataclasses
 import typing
+from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +15,8 @@ from ..params import annotation_types, check_type
 if TYPE_CHECKING:
     from ..run import Run
 
-__all__ = ["NotebookConfig", "find_data_dir", "start"]
+__all__ = ["Demo", "NotebookConfig", "RunConfig", "find_data", "find_data_dir", "start", "timm_model",
+           "training_plots", "verify_csv"]
 
 
 class NotebookConfig:
@@ -53,12 +56,28 @@ class NotebookConfig:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
+@dataclass
+class RunConfig(NotebookConfig):
+    """The parameters every notebook starts with (the common names), in the parameters cell's order; a
+    task's Config sets its RUN_NAME and adds its own, ending with NUM_WORKERS and DEVICE (`start`
+    reads RUN_NAME, OUTPUT_DIR, BUDGET, SEED and DEVICE)."""
+
+    DATA_DIR: str | None = None        # the data folder; None = find it under /kaggle/input, else the demo
+    OUTPUT_DIR: str | None = None      # None = the platform's run dir (Drive on Colab, /kaggle/working on Kaggle)
+    BUDGET: str | None = None          # "45m", "2h"; None = what the platform allows
+    SEED: int = 42
+    RUN_NAME: str = "run"
+
+
 def start(cfg: Any, **kwargs: Any) -> Run:
-    """Open the run of a notebook's Config: seed, budget, output folder, device (see `start_run`)."""
+    """Open the run of a notebook's Config: seed, budget, output folder, device (see `start_run`).
+    Every task ends by writing and verifying its submission: those reserves are declared here."""
     from ..run import start_run
 
-    return start_run(cfg.as_dict(), run_name=cfg.RUN_NAME, output_dir=cfg.OUTPUT_DIR, budget=cfg.BUDGET,
-                     seed=cfg.SEED, device=cfg.DEVICE, **kwargs)
+    run = start_run(cfg.as_dict(), run_name=cfg.RUN_NAME, output_dir=cfg.OUTPUT_DIR, budget=cfg.BUDGET,
+                    seed=cfg.SEED, device=cfg.DEVICE, **kwargs)
+    run.budget.reserve_submission()
+    return run
 
 
 def find_data_dir(data_dir: str | None, run: Run, *, required: Sequence[str], what: str,
@@ -81,3 +100,79 @@ def find_data_dir(data_dir: str | None, run: Run, *, required: Sequence[str], wh
     path = demo()
     run.log(f"no {what} attached: using {demo_note or 'the demo'} in {path}")
     return path
+
+
+@dataclass(frozen=True)
+class Demo:
+    """A bundled demo competition (`kagglekit_nb.demo.make_demo(kind, ...)`), made once in the working
+    dir's `kagglekit_demo/<name>` and reused; `subdir` is the part of it a task reads."""
+
+    kind: str                                   # the demo maker: classification, glacier, isic
+    marks: tuple[str, ...]                      # paths inside the folder that exist once it is made
+    note: str                                   # how the log names it
+    name: str = ""                              # the folder's name (default: `kind`)
+    subdir: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)  # passed to the demo maker
+
+    def path(self, run: Run) -> Path:
+        """The demo's folder (its `subdir`), written first if it is not complete."""
+        from .. import env
+        from ..demo import make_demo
+
+        folder = env.working_dir(run.platform) / "kagglekit_demo" / (self.name or self.kind)
+        if not all((folder / mark).exists() for mark in self.marks):
+            make_demo(self.kind, folder, seed=0, **self.options)
+        return folder / self.subdir if self.subdir else folder
+
+
+def find_data(cfg: Any, run: Run, *, required: Sequence[str], what: str, demo: Demo | None = None,
+              max_depth: int = 3) -> Path | None:
+    """The folder a task reads: cfg.DATA_DIR, else found under the inputs, else the demo (see
+    `find_data_dir`); None only without a demo."""
+    return find_data_dir(cfg.DATA_DIR, run, required=required, what=what, max_depth=max_depth,
+                         demo=None if demo is None else lambda: demo.path(run),
+                         demo_note=demo.note if demo is not None else "")
+
+
+def timm_model(name: str, **kwargs: Any) -> Any:
+    """`timm.create_model(name, **kwargs)`; an unknown name is a ValueError listing similar ones."""
+    import timm
+
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" not in str(e):
+            raise
+        close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:8]
+        raise ValueError(f"MODEL={name!r} is not a timm model; similar names: {close}.") from None
+
+
+def verify_csv(run: Run, path: Path, sample_path: Path, **kwargs: Any) -> Any:
+    """Verify a CSV submission against the sample (`submission.finalize`, timed as "verify"), write
+    verification.json, and run.json whatever happens. An invalid file is replaced by the emergency
+    baseline and the call fails with the reasons."""
+    from ..submission import finalize
+
+    try:
+        with run.budget.timed("verify"):
+            report = finalize(path, sample_path, run.dir, **kwargs)
+    finally:
+        run.save()
+    run.log(f"submission {path} is valid; report in {run.dir / 'verification.json'}")
+    return report
+
+
+def training_plots(run: Run) -> dict[str, Path]:
+    """Training curves (loss and score per fold and epoch) and time per phase against the budget, saved
+    in `<run>/plots`; a plot without data yet is skipped with a log line."""
+    from .. import plots
+    from ..cv import HISTORY_FILE
+
+    out: dict[str, Path] = {}
+    if (run.dir / HISTORY_FILE).is_file():
+        out["training_curves"] = plots.training_curves(run)
+    else:
+        run.log(f"no training curves: {HISTORY_FILE} does not exist yet (no epoch has finished)")
+    if run.budget.phases:
+        out["time_bar"] = plots.time_bar(run)
+    return out

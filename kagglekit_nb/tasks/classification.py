@@ -1,13 +1,14 @@
 """Image classification for Kaggle image competitions: the steps the notebook calls, in order.
 
-    cfg  = Config.from_namespace(globals())     # the notebook's parameters, type-checked
-    run  = start(cfg)                            # seed, budget, output folder, environment
-    comp = load_competition(cfg, run)            # train/test/sample, columns, classes, image files
-    folds = make_folds(comp, cfg, run)           # split once, saved to folds.csv
-    result = train(comp, folds, cfg, run)        # every unfinished fold, inside the budget
-    probs = predict_test(comp, cfg, run)         # fold average (+ TTA) from saved fold models
-    path = write_submission(comp, probs, run)    # in the sample submission's own format
-    report = finish(comp, path, run)             # verify, verification.json, run.json
+    cfg    = Config.from_namespace(globals())        # the notebook's parameters, type-checked
+    run    = start(cfg)                               # seed, budget, output folder, environment
+    data   = load(cfg, run)                           # a Competition: train/test/sample, classes, images
+    folds  = make_folds(data, cfg, run)               # split once, saved to folds.csv
+    models = train(data, folds, cfg, run)             # every unfinished fold, inside the budget (CVResult)
+    preds  = predict(data, models, cfg, run)          # fold average (+ TTA) from the saved fold models
+    path   = write_submission(data, preds, cfg, run)  # in the sample submission's own format
+    report = finish(data, path, cfg, run)             # verify, verification.json, run.json
+    figures = plot_results(run, data, models, folds)  # curves, time, confusion matrix
 
 The column names come from `sample_submission.csv`: its first column is the id; one other column
 means "predict a label", several mean "one probability column per class".
@@ -31,23 +32,22 @@ from .. import folds as _folds
 from .._atomic import write_json
 from ..cv import CVResult, FoldSetup, fold_models, load_fold_model, train_folds
 from ..loaders import make_loader
-from ..loop import predict
+from ..loop import predict as _predict_loader
 from ..metrics import get_metric
 from ..run import Run
 from ..ui import progress
-from ._config import NotebookConfig, find_data_dir
-from ._config import start as _start
+from ._config import Demo, RunConfig, find_data, start, timm_model, training_plots, verify_csv
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Competition",
     "Config",
     "finish",
-    "load_competition",
+    "load",
     "make_folds",
     "out_of_fold",
     "plot_results",
-    "predict_test",
+    "predict",
     "start",
     "train",
     "write_submission",
@@ -57,16 +57,13 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 REQUIRED_FILES = ("train.csv", "sample_submission.csv")
 LABELS_FILE = "labels.json"
 TTA_CHOICES = ("none", "hflip", "vflip", "hvflip")
+DEMO = Demo("classification", marks=("sample_submission.csv",), note="the bundled demo (handwritten digits)")
 
 
 @dataclass
-class Config(NotebookConfig):
+class Config(RunConfig):
     """The notebook's parameters (same names, same defaults as its `parameters` cell)."""
 
-    DATA_DIR: str | None = None        # competition folder; None = find it under /kaggle/input, else the demo
-    OUTPUT_DIR: str | None = None      # None = the platform's run dir (Drive on Colab, /kaggle/working on Kaggle)
-    BUDGET: str | None = None          # "45m", "2h"; None = what the platform allows
-    SEED: int = 42
     RUN_NAME: str = "classification"
     MODEL: str = "resnet18"            # any timm model name
     WEIGHTS: str | None = None         # local pretrained weights file; None = random init (no download)
@@ -125,27 +122,6 @@ class Competition:
 
 
 # ----------------------------------------------------------------------------- setup
-
-
-def start(cfg: Config, **kwargs: Any) -> Run:
-    """Open the run: seed, budget, output folder, device (see `kagglekit_nb.start_run`)."""
-    return _start(cfg, **kwargs)
-
-
-def _demo(run: Run) -> Path:
-    from .. import env
-    from ..demo import make_classification_demo
-
-    demo = env.working_dir(run.platform) / "kagglekit_demo" / "classification"
-    if not (demo / "sample_submission.csv").exists():
-        make_classification_demo(demo, seed=0)
-    return demo
-
-
-def _find_data_dir(cfg: Config, run: Run) -> Path:
-    return find_data_dir(cfg.DATA_DIR, run, required=REQUIRED_FILES,
-                         what=f"competition folder ({', '.join(REQUIRED_FILES)})",
-                         demo=lambda: _demo(run), demo_note="the bundled demo (handwritten digits)")
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -218,9 +194,10 @@ def _channels(paths: list[str]) -> int:
     return 1
 
 
-def load_competition(cfg: Config, run: Run) -> Competition:
+def load(cfg: Config, run: Run) -> Competition:
     """Read train.csv, the sample submission (and test.csv), find every image, encode labels."""
-    data_dir = _find_data_dir(cfg, run)
+    data_dir = find_data(cfg, run, required=REQUIRED_FILES, what=f"competition folder ({', '.join(REQUIRED_FILES)})",
+                         demo=DEMO)
     sample_path = data_dir / "sample_submission.csv"
     train_df, sample = _read_csv(data_dir / "train.csv"), _read_csv(sample_path)
     id_col, target_cols = sample.columns[0], list(sample.columns[1:])
@@ -367,36 +344,22 @@ def _tta(name: str) -> list:
 
 def build_model(cfg: Config, n_classes: int, in_chans: int) -> nn.Module:
     """A timm model; pretrained weights only from a local file (`WEIGHTS`), never downloaded."""
-    import timm
-
     kwargs: dict[str, Any] = {"num_classes": n_classes, "in_chans": in_chans}
     if cfg.WEIGHTS:
         if not Path(cfg.WEIGHTS).is_file():
             raise FileNotFoundError(f"WEIGHTS={cfg.WEIGHTS!r} is not a file: attach the weights as a "
                                     "dataset and point WEIGHTS at the .pth/.safetensors file, or use None.")
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(cfg.WEIGHTS)})
-    try:
-        return timm.create_model(cfg.MODEL, **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" not in str(e):
-            raise
-        close = timm.list_models(f"*{cfg.MODEL.split('_')[0][:6]}*")[:8]
-        raise ValueError(f"MODEL={cfg.MODEL!r} is not a timm model; similar names: {close}.") from None
+    return timm_model(cfg.MODEL, **kwargs)
 
 
 # ----------------------------------------------------------------------------- folds & training
 
 
-def make_folds(comp: Competition, cfg: Config, run: Run) -> pd.Series:
+def make_folds(data: Competition, cfg: Config, run: Run) -> pd.Series:
     """Stratified folds, made once and saved in the run folder (`folds.csv`)."""
-    return _folds.make_folds(comp.train["id"], comp.train["label"], n_splits=cfg.FOLDS, seed=cfg.SEED,
+    return _folds.make_folds(data.train["id"], data.train["label"], n_splits=cfg.FOLDS, seed=cfg.SEED,
                              path=run.dir / _folds.FOLDS_FILE)
-
-
-def _reserve_s(per_image: float, n_test: int, n_folds: int, n_tta: int) -> float:
-    """Time kept for prediction, writing and verification: measured throughput x the real test
-    size x folds x TTA, doubled for loading and model building, plus a fixed margin."""
-    return 2.0 * per_image * n_test * n_folds * (1 + n_tta) + 10.0 + 0.5 * n_folds
 
 
 def _fold_meta(cfg: Config, comp: Competition, fold: int) -> dict[str, Any]:
@@ -430,97 +393,92 @@ def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: i
         meta=meta)
 
 
-def train(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> CVResult:
+def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> CVResult:
     """Train every unfinished fold inside the budget; finished folds are kept, interrupted ones
     resume exactly where their last checkpoint left them."""
     n_folds = cfg.TRAIN_FOLDS or cfg.FOLDS
     n_tta = len(_tta(cfg.TTA))
     return train_folds(
-        run, n_folds=n_folds, setup=lambda k: _setup_fold(comp, folds, cfg, run, k),
+        run, n_folds=n_folds, setup=lambda k: _setup_fold(data, folds, cfg, run, k),
         metric=get_metric(cfg.METRIC), max_epochs=cfg.EPOCHS, min_epochs=cfg.MIN_EPOCHS,
         max_new_folds=cfg.FOLDS_PER_SESSION, patience=cfg.PATIENCE, checkpoint_every=cfg.CHECKPOINT_EVERY,
-        predict_cost=lambda per_item: _reserve_s(per_item, len(comp.test), n_folds, n_tta),
-        expected_meta=lambda k: _fold_meta(cfg, comp, k))
+        predict_items=len(data.test) * n_folds * (1 + n_tta), predict_models=n_folds,
+        expected_meta=lambda k: _fold_meta(cfg, data, k))
 
 
 # ----------------------------------------------------------------------------- predict & submit
 
 
-def predict_test(comp: Competition, cfg: Config, run: Run) -> np.ndarray | None:
+def predict(data: Competition, models: CVResult | None, cfg: Config, run: Run) -> np.ndarray | None:
     """Average class probabilities over every fold model that exists (best epoch, else the last
-    checkpoint of an interrupted fold) and the TTA views; None if no fold has a model."""
-    models = fold_models(run, cfg.TRAIN_FOLDS or cfg.FOLDS)
-    missing = sorted(set(range(cfg.TRAIN_FOLDS or cfg.FOLDS)) - {k for k, _, _ in models})
+    checkpoint of an interrupted fold) and the TTA views; None if no fold has a model.
+
+    The fold models are read from the run folder, so `models` (train's result) may be None: a
+    session that only predicts finds what earlier sessions trained.
+    """
+    found = fold_models(run, cfg.TRAIN_FOLDS or cfg.FOLDS)
+    missing = sorted(set(range(cfg.TRAIN_FOLDS or cfg.FOLDS)) - {k for k, _, _ in found})
     if missing:
         run.log(f"folds without any model (skipped): {missing}")
-    if not models:
+    if not found:
         run.log("no trained fold model: the emergency baseline will be written instead")
         return None
     total = None
-    n_batches = len(models) * -(-len(comp.test) // (cfg.BATCH_SIZE * 2))
+    n_batches = len(found) * -(-len(data.test) // (cfg.BATCH_SIZE * 2))
     with run.budget.timed("predict"), \
             progress(n_batches, "predict test", budget=run.budget, echo=run.log, unit="batch") as bar:
-        for k, path, which in models:
+        for k, path, which in found:
             weights, meta = load_fold_model(path)
-            if list(meta["classes"]) != comp.classes:
+            if list(meta["classes"]) != data.classes:
                 raise ValueError(f"fold {k}'s model ({path}) was trained on classes {meta['classes'][:10]}, the "
-                                 f"data now has {comp.classes[:10]}: use a new OUTPUT_DIR.")
+                                 f"data now has {data.classes[:10]}: use a new OUTPUT_DIR.")
             model = build_model(dataclasses.replace(cfg, MODEL=meta["model"], WEIGHTS=None),
-                                comp.n_classes, meta["in_chans"])
+                                data.n_classes, meta["in_chans"])
             model.load_state_dict(weights)
             model.to(run.device)
-            ds = ImageDataset(comp.test["path"].tolist(), None,
+            ds = ImageDataset(data.test["path"].tolist(), None,
                               transforms(meta["img_size"], meta["mean"], meta["std"], train=False), meta["in_chans"])
             loader = make_loader(ds, cfg.BATCH_SIZE * 2, train=False, device=run.device, num_workers=cfg.NUM_WORKERS)
-            probs = predict(model, bar.wrap(loader), device=run.device, tta=_tta(cfg.TTA))
+            probs = _predict_loader(model, bar.wrap(loader), device=run.device, tta=_tta(cfg.TTA))
             total = probs if total is None else total + probs
-    used = [f"{k} ({which})" for k, _, which in models]
-    run.log(f"predicted {len(comp.test)} test images with fold models {', '.join(used)}, TTA {cfg.TTA}")
+    used = [f"{k} ({which})" for k, _, which in found]
+    run.log(f"predicted {len(data.test)} test images with fold models {', '.join(used)}, TTA {cfg.TTA}")
     run.record["predicted_with"] = used
-    return total / len(models)
+    return total / len(found)
 
 
-def write_submission(comp: Competition, probs: np.ndarray | None, run: Run) -> Path:
+def write_submission(data: Competition, preds: np.ndarray | None, cfg: Config, run: Run) -> Path:
     """Write `submission.csv` in the sample's format (ids and row order from the sample).
 
-    With `probs=None` (nothing trained) the emergency baseline from the training prior is written.
+    With `preds=None` (nothing trained) the emergency baseline from the training prior is written.
     """
     from ..submission import baseline, write_csv
 
     path = run.dir / "submission.csv"
-    if probs is None:
-        prior = comp.train["label"].map(dict(enumerate(comp.classes)))
-        sub = baseline(comp.sample, train_labels=prior.tolist(), kind=comp.kind)
+    if preds is None:
+        prior = data.train["label"].map(dict(enumerate(data.classes)))
+        sub = baseline(data.sample, train_labels=prior.tolist(), kind=data.kind)
         run.record["submission"] = "emergency baseline (training prior)"
     else:
-        sub = comp.sample[[comp.id_col]].copy()
-        if comp.kind == "label":
-            sub[comp.target_cols[0]] = np.asarray(comp.classes, dtype=object)[probs.argmax(1)]
+        sub = data.sample[[data.id_col]].copy()
+        if data.kind == "label":
+            sub[data.target_cols[0]] = np.asarray(data.classes, dtype=object)[preds.argmax(1)]
         else:
-            for j, c in enumerate(comp.classes):
-                sub[c] = probs[:, j]
-            sub = sub[[comp.id_col, *comp.target_cols]]
+            for j, c in enumerate(data.classes):
+                sub[c] = preds[:, j]
+            sub = sub[[data.id_col, *data.target_cols]]
         run.record["submission"] = "model"
     write_csv(sub, path)
     return path
 
 
-def finish(comp: Competition, path: Path, run: Run) -> Any:
-    """Verify the submission against the sample, write verification.json and run.json.
-
-    An invalid submission is replaced by the emergency baseline and the notebook fails with reasons.
-    """
-    from ..submission import finalize
-
-    prior = comp.train["label"].map(dict(enumerate(comp.classes))).tolist()
-    labels = comp.classes if comp.kind == "label" else None
-    try:
-        with run.budget.timed("verify"):
-            report = finalize(path, comp.sample_path, run.dir, labels=labels, train_labels=prior)
-    finally:
-        run.save()
-    run.log(f"submission {path} is valid; report in {run.dir / 'verification.json'}")
-    return report
+def finish(data: Competition, path: Path, cfg: Config, run: Run) -> Any:
+    """Verify the submission against the sample (columns, ids, values, and labels among the classes),
+    write verification.json and run.json; an invalid file is replaced by the emergency baseline (the
+    training prior) and the cell fails with the reasons."""
+    prior = data.train["label"].map(dict(enumerate(data.classes))).tolist()
+    labels = data.classes if data.kind == "label" else None
+    return verify_csv(run, path, data.sample_path, labels=labels, train_labels=prior)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -536,7 +494,7 @@ def out_of_fold(run: Run | str | Path) -> tuple[pd.DataFrame, list[str]]:
     folder = Path(run.dir if isinstance(run, Run) else run)
     labels_path = folder / LABELS_FILE
     if not labels_path.is_file():
-        raise FileNotFoundError(f"{labels_path} is missing: load_competition writes it when a classification run "
+        raise FileNotFoundError(f"{labels_path} is missing: load() writes it when a classification run "
                                 "reads its data. Pass the Run, or the folder of a classification run.")
     classes = list(json.loads(labels_path.read_text())["classes"])
     frames = []
@@ -556,20 +514,16 @@ def out_of_fold(run: Run | str | Path) -> tuple[pd.DataFrame, list[str]]:
     return oof, classes
 
 
-def plot_results(run: Run) -> dict[str, Path]:
+def plot_results(run: Run, data: Competition | None = None, models: CVResult | None = None,
+                 folds: pd.Series | None = None) -> dict[str, Path]:
     """The run's plots, saved in `<run>/plots` and shown in the notebook: training curves (loss and
     score per fold and epoch), time per phase against the budget, and the confusion matrix of the
-    out-of-fold predictions. A plot without data yet (no epoch finished) is skipped with a log line."""
-    from .. import plots
-    from ..cv import HISTORY_FILE
+    out-of-fold predictions. A plot without data yet (no epoch finished) is skipped with a log line.
 
-    out: dict[str, Path] = {}
-    if (run.dir / HISTORY_FILE).is_file():
-        out["training_curves"] = plots.training_curves(run)
-    else:
-        run.log(f"no training curves: {HISTORY_FILE} does not exist yet (no epoch has finished)")
-    if run.budget.phases:
-        out["time_bar"] = plots.time_bar(run)
+    Everything is read from the run folder, so `data`, `models` and `folds` may be None."""
+    from .. import plots
+
+    out = training_plots(run)
     oof, classes = out_of_fold(run)
     if len(oof):
         out["confusion_matrix"] = plots.confusion_matrix(oof["target"].to_numpy(), oof["pred"].to_numpy(),

@@ -111,7 +111,7 @@ def _load_package(path: Path) -> dict:
     if not isinstance(package, dict) or package.get("format") != FORMAT:
         found = package.get("format") if isinstance(package, dict) else type(package).__name__
         raise ValueError(f"{path} is not a package file of format {FORMAT} (found {found!r}); "
-                         "write it with kagglekit_nb.tasks.glacier_package.export_code_package.")
+                         "write it with kagglekit_nb.tasks.glacier.package.export_code_package.")
     return package
 
 

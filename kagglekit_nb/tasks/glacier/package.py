@@ -7,7 +7,7 @@
     report = verify_code_package(package, "comp/Train")     # a fresh interpreter runs maskgeration
     print(report, report.stats["mcc"])
 
-The package is a folder holding `solution.py` (the self-contained template `glacier_solution.py`,
+The package is a folder holding `solution.py` (the self-contained template `solution_template.py`,
 copied verbatim) and `model.pth` (at most 300 MB: fp32, else fp16, else fewer folds). A package
 without models applies the NDSI rule: the emergency baseline that `submission.finalize` writes in
 place of a broken package (kind "glacier_code_package").
@@ -31,27 +31,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import submission as _submission
-from .._atomic import write_text
-from . import glacier_solution as _solution
-from .glacier import (
+from ... import submission as _submission
+from ..._atomic import write_text
+from . import solution_template as _solution
+from .bands import (
     CLASS_NAMES,
     HACK_BANDS,
     HACK_CHANNELS,
     LABEL_VALUES,
     BandStats,
-    StreamingConfusion,
     find_band_dirs,
     list_tiles,
     physical_names,
     read_label,
 )
+from .metrics import StreamingConfusion
 
 __all__ = ["KIND", "MAX_BYTES", "MODEL_FILE", "NDSI_THRESHOLD", "SOLUTION_FILE", "TTA_NAMES",
            "export_code_package", "solution_source", "verify_code_package", "write_ndsi_package"]
 
-KIND = "glacier_code_package"
-MASKS_SUFFIX = "_masks"  # the registered verifier keeps the masks it checked in <package>_masks  # the submission kind registered with kagglekit_nb.submission
+KIND = "glacier_code_package"  # the submission kind registered with kagglekit_nb.submission
+MASKS_SUFFIX = "_masks"  # the registered verifier keeps the masks it checked in <package>_masks
 SOLUTION_FILE = "solution.py"
 MODEL_FILE = _solution.MODEL_FILE
 MAX_BYTES = 300 * 2**20  # the hackathon's limit on model.pth
@@ -242,8 +242,8 @@ def _save_model_file(package: dict[str, Any], states: list[dict[str, torch.Tenso
 
 
 def solution_source() -> str:
-    """The text of solution.py (the template glacier_solution.py shipped with kagglekit_nb)."""
-    return resources.files(__package__).joinpath("glacier_solution.py").read_text(encoding="utf-8")
+    """The text of solution.py (the template solution_template.py shipped with kagglekit_nb)."""
+    return resources.files(__package__).joinpath("solution_template.py").read_text(encoding="utf-8")
 
 
 def export_code_package(

@@ -6,6 +6,9 @@
     loader = DataLoader(images, batch_size=64, num_workers=2)  # each worker opens the file itself
     X_train, X_test, names = make_features(train, test)        # never a train-only column
 
+`Competition` is what the task module's `load` returns: both metadata files, the HDF5 files and the
+sample submission.
+
 The competition's images live in one HDF5 file per split: a flat root with one scalar dataset per
 `isic_id` holding that lesion's JPEG bytes. Nothing here reads more than one image at a time, so
 memory stays flat when Kaggle swaps in the ~500k-image hidden test set on a rerun.
@@ -16,6 +19,7 @@ import io
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
+
+from ..._atomic import write_atomic
 
 __all__ = [
     "CATEGORICAL_COLUMNS",
@@ -32,6 +38,7 @@ __all__ = [
     "TEST_COLUMNS",
     "TRAIN_COLUMNS",
     "TRAIN_ONLY_COLUMNS",
+    "Competition",
     "HDF5Images",
     "ResizeToTensor",
     "collate_skip_none",
@@ -408,3 +415,35 @@ def make_features(
     if leaked:  # unreachable by construction; a guard for future edits of the column lists
         raise ValueError(f"features {leaked} are train-only columns.")
     return X_train, X_test[names], names
+
+
+# ----------------------------------------------------------------------------- the competition
+
+
+@dataclass
+class Competition:
+    """The competition's files: metadata of both splits, the HDF5 images, the sample submission."""
+
+    data_dir: Path
+    train: pd.DataFrame          # train-metadata.csv
+    test: pd.DataFrame           # test-metadata.csv, in the sample submission's row order
+    sample: pd.DataFrame         # sample_submission.csv as text
+    sample_path: Path
+    images: dict[str, Path]      # split -> its HDF5 file
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.train["target"].to_numpy(dtype=np.int64)
+
+
+def _balanced_rows(y: np.ndarray, rows: np.ndarray, neg_per_pos: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Every positive of `rows` and at most `neg_per_pos` negatives per positive (drawn with `rng`)."""
+    pos, neg = rows[y[rows] == 1], rows[y[rows] == 0]
+    if neg_per_pos is not None and len(neg) > neg_per_pos * max(1, len(pos)):
+        neg = rng.choice(neg, neg_per_pos * max(1, len(pos)), replace=False)
+    return np.sort(np.concatenate([pos, neg]))
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write an .npz atomically: a temp file in the same folder, fsync, then `os.replace`."""
+    write_atomic(path, lambda fh: np.savez(fh, **arrays), binary=True)

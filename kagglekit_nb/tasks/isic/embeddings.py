@@ -1,0 +1,275 @@
+"""ISIC image embeddings: pooled features of a timm backbone for every image, cached on disk and
+resumable chunk by chunk.
+
+The cache lives in `<run>/embeddings/<model>-<size>px-<weights>/<split>/chunks<EMBED_CHUNK>/chunk_NNNNN.npz`,
+one atomic file per chunk, so a killed extraction continues from the last finished chunk.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import re
+import warnings
+import zipfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..._atomic import write_json
+from ...run import Run
+from .._config import timm_model
+from ._time import declare_reserves
+from .data import Competition, HDF5Images, ResizeToTensor, _save_npz, collate_skip_none
+
+if TYPE_CHECKING:
+    from .pipeline import Config
+
+__all__ = ["Embeddings", "embedding_key", "embeddings"]
+
+EMBED_DIR = "embeddings"
+CHUNK_FILE = "chunk_{index:05d}.npz"
+_SPLITS = ("test", "train")  # test first: without test features an image model cannot be submitted
+EMBED_BATCH = "embedding batch"          # the pace the budget measures
+EMBED_SHARE_NAME = "embeddings (EMBED_SHARE)"  # the budget's share for extraction
+
+
+@dataclass
+class Embeddings:
+    """Image embeddings of both splits; a row of NaN has none (not extracted yet, or a skipped image)."""
+
+    key: str
+    train: np.ndarray
+    test: np.ndarray
+    skipped: list[str] = field(default_factory=list)
+    stop_reason: str = "completed"
+
+    def rows(self, split: str) -> int:
+        """How many rows of `split` have an embedding."""
+        values = getattr(self, split)
+        return int((~np.isnan(values).any(1)).sum()) if values.size else 0
+
+    @property
+    def complete(self) -> bool:
+        return self.stop_reason == "completed"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def embedding_key(cfg: Config) -> str:
+    """The cache folder's name: model, image size, and the weights file's content (or the seed of the
+    random weights), e.g. `resnet18-64px-random-seed42` or `resnet18-64px-w3fa1c2d9e8b7a6f5`."""
+    weights = f"random-seed{cfg.SEED}" if cfg.WEIGHTS is None else \
+        "w" + _file_digest(Path(cfg.WEIGHTS).expanduser())[:16]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', cfg.MODEL)}-{cfg.IMG_SIZE}px-{weights}"
+
+
+def _backbone(cfg: Config, num_classes: int, run: Run | None = None) -> torch.nn.Module:
+    """A timm model; pretrained weights only from the local WEIGHTS file, never downloaded."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if cfg.WEIGHTS is not None:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(Path(cfg.WEIGHTS).expanduser())})
+    else:
+        message = (f"WEIGHTS=None: {cfg.MODEL} runs with random weights (pretrained=False); its embeddings carry "
+                   "far less signal than pretrained ones. Attach a weights file and set WEIGHTS to its path.")
+        warnings.warn(message, stacklevel=3)
+        if run is not None:
+            run.log(f"WARNING: {message}")
+    torch.manual_seed(cfg.SEED)  # random weights are a function of SEED (the cache key says so)
+    return timm_model(cfg.MODEL, **kwargs)
+
+
+def _mean_std(model: torch.nn.Module) -> tuple[list[float], list[float]]:
+    """The normalisation the model was (or would be) pretrained with, from its own timm config."""
+    from timm.data import resolve_model_data_config
+
+    data = resolve_model_data_config(model)
+    return [float(v) for v in data["mean"]], [float(v) for v in data["std"]]
+
+
+def _load_chunk(path: Path, ids: np.ndarray, dim: int) -> np.ndarray | None:
+    """A cached chunk's embeddings if the file is readable and holds exactly `ids`, else None."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if data["ids"].tolist() != ids.tolist() or data["emb"].shape != (len(ids), dim):
+                return None
+            return data["emb"].astype(np.float32, copy=False)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _amp(device: torch.device) -> torch.dtype | None:
+    from ...options import amp_dtype
+
+    if device.type != "cuda":
+        return None
+    return amp_dtype(None, "cuda", torch.cuda.get_device_capability(device))
+
+
+class _Extraction:
+    """One split's chunked extraction: reuse valid chunk files, compute and save the others."""
+
+    def __init__(self, split: str, ids: np.ndarray, directory: Path, chunk: int, dim: int):
+        self.split, self.ids, self.dir, self.chunk, self.dim = split, ids, directory, chunk, dim
+        self.values = np.full((len(ids), dim), np.nan, np.float32)
+        self.cached = self.computed = 0
+        self.skipped: list[str] = []
+
+    def bounds(self, c: int) -> tuple[int, int]:
+        return c * self.chunk, min((c + 1) * self.chunk, len(self.ids))
+
+    def path(self, c: int) -> Path:
+        return self.dir / CHUNK_FILE.format(index=c)
+
+    def reuse(self, log: Callable[[str], None]) -> list[int]:
+        """Load every valid cached chunk; return the chunks still to compute."""
+        todo = []
+        for c in range(math.ceil(len(self.ids) / self.chunk)):
+            lo, hi = self.bounds(c)
+            found = _load_chunk(self.path(c), self.ids[lo:hi], self.dim) if self.path(c).exists() else None
+            if found is None:
+                if self.path(c).exists():
+                    log(f"embeddings: {self.path(c).name} of {self.split} is unreadable or holds other images: "
+                        "computing it again")
+                todo.append(c)
+                continue
+            self.values[lo:hi] = found
+            self.cached += hi - lo
+            self.skipped += [str(i) for i in self.ids[lo:hi][np.isnan(found).any(1)]]  # skipped when computed
+        return todo
+
+    def save(self, c: int, emb: np.ndarray, rows: np.ndarray) -> None:
+        lo, hi = self.bounds(c)
+        missing = np.setdiff1d(np.arange(lo, hi), rows)
+        self.skipped += [str(self.ids[i]) for i in missing]
+        _save_npz(self.path(c), ids=self.ids[lo:hi], emb=emb)
+        self.values[lo:hi] = emb
+        self.computed += hi - lo
+
+
+def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model: torch.nn.Module,
+                    cfg: Config, run: Run) -> str | None:
+    """Compute the chunks in `todo`, saving each as it completes; a reason string if it stopped early
+    (the budget's answer: the embeddings' share of the time is used, or the reserves are reached)."""
+    from ...loaders import default_workers
+
+    device = run.device
+    batches: list[list[int]] = []
+    chunk_of: list[int] = []
+    for c in todo:
+        lo, hi = ext.bounds(c)
+        for s in range(lo, hi, cfg.BATCH_SIZE):
+            batches.append(list(range(s, min(s + cfg.BATCH_SIZE, hi))))
+            chunk_of.append(c)
+    workers = default_workers(device) if cfg.NUM_WORKERS is None else cfg.NUM_WORKERS
+    loader = DataLoader(images, batch_sampler=batches, num_workers=workers, collate_fn=collate_skip_none,
+                        pin_memory=device.type == "cuda")
+    dtype, clock = _amp(device), run.budget.clock
+    batches_in = Counter(chunk_of)
+    batch_s: float | None = None
+    current, buf, got, in_chunk = None, None, [], 0
+    mark = clock()
+    step = max(1, len(batches) // 10)
+    it = iter(loader)
+    for b, (rows, c) in enumerate(zip(batches, chunk_of)):
+        now = clock()
+        if c != current:  # a new chunk: start it only if it fits the embedding share of the budget
+            reason = run.budget.stop_reason(run.budget.need(EMBED_BATCH, batches_in[c]), share=EMBED_SHARE_NAME)
+            if reason:
+                return reason
+            lo, hi = ext.bounds(c)
+            current, buf, got, in_chunk = c, np.full((hi - lo, ext.dim), np.nan, np.float32), [], 0
+        elif (reason := run.budget.stop_reason(run.budget.need(EMBED_BATCH))) is not None:
+            return f"{reason} (the chunk in progress is dropped)"
+        batch = next(it)
+        in_chunk += len(rows)
+        if batch is not None:
+            x, index = batch
+            x = x.to(device, non_blocking=True)
+            with torch.inference_mode(), (torch.autocast(device.type, dtype=dtype) if dtype else
+                                          contextlib.nullcontext()):
+                out = model(x).float().cpu().numpy()
+            lo = ext.bounds(c)[0]
+            buf[index.numpy() - lo] = out
+            got.append(index.numpy())
+        if b + 1 == len(batches) or chunk_of[b + 1] != c:
+            ext.save(c, buf, np.concatenate(got) if got else np.empty(0, int))
+        took = clock() - now
+        batch_s = took if batch_s is None else 0.8 * batch_s + 0.2 * took  # smoothed: one slow batch is no trend
+        run.budget.observe(EMBED_BATCH, batch_s)
+        if (b + 1) % step == 0:
+            rate = sum(len(r) for r in batches[:b + 1]) / max(clock() - mark, 1e-9)
+            done = ext.cached + ext.computed + (0 if b + 1 == len(batches) or chunk_of[b + 1] != c else in_chunk)
+            run.log(f"embeddings: {ext.split} {done}/{len(ext.ids)} images ({rate:.0f} img/s)")
+    return None
+
+
+def embeddings(comp: Competition, cfg: Config, run: Run) -> Embeddings | None:
+    """Embeddings of every train and test image from the timm backbone (pooled features), cached.
+
+    The cache folder is named by `embedding_key` (model, size, weights); each chunk of EMBED_CHUNK
+    images is one file written atomically and reused only if it holds the same isic_ids. Extraction
+    (test first) stops when EMBED_SHARE of the time that was left is spent, or the budget's reserve
+    is reached; rows not extracted are NaN and a rerun with the same OUTPUT_DIR continues. A skipped
+    image (ON_BAD_IMAGE="skip") is a NaN row too, and is listed in `run.json`. None when IMAGE_PCA=0.
+    """
+    if cfg.IMAGE_PCA == 0:
+        run.log("IMAGE_PCA=0: no embedding features")
+        return None
+    declare_reserves(run, len(comp.test))
+    key = embedding_key(cfg)
+    root = run.dir / EMBED_DIR / key
+    with run.budget.timed("embeddings"):
+        model = _backbone(cfg, num_classes=0, run=run).to(run.device).eval()
+        if run.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        mean, std = _mean_std(model)
+        transform = ResizeToTensor(cfg.IMG_SIZE, mean=mean, std=std)
+        root.mkdir(parents=True, exist_ok=True)
+        write_json(root / "meta.json", {"model": cfg.MODEL, "img_size": cfg.IMG_SIZE, "weights": cfg.WEIGHTS,
+                                        "seed": cfg.SEED, "dim": int(model.num_features), "mean": mean, "std": std})
+        run.budget.allot(EMBED_SHARE_NAME, cfg.EMBED_SHARE)
+        result, reason = {}, None
+        t0 = run.budget.clock()
+        for split in _SPLITS:
+            frame = comp.test if split == "test" else comp.train
+            ids = frame["isic_id"].to_numpy(dtype=str)
+            directory = root / split / f"chunks{cfg.EMBED_CHUNK}"
+            directory.mkdir(parents=True, exist_ok=True)
+            ext = _Extraction(split, ids, directory, cfg.EMBED_CHUNK, int(model.num_features))
+            todo = ext.reuse(run.log)
+            if todo and reason is None:
+                images = HDF5Images(comp.images[split], ids, transform=transform, on_error=cfg.ON_BAD_IMAGE,
+                                    return_index=True)
+                reason = _run_extraction(ext, todo, images, model, cfg, run)
+                images.close()
+            result[split] = ext
+            done = ext.cached + ext.computed
+            run.log(f"embeddings: {split} {done}/{len(ids)} images ({ext.cached} from the cache, {ext.computed} "
+                    f"computed){'; skipped: ' + ', '.join(ext.skipped[:5]) if ext.skipped else ''}")
+        seconds = run.budget.clock() - t0
+    emb = Embeddings(key=key, train=result["train"].values, test=result["test"].values,
+                     skipped=result["test"].skipped + result["train"].skipped, stop_reason=reason or "completed")
+    computed = sum(e.computed for e in result.values())
+    run.record["embeddings"] = {
+        "key": key, "dir": str(root), "train_rows": emb.rows("train"), "test_rows": emb.rows("test"),
+        "computed": computed, "cached": sum(e.cached for e in result.values()), "seconds": round(seconds, 1),
+        "images_per_s": round(computed / seconds, 1) if computed and seconds > 0 else None,
+        "skipped": emb.skipped[:100], "skipped_count": len(emb.skipped), "stop_reason": emb.stop_reason}
+    if reason:
+        run.log(f"embeddings stopped ({reason}): {emb.rows('train')}/{len(comp.train)} train and "
+                f"{emb.rows('test')}/{len(comp.test)} test rows have one; rerun with the same OUTPUT_DIR to continue")
+    run.save()
+    return emb
