@@ -1,4 +1,5 @@
-"""Shared fixtures: demo competitions are written once per test session and copied when mutated."""
+"""Shared fixtures: demo competitions are written once per test session and copied when mutated;
+a fake clock (`_fakes.FakeClock`) for code that takes `clock=`."""
 from __future__ import annotations
 
 import os
@@ -8,8 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from _fakes import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A fresh `FakeClock` at its default start (1000.0); build `FakeClock(t)` for another start."""
+    return FakeClock()
 
 
 @pytest.fixture(scope="session")

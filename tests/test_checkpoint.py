@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _fakes import FakeClock
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -383,12 +384,12 @@ def test_restore_is_complete_or_loud():
 
 
 def test_timer_on_a_fake_clock():
-    now = [100.0]
-    timer = ck.CheckpointTimer("5m", clock=lambda: now[0])
+    clock = FakeClock(100.0)
+    timer = ck.CheckpointTimer("5m", clock=clock)
     assert timer.every_s == 300 and not timer.due() and timer.remaining() == 300
-    now[0] += 299.9
+    clock.advance(299.9)
     assert not timer.due()
-    now[0] += 0.1
+    clock.advance(0.1)
     assert timer.due() and timer.remaining() == 0
     timer.reset()
     assert not timer.due()

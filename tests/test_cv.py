@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from _fakes import FakeClock
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -52,16 +53,6 @@ ACCURACY = get_metric("accuracy")
 TRUE_SMOKE = SmokeReport(step_s=BATCH * TRAIN_ITEM_S / 1.15, eval_s_per_sample=VAL_ITEM_S, loss=0.7)
 # One that sees a quarter of the cost: it times the model alone, and loading the data is the rest.
 BLIND_SMOKE = SmokeReport(step_s=BATCH * TRAIN_ITEM_S / 4 / 1.15, eval_s_per_sample=VAL_ITEM_S / 4, loss=0.7)
-
-
-class FakeClock:
-    """A monotonic clock that moves only when the test moves it (a sample loaded, a stalled step)."""
-
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Points(Dataset):
