@@ -46,7 +46,7 @@ def classification_first_run(tmp_path_factory) -> NotebookRun:
 def isic_first_run(tmp_path_factory) -> NotebookRun:
     cwd = tmp_path_factory.mktemp("isic_nbval")
     return run_notebook("isic", cwd / "out", "--budget", GENEROUS_BUDGET, "-p", "FOLDS", "3",
-                        "-p", "LGBM_SEEDS", "1", cwd=cwd)
+                        "-p", "LGBM_SEEDS", "1", "-p", "IMG_SIZE", "32", "-p", "MAX_ROUNDS", "300", cwd=cwd)
 
 
 def _injected_parameters(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from kagglekit_nb.folds import make_folds
 from kagglekit_nb.loop import (
     LoopOptions, device_warnings, evaluate, fit, learning_check, make_loader, plateau_mode, predict,
     restore_training_state, training_state,
