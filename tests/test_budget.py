@@ -7,23 +7,11 @@ import itertools
 import math
 
 import pytest
+from _fakes import FakeClock
 
 from kagglekit_nb import budget
 
 from kagglekit_nb.budget import Budget, parse_duration, plan_epochs, platform_limit_s, process_age_s
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to."""
-
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # --------------------------------------------------------------------------- parse_duration

@@ -18,9 +18,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from _fakes import FakeClock
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from kagglekit_nb.budget import SMOKE_OVERHEAD
 from kagglekit_nb import checkpoint as ckpt
 from kagglekit_nb import cv
 from kagglekit_nb.cv import (
@@ -50,19 +52,9 @@ PREFLIGHT_S = VAL_BATCH * VAL_ITEM_S    # fit reads one validation batch after i
 ACCURACY = get_metric("accuracy")
 
 # A smoke step that times the model exactly as the fake clock charges it: the plan's epoch is EPOCH_S.
-TRUE_SMOKE = SmokeReport(step_s=BATCH * TRAIN_ITEM_S / 1.15, eval_s_per_sample=VAL_ITEM_S, loss=0.7)
+TRUE_SMOKE = SmokeReport(step_s=BATCH * TRAIN_ITEM_S / SMOKE_OVERHEAD, eval_s_per_sample=VAL_ITEM_S, loss=0.7)
 # One that sees a quarter of the cost: it times the model alone, and loading the data is the rest.
-BLIND_SMOKE = SmokeReport(step_s=BATCH * TRAIN_ITEM_S / 4 / 1.15, eval_s_per_sample=VAL_ITEM_S / 4, loss=0.7)
-
-
-class FakeClock:
-    """A monotonic clock that moves only when the test moves it (a sample loaded, a stalled step)."""
-
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+BLIND_SMOKE = SmokeReport(step_s=BATCH * TRAIN_ITEM_S / 4 / SMOKE_OVERHEAD, eval_s_per_sample=VAL_ITEM_S / 4, loss=0.7)
 
 
 class Points(Dataset):

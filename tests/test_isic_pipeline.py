@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _fakes import FakeClock
 
 from kagglekit_nb.budget import Budget
 from kagglekit_nb.metrics import partial_auc
@@ -35,14 +36,6 @@ def demo(tmp_path_factory) -> Path:
     from kagglekit_nb.demo.isic import make_isic_demo
 
     return make_isic_demo(tmp_path_factory.mktemp("isic") / "data", seed=3, n_train=200, n_test=40)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def make_run(out: Path, *, budget: float = math.inf, clock=None, lines: list | None = None) -> Run:
@@ -256,7 +249,7 @@ def test_extraction_stops_at_its_share_of_the_budget_and_a_rerun_completes_it(de
 
     def slow_backbone(*args, **kwargs):  # every batch takes one second on the budget's clock
         model = real_backbone(*args, **kwargs)
-        model.register_forward_hook(lambda *_: setattr(clock, "t", clock.t + 1.0))
+        model.register_forward_hook(lambda *_: clock.advance(1.0))
         return model
 
     monkeypatch.setattr(E, "_backbone", slow_backbone)
@@ -265,7 +258,7 @@ def test_extraction_stops_at_its_share_of_the_budget_and_a_rerun_completes_it(de
     # 40 s - 10 s reserve = 30 s of work left; EMBED_SHARE 0.5 gives the embeddings 15 s: 15 batches of 16.
     assert emb.stop_reason == "budget: the share of the time given to embeddings (EMBED_SHARE) is used"
     assert not emb.complete and run.record["embeddings"]["stop_reason"] == emb.stop_reason
-    assert clock.t - 1000.0 <= 15.0
+    assert clock.now - 1000.0 <= 15.0
     assert emb.rows("test") == 40 and 0 < emb.rows("train") < 200
     assert emb.rows("train") % 32 == 0  # whole chunks only
     done = ~np.isnan(emb.train).any(1)
@@ -425,7 +418,7 @@ def test_lightgbm_stops_for_the_budget_and_what_exists_is_submitted(tabular_setu
     real = lightgbm.train
 
     def slow(*args, **kwargs):  # each fit takes 10 s on the budget's clock
-        clock.t += 10.0
+        clock.advance(10.0)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lightgbm, "train", slow)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -63,31 +64,46 @@ def _same(a: dict, b: dict) -> bool:
 # --------------------------------------------------------------------------- data and evaluation hygiene
 
 
-def test_pitfall_scaler_fit_before_the_split(tmp_path):
-    """Preprocessing fitted on all rows learns from the validation fold; fitted inside the fold it cannot."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def _glacier_tiles(n: int = 7, size: int = 32):
+    """Small 5-band GlacierHack tiles in memory, with a fold split: folds 0-2 and one held-out tile."""
+    from kagglekit_nb.tasks.glacier.data import TileData
+    from kagglekit_nb.tasks.glacier.training import FINETUNE_CLASSES, HOLDOUT_FOLD
 
     rng = np.random.default_rng(0)
-    ids = pd.Series([f"r{i}" for i in range(200)])
-    labels = pd.Series(rng.integers(0, 2, 200))
-    fold = make_folds(ids, labels, n_splits=5, seed=0, path=tmp_path / "folds.csv").to_numpy()
-    val = fold == 0
-    x = rng.normal(size=(200, 3))
-    shifted = x.copy()
-    shifted[val] += 100.0  # only the validation rows change
+    images = [rng.normal(10.0 * (i + 1), 1.0 + i, size=(5, size, size)).astype(np.float32) for i in range(n)]
+    labels = [rng.integers(0, 4, size=(size, size)).astype(np.uint8) for _ in range(n)]
+    data = TileData(names=[f"img{i:03d}.tif" for i in range(n)], labels=labels,
+                    bands=["blue", "green", "red", "swir1", "thermal"], classes=FINETUNE_CLASSES,
+                    groups=[f"img{i:03d}.tif" for i in range(n)], source=Path("."), images=images)
+    folds = pd.Series([0, 0, 1, 1, 2, 2, HOLDOUT_FOLD][:n], name="fold")
+    return data, folds
 
-    def kit(data):  # split first, then fit the whole pipeline on the training fold
-        pipe = make_pipeline(StandardScaler(), LogisticRegression()).fit(data[~val], labels[~val])
-        return pipe.named_steps["standardscaler"].mean_
 
-    def naive(data):  # scaler fitted on every row, then split
-        return StandardScaler().fit(data).mean_
+def test_pitfall_statistics_fitted_before_the_split(tmp_path):
+    """Normalisation statistics fitted on every tile learn from the validation fold; the kit's fold setup
+    fits them on that fold's training tiles only, saves them with the model and normalises the
+    validation tiles with them."""
+    from kagglekit_nb.run import start_run
+    from kagglekit_nb.tasks.glacier import BandStats
+    from kagglekit_nb.tasks.glacier.finetune import Config as FinetuneConfig
+    from kagglekit_nb.tasks.glacier.training import _setup
 
-    assert val.sum() == 40 and set(fold) == {0, 1, 2, 3, 4}
-    np.testing.assert_array_equal(kit(x), kit(shifted))  # validation rows never reach the scaler
-    assert np.all(np.abs(naive(shifted) - naive(x)) > 19)  # they move the naive scaler by 100 * 40/200
+    data, folds = _glacier_tiles()
+    cfg = FinetuneConfig(ENCODER="resnet18", FOLDS=3, HOLDOUT=1, BATCH_SIZE=2, SAMPLES_PER_EPOCH=4, NUM_WORKERS=0)
+    run = start_run(cfg.as_dict(), run_name="stats", output_dir=tmp_path / "out", budget=None, seed=0,
+                    echo=lambda _m: None)
+    train_tiles = [data.images[i] for i in (2, 3, 4, 5)]  # fold 0 validates on tiles 0-1; tile 6 is held out
+    setup = _setup(data, folds, cfg, run, 0, None, set())
+    kit = BandStats.from_dict(setup.meta["stats"])
+    expected = BandStats.fit(train_tiles, data.bands)
+    np.testing.assert_allclose(kit.mean, expected.mean, rtol=1e-6)
+    np.testing.assert_allclose(kit.std, expected.std, rtol=1e-6)
+    naive = BandStats.fit(data.images, data.bands)  # fitted on every tile, then split
+    assert np.all(np.abs(naive.mean - kit.mean) > 4)  # 45 on the training tiles, 40 on all of them
+    # the validation tiles reach the model normalised with the training fold's statistics
+    (x, _), = [next(iter(setup.val_loader))]
+    np.testing.assert_allclose(x[0].numpy(), kit.normalise(data.images[0]), rtol=1e-5, atol=1e-5)
+    assert abs(float(x[0].mean())) > 1  # tile 0 is darker than the training tiles: not re-centred on itself
 
 
 def test_pitfall_tuning_on_the_test_set():
@@ -155,7 +171,7 @@ def test_pitfall_no_grad_missing_at_inference():
     assert model.seen == [(True, True)] and out.grad_fn is not None
 
 
-def test_pitfall_shuffled_validation_or_test_loader():
+def test_pitfall_shuffled_validation_or_test_loader(tmp_path):
     """A shuffled test loader writes predictions next to the wrong ids."""
     n = 30
     onehot = torch.eye(10)[torch.arange(n) % 10] * 5  # row i predicts class i % 10
@@ -171,6 +187,13 @@ def test_pitfall_shuffled_validation_or_test_loader():
     assert (predict(identity, naive, device="cpu").argmax(1) == ids_class).mean() < 0.5
     with pytest.raises(ValueError, match="never split"):
         make_loader(TensorDataset(onehot), 7, train=False, distributed=True)
+    # The kit's fold setup: out-of-fold predictions are written next to `val_ids`, in the validation
+    # loader's order, so that loader must yield the fold's images in exactly that order, every time.
+    comp, setup = _classification_fold(tmp_path)
+    assert setup.val_ids == ["img0", "img5", "img10"]
+    for _ in range(2):
+        labels = torch.cat([y for _, y in setup.val_loader])
+        assert labels.tolist() == setup.val_targets.tolist() == [0, 2, 1]
 
 
 class _Augmented(Dataset):
@@ -211,29 +234,48 @@ def test_pitfall_seeds_set_in_one_place_only():
     assert _same(run(torch.manual_seed, kit), run(torch.manual_seed, kit))  # the kit's loader seeds numpy per item
 
 
-class _Images(Dataset):
-    """Tiny images through an albumentations pipeline, as the image tasks build them."""
+def _image_files(root: Path, n: int = 6, size: int = 28) -> list[str]:
+    """`n` random grayscale PNGs, as a competition's image folder holds them."""
+    from PIL import Image
 
-    def __init__(self, transform):
-        self.images = np.random.default_rng(0).integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)
-        self.transform = transform
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = root / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, size=(size, size), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
 
-    def __len__(self) -> int:
-        return len(self.images)
 
-    def __getitem__(self, i):
-        return torch.from_numpy(self.transform(image=self.images[i])["image"].copy()), i % 2
+def _classification_fold(tmp_path, n: int = 12):
+    """The kit's setup of fold 0 for a small image competition (resnet18, 5 folds)."""
+    from kagglekit_nb.run import start_run
+    from kagglekit_nb.tasks.classification import Competition, Config, _setup_fold
+
+    paths = _image_files(tmp_path / "train", n=n)
+    train = pd.DataFrame({"id": [f"img{i}" for i in range(n)], "label": np.arange(n) % 3, "path": paths})
+    empty = pd.DataFrame()
+    comp = Competition(data_dir=tmp_path, train=train, test=empty, sample=empty, sample_path=tmp_path / "s.csv",
+                       id_col="id", target_cols=["label"], kind="label", classes=["a", "b", "c"], in_chans=1)
+    cfg = Config(IMG_SIZE=24, BATCH_SIZE=2, NUM_WORKERS=0)
+    run = start_run(cfg.as_dict(), run_name="fold", output_dir=tmp_path / "out", budget=None, seed=0,
+                    echo=lambda _m: None)
+    folds = pd.Series([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1][:n], name="fold")  # fold 0: images 0, 5, 10
+    return comp, _setup_fold(comp, folds, cfg, run, 0)
 
 
-def test_pitfall_albumentations_has_its_own_rng():
+def test_pitfall_albumentations_has_its_own_rng(tmp_path):
     """albumentations 2 draws from the pipeline's own generator, seeded from the OS when Compose(seed=None):
-    seed_everything cannot reach it. The kit's train loader seeds the dataset's `transform` per item."""
-    A = pytest.importorskip("albumentations")
+    seed_everything cannot reach it. The kit's train loader seeds its image dataset's `transform` per item."""
+    from kagglekit_nb.tasks.classification import ImageDataset, transforms
+
+    paths = _image_files(tmp_path / "train")
 
     def first_epoch(loader_fn) -> torch.Tensor:
         seed_everything(7)
-        pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=1.0)])  # seed=None
-        return torch.cat([x for x, _ in loader_fn(_Images(pipeline))])
+        ds = ImageDataset(paths, np.arange(len(paths)) % 2, transforms(24, [0.5], [0.25], train=True), in_chans=1)
+        return torch.cat([x for x, _ in loader_fn(ds)])
 
     naive = lambda ds: DataLoader(ds, batch_size=3, shuffle=True)  # noqa: E731
     assert not torch.equal(first_epoch(naive), first_epoch(naive))
@@ -334,7 +376,7 @@ def test_pitfall_step_before_zero_grad():
     assert not torch.allclose(nopt.grads[-1], expected[-1])
 
 
-def test_pitfall_augmentation_on_validation_or_test():
+def test_pitfall_augmentation_on_validation_or_test(tmp_path):
     """Validation/test transforms are deterministic: resize + normalise only."""
     from kagglekit_nb.tasks.classification import transforms
 
@@ -350,6 +392,18 @@ def test_pitfall_augmentation_on_validation_or_test():
     np.testing.assert_allclose(v1[0].numpy(), (resized / 255.0 - 0.5) / 0.25, atol=1e-5)
     augmented = [train_tf(image=img)["image"] for _ in range(6)]
     assert any(not torch.equal(augmented[0], a) for a in augmented[1:])  # training images are augmented
+    # The kit's fold setup: validation batches are the resized, normalised images, the same at every
+    # pass; the training dataset of the same fold draws new augmentations.
+    comp, setup = _classification_fold(tmp_path)
+    mean, std = setup.meta["mean"], setup.meta["std"]
+    first, second = (torch.cat([x for x, _ in setup.val_loader]) for _ in range(2))
+    assert torch.equal(first, second)
+    raw = cv2.imread(comp.train["path"][0], cv2.IMREAD_GRAYSCALE)
+    expected = (cv2.resize(raw, (24, 24), interpolation=cv2.INTER_LINEAR) / 255.0 - mean[0]) / std[0]
+    np.testing.assert_allclose(first[0, 0].numpy(), expected, atol=1e-5)
+    train_ds = setup.train_loader.dataset.dataset  # the kit's IndexSeeded wraps the image dataset
+    views = [train_ds[0][0] for _ in range(6)]
+    assert any(not torch.equal(views[0], v) for v in views[1:])
 
 
 def test_pitfall_plateau_scheduler_in_the_wrong_mode():

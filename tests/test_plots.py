@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _fakes import FakeClock
 from PIL import Image
 
 from kagglekit_nb import plots
@@ -18,14 +19,6 @@ from kagglekit_nb.budget import Budget
 from kagglekit_nb.metrics import partial_auc
 from kagglekit_nb.run import Run
 from kagglekit_nb.tasks import classification as clf
-
-
-class FakeClock:
-    def __init__(self, t: float = 0.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _history(folds: int = 2, epochs: int = 4) -> pd.DataFrame:
@@ -135,7 +128,7 @@ def test_time_bar_from_a_live_run_over_and_without_a_budget(tmp_path):
     budget.add_phase("setup", 10)
     budget.add_phase("train", 100)
     budget.add_phase("predict", 25)
-    clock.t = 140.0                    # 20 s over the budget, 5 s outside any phase
+    clock.advance(140.0)               # 20 s over the budget, 5 s outside any phase
     _assert_png(plots.time_bar(run), tmp_path, "time_bar")
     run.budget = Budget(total_s=float("inf"), start=0.0, clock=clock, phases={"train": 50.0})
     _assert_png(plots.time_bar(run, name="unlimited"), tmp_path, "unlimited")

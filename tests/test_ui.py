@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from _fakes import FakeClock
 from conftest import ROOT
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -21,14 +22,6 @@ from kagglekit_nb.loop import fit
 from kagglekit_nb.metrics import METRICS, get_metric
 from kagglekit_nb.options import LoopOptions
 from kagglekit_nb.tasks.classification import TTA_CHOICES, Config
-
-
-class FakeClock:
-    def __init__(self, t: float = 0.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _params() -> dict:
@@ -182,12 +175,12 @@ def test_form_without_config_types_by_default_and_guesses_none_defaults(live):
 
 
 def test_headless_progress_writes_plain_lines_at_the_cadence_with_eta_and_budget(capsys):
-    clock, lines = FakeClock(), []
+    clock, lines = FakeClock(0.0), []
     budget = Budget(total_s=600, start=0.0, clock=clock)
     with ui.progress(400, "fold 2 epoch 3/12", budget=budget, every_s=30, echo=lines.append, clock=clock,
                      live=False) as bar:
         for _ in range(400):
-            clock.t += 0.5          # 0.5 s per step: 200 s for the loop
+            clock.advance(0.5)      # 0.5 s per step: 200 s for the loop
             bar.update()
     assert len(lines) == 6          # at 30, 60, ..., 180 s; the last step (200 s) writes nothing
     assert lines[0] == ("fold 2 epoch 3/12: step 60/400 (15%), 0.5 s/step, ~2m50s to go, "
@@ -198,19 +191,19 @@ def test_headless_progress_writes_plain_lines_at_the_cadence_with_eta_and_budget
     assert capsys.readouterr() == ("", "")
 
 
-def test_headless_progress_is_silent_for_loops_shorter_than_the_cadence():
-    clock, lines = FakeClock(), []
+def test_headless_progress_is_silent_for_loops_shorter_than_the_cadence(fake_clock):
+    clock, lines = fake_clock, []
     for _ in ui.progress(range(50), "predict", every_s=30, echo=lines.append, clock=clock, live=False):
-        clock.t += 0.5              # 25 s in all
+        clock.advance(0.5)          # 25 s in all
     assert lines == []
 
 
-def test_headless_progress_with_print_goes_to_stdout_as_lines(capsys):
-    clock = FakeClock()
+def test_headless_progress_with_print_goes_to_stdout_as_lines(capsys, fake_clock):
+    clock = fake_clock
     items = iter(range(5))          # no length: counts without a total
     out = []
     for item in ui.progress(items, "", every_s=1, clock=clock, live=False, info=lambda: "loss 0.25"):
-        clock.t += 1.5
+        clock.advance(1.5)
         out.append(item)
     assert out == [0, 1, 2, 3, 4]
     printed = capsys.readouterr().out
