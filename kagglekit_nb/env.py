@@ -368,7 +368,7 @@ def find_weights(
         if path.is_file():
             return path
         if not path.is_dir():
-            raise FileNotFoundError(f"WEIGHTS={str(explicit)!r} does not exist: point it at the weights file "
+            raise FileNotFoundError(f"WEIGHTS={str(explicit)!r} is not a file or folder: point it at the weights file "
                                     f"(.safetensors/.pth) of {model_name}, or at the folder that holds it.")
         places = [path]
     else:
