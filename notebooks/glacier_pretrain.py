@@ -35,7 +35,7 @@ BUDGET = None            # time for the whole run, e.g. "45m" or "2h"; None: wha
 SEED = 42
 RUN_NAME = "glacier_pretrain"
 ENCODER = "resnet34"     # any segmentation_models_pytorch encoder
-WEIGHTS = "auto"         # ImageNet encoder weights: "auto" (attached, else hub if online, else random + warning), None = random, or a file
+WEIGHTS = "auto"         # ImageNet encoder weights: "auto" (attached, else hub if online, else random + warning), None: random, or a file
 BANDS = None             # comma-separated physical band names, e.g. "blue,green,red,swir1,thermal"; None: all 15
 MAX_PATCHES = 500        # patches used, in file order (None: all); the masks are held in memory
 DEMO_TILE_SIZE = 64      # patch side of the generated demo (real patches are 512)

@@ -34,7 +34,7 @@ BUDGET = None            # time for the whole run, e.g. "45m" or "2h"; None: wha
 SEED = 42                # one seed for python, numpy, torch, folds and loaders
 RUN_NAME = "classification"
 MODEL = "resnet18"       # any timm model name
-WEIGHTS = "auto"         # "auto": attached weights, else the hub if online, else random (a warning); None = random; or a file
+WEIGHTS = "auto"         # "auto": attached weights, else the hub if online, else random (a warning); None: random; or a file
 IMG_SIZE = 32            # images are resized to IMG_SIZE x IMG_SIZE
 EPOCHS = 12              # upper bound per fold; the budget may plan fewer
 MIN_EPOCHS = 3           # if fewer epochs than this would fit per fold, train fewer folds instead

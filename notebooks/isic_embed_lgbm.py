@@ -38,7 +38,7 @@ BUDGET = None            # time for the whole run, e.g. "45m" or "2h"; None: wha
 SEED = 42                # one seed for python, numpy, torch, folds, random weights and LightGBM
 RUN_NAME = "isic"
 MODEL = "resnet18"       # timm backbone of the image embeddings
-WEIGHTS = "auto"         # "auto": attached weights, else the hub if online, else random (a warning); None = random; or a file
+WEIGHTS = "auto"         # "auto": attached weights, else the hub if online, else random (a warning); None: random; or a file
 IMG_SIZE = 64            # images are resized to IMG_SIZE x IMG_SIZE
 BATCH_SIZE = 128
 EMBED_CHUNK = 1024       # images per embedding cache file (the most an interrupted extraction loses)

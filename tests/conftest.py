@@ -11,6 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Tests never download: WEIGHTS = "auto" then finds nothing and starts from random weights at once
+# (the notebooks run in subprocesses, which inherit this).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 def digits_competition(tmp_path_factory) -> Path:
