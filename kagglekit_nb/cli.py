@@ -11,6 +11,7 @@
     download SLUG [--out DIR] [--force]
     submit FILE --competition SLUG -m MESSAGE [--sample SAMPLE]
     bundle --out DIR [--only-missing|--all] [--packages SPEC...] [--dataset OWNER/NAME]
+    weights MODEL... --out DIR [--dataset OWNER/NAME]   pretrained weights as a Kaggle dataset
 
 Exit codes: 0 success, 1 failure (a failed notebook, an invalid submission, a refused Kaggle call,
 missing Kaggle credentials), 2 usage error.
@@ -118,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more requirements to include, e.g. 'lightgbm==4.5.0'")
     b.add_argument("--dataset", metavar="OWNER/NAME",
                    help="dataset id for dataset-metadata.json (default: <your user>/kagglekit-nb-wheels)")
+
+    g = sub.add_parser("weights", help="save models' pretrained weights as a Kaggle dataset, for internet-off "
+                                       "notebooks")
+    g.add_argument("models", nargs="+", metavar="MODEL",
+                   help="timm model names (resnet18, convnext_tiny.fb_in22k) or smp encoders (resnet34, tu-...)")
+    g.add_argument("--out", required=True, help="folder for the dataset (one folder per model inside)")
+    g.add_argument("--dataset", metavar="OWNER/NAME",
+                   help="dataset id for dataset-metadata.json (default: <your user>/kagglekit-weights)")
     return p
 
 
@@ -238,10 +247,21 @@ def _bundle(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> 
     return 0
 
 
+def _weights(args: argparse.Namespace) -> int:
+    from .bundle import _check_dataset
+    from .weights import save_weights
+
+    if args.dataset is not None:
+        _check_dataset(args.dataset)
+    save_weights(args.models, args.out, dataset=args.dataset)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, *, kaggle_api_factory: Callable[[], Any] | None = None) -> int:
     """Run the command line; `kaggle_api_factory` replaces `kaggle_io.connect` (a fake API in tests)."""
     from .bundle import BundleError
     from .kaggle_io import KaggleError
+    from .weights import WeightsError
 
     start = time.monotonic()
     args = build_parser().parse_args(argv)
@@ -253,12 +273,14 @@ def main(argv: Sequence[str] | None = None, *, kaggle_api_factory: Callable[[], 
             return _run(args, start)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "weights":
+            return _weights(args)
         if args.command in ("list", "new"):
             return _list(args) if args.command == "list" else _new(args)
         if args.command in kaggle_commands:
             return kaggle_commands[args.command](args, kaggle_api_factory)
         return _env(args)
-    except (KaggleError, BundleError) as e:
+    except (KaggleError, BundleError, WeightsError) as e:
         print(f"kagglekit {args.command}: {e}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as e:

@@ -17,7 +17,8 @@ from typing import Any
 
 __all__ = [
     "PLATFORMS", "detect_platform", "find_competition_dir", "find_previous_run", "find_weights",
-    "has_live_frontend", "headless_reason", "input_dir", "kaggle_run_type", "run_dir", "working_dir",
+    "has_live_frontend", "headless_reason", "hub_cache_dir", "input_dir", "kaggle_run_type", "run_dir",
+    "working_dir",
 ]
 
 PLATFORMS = ("kaggle", "colab", "local")
@@ -35,8 +36,10 @@ LOCAL_INPUT_DIR = "input"
 # Pretrained weights: file types looked for, and the local folder searched after /kaggle/input.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 LOCAL_WEIGHTS_DIR = "weights"
-# A Hugging Face hub snapshot keeps the weights in a folder named after the model.
+# A Hugging Face hub snapshot keeps the weights in a folder named after the model, in this order of
+# preference; the hub cache holds one folder per repository: models--<owner>--<name>/snapshots/<rev>/.
 _HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+_HUB_REPO_PREFIX = "models--"
 
 # Set to a true value by our own runner (``kagglekit run``) so notebooks never wait for a human.
 HEADLESS_VAR = "KAGGLEKIT_HEADLESS"
@@ -283,22 +286,75 @@ def _weight_files(root: Path, model_name: str, max_depth: int) -> list[Path]:
     return found
 
 
+def hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The Hugging Face hub cache (where timm and smp downloads land): ``$HF_HUB_CACHE``, else
+    ``$HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``."""
+    env = _env(environ)
+    if env.get("HF_HUB_CACHE", "").strip():
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME", "").strip():
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME", "").strip() else \
+        Path(env.get("HOME") or Path.home()) / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def _hub_snapshot(repo: Path) -> Path | None:
+    """The snapshot a hub cache folder serves: the one ``refs/main`` names, else the newest."""
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        if snapshot.is_dir():
+            return snapshot
+    snapshots = [p for p in (repo / "snapshots").glob("*") if p.is_dir()]
+    return max(snapshots, key=lambda p: p.stat().st_mtime) if snapshots else None
+
+
+def _hub_weight_files(hub: Path, model_name: str) -> list[Path]:
+    """One weights file per cached repository named after the model (``models--timm--resnet18.a1_in1k``)."""
+    found = []
+    for repo in sorted(hub.glob(f"{_HUB_REPO_PREFIX}*")):
+        if not repo.is_dir() or not _names_model(repo.name, model_name):
+            continue
+        snapshot = _hub_snapshot(repo)
+        files = [snapshot / f for f in _HUB_WEIGHT_FILES if snapshot is not None and (snapshot / f).is_file()]
+        if files:
+            found.append(files[0])
+    return found
+
+
+def _weights_name(path: Path) -> str:
+    """The model a weights file stands for: its stem, or for a hub file the folder it sits in (the
+    repository's name in a hub cache, ``resnet18.a1_in1k`` for ``models--timm--resnet18.a1_in1k``)."""
+    if path.name not in _HUB_WEIGHT_FILES:
+        return path.stem.lower()
+    for part in reversed(path.parent.parts):
+        if part.startswith(_HUB_REPO_PREFIX):
+            return part.rsplit("--", 1)[-1].lower()
+    return path.parent.name.lower()
+
+
 def find_weights(
     model_name: str,
     explicit: str | Path | None = None,
     *,
     input_root: str | Path = KAGGLE_INPUT,
     local_dir: str | Path = LOCAL_WEIGHTS_DIR,
-    max_depth: int = 5,
+    hub_cache: str | Path | None = None,
+    prefer: Sequence[str] = (),
+    max_depth: int = 6,
     required: bool = True,
+    environ: Mapping[str, str] | None = None,
 ) -> Path | None:
     """The pretrained weights file for ``model_name`` (a timm or smp encoder name), never downloaded.
 
     Looks at ``explicit`` (a file, or a folder to search), then under ``input_root`` (datasets and
-    models attached on Kaggle), then in ``local_dir`` (``./weights``), for
-    ``<model_name>*.{safetensors,pth,pt,bin}`` or a hub snapshot folder named after the model.
-    Several matches are an error unless one is named exactly ``<model_name>.<ext>``. Nothing found:
-    FileNotFoundError saying where to put the file (None when ``required=False``).
+    Kaggle Models attached to the session: ``<model>/pytorch/<variation>/<version>/``), then in
+    ``local_dir`` (``./weights``), then in the Hugging Face hub cache (``hub_cache``, default
+    `hub_cache_dir`), for ``<model_name>*.{safetensors,pth,pt,bin}`` or a hub snapshot folder named
+    after the model. Several matches in one place are an error unless one is named exactly
+    ``<model_name>`` or one of ``prefer`` (e.g. timm's default tag ``resnet18.a1_in1k``). Nothing
+    found: FileNotFoundError saying where to put the file (None when ``required=False``).
 
     >>> find_weights("resnet18")  # doctest: +SKIP
     PosixPath('/kaggle/input/timm-resnet18/resnet18.a1_in1k.safetensors')
@@ -306,21 +362,24 @@ def find_weights(
     if not isinstance(model_name, str) or not model_name.strip() or "/" in model_name:
         raise ValueError(f"model_name={model_name!r} must be a model name such as 'resnet18' or "
                          "'efficientnet_b0' (no path: pass a file as explicit=...).")
+    hub = Path(hub_cache) if hub_cache is not None else hub_cache_dir(environ)
     if explicit is not None:
         path = Path(explicit).expanduser()
         if path.is_file():
             return path
         if not path.is_dir():
-            raise FileNotFoundError(f"WEIGHTS={str(explicit)!r} does not exist: point it at the weights file "
+            raise FileNotFoundError(f"WEIGHTS={str(explicit)!r} is not a file or folder: point it at the weights file "
                                     f"(.safetensors/.pth) of {model_name}, or at the folder that holds it.")
         places = [path]
     else:
-        places = [Path(input_root), Path(local_dir)]
+        places = [Path(input_root), Path(local_dir), hub]
+    exact_names = {model_name.lower(), *(p.lower() for p in prefer)}
     for place in places:
         if not place.is_dir():
             continue
-        found = _weight_files(place, model_name, max_depth)
-        exact = [p for p in found if p.stem.lower() == model_name.lower()]
+        found = _hub_weight_files(place, model_name) if place == hub and explicit is None else \
+            _weight_files(place, model_name, max_depth)
+        exact = [p for p in found if _weights_name(p) in exact_names]
         if len(found) == 1 or len(exact) == 1:
             return exact[0] if len(exact) == 1 else found[0]
         if found:
@@ -332,9 +391,9 @@ def find_weights(
     looked = ", ".join(str(p) for p in places)
     raise FileNotFoundError(
         f"no pretrained weights for {model_name!r} found (looked in {looked} for "
-        f"{model_name}*.safetensors/.pth/.pt/.bin). Nothing is downloaded: attach a Kaggle dataset or model "
-        f"holding the file, or put it in ./{LOCAL_WEIGHTS_DIR}/, or set WEIGHTS to its path; "
-        "WEIGHTS=None trains from random initialisation.")
+        f"{model_name}*.safetensors/.pth/.pt/.bin): attach a Kaggle dataset or model holding the file "
+        f"(`kagglekit weights {model_name} --out DIR` makes one), or put it in ./{LOCAL_WEIGHTS_DIR}/, or set "
+        "WEIGHTS to its path; WEIGHTS=None trains from random initialisation.")
 
 
 # --------------------------------------------------------------------------- directories

@@ -38,7 +38,7 @@ from .loaders import _count, _dist_on, _loader_len, _rebuild, _to, _watched, _xy
 from .metrics import Metric
 from .options import (LoopOptions, _autocast, _capability, _check_int, _scheduler_interval, amp_dtype, make_scaler,
                       use_channels_last)
-from .preflight import _check_first_step, _check_setup, learning_check
+from .preflight import LearningWatch, _check_first_step, _check_setup
 from .repro import restore_rng_state, rng_state
 from .state import capture_state, cpu_copy, restore_state
 from .step import _compiled, _epoch_scheduler_step, _halve_lr, _optimizer_step, _Step, _train_step, _use_no_sync
@@ -182,6 +182,7 @@ class _Run:
     progress_every_s: float | None = None   # None: no progress within an epoch
     progress_label: str = ""
     budget: Any = None
+    learning: LearningWatch = field(default_factory=LearningWatch)
 
 
 @dataclass
@@ -583,8 +584,8 @@ def _close_epoch(s: _Step, r: _Run, result: FitResult, ep: _Epoch, epoch: int, m
         "seconds": time.monotonic() - t0,
     }
     result.history.append(row)
-    if opts.learning_check and len(result.history) == 1:
-        warning = learning_check(ev["probs"], ev["targets"])
+    if opts.learning_check:
+        warning = r.learning.update(ev["probs"], ev["targets"])
         if warning:
             r.say(warning, warning=True)
     improved = result.best_score is None or metric.better(ev["score"], result.best_score)

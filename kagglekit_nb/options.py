@@ -36,7 +36,7 @@ class LoopOptions:
     watchdog_s: float | None = 120.0     # workers must deliver the first batch in time, else num_workers=0
     nan_policy: str = "restore"          # "restore": last good state + half LR once, then error; "raise": error
     check_every: int = 100               # optimizer steps between loss checks (one device sync each)
-    learning_check: bool = True          # warn when the first epoch's val loss is no better than the prior
+    learning_check: bool = True          # warn when, after 2+ epochs, the val loss is still at the prior and flat
     oom_retries: int = 4                 # batch-size halvings allowed on out-of-memory
     patience: int | None = None          # stop after this many epochs without a better score; None = never
     progress_every_s: float | None = 30.0  # at most one progress line per this many seconds; None = none

@@ -3,8 +3,9 @@
 Before: `smoke_step` times one training step and one evaluation batch (for the plan) and leaves no
 trace; `_check_setup` raises when the optimizer was built before the model moved and warns about
 work on the CPU next to a GPU. At the first optimizer step: its loss is finite, one validation
-batch runs, GPU memory is reported (`_check_first_step`). After the first epoch: `learning_check`
-warns when the model is no better than predicting the class frequencies (ln(C) when balanced).
+batch runs, GPU memory is reported (`_check_first_step`). After two or more epochs: `LearningWatch`
+warns when the model is still no better than predicting the class frequencies (ln(C) when balanced)
+and not improving.
 """
 from __future__ import annotations
 
@@ -23,19 +24,15 @@ from .loaders import _count, _to, _watched, _xy
 from .options import LoopOptions, _autocast, _capability, amp_dtype, use_channels_last
 from .repro import restore_rng_state, rng_state
 
-__all__ = ["SmokeReport", "smoke_step", "learning_check", "device_warnings", "memory_report"]
+__all__ = ["LearningWatch", "SmokeReport", "smoke_step", "learning_check", "device_warnings", "memory_report"]
 
 
 # --------------------------------------------------------------------------- pure checks
 
 
-def learning_check(probs: np.ndarray, targets: np.ndarray, *, rtol: float = 0.02) -> str | None:
-    """A warning when the validation loss is no better than predicting the class frequencies.
-
-    For balanced classes that loss is ln(C), the loss of uniform guessing; with imbalance it is the
-    entropy of the label distribution, which a model that only learned the majority class reaches.
-    None when the model beats it (or when the targets are not class indices).
-    """
+def _loss_and_prior(probs: np.ndarray, targets: np.ndarray) -> tuple[float, float, int] | None:
+    """(validation NLL, the NLL of predicting the class frequencies, C); None when the targets are not
+    class indices of `probs`."""
     p, t = np.asarray(probs, dtype=np.float64), np.asarray(targets)
     if p.ndim != 2 or p.shape[1] < 2 or t.ndim != 1 or len(t) != len(p) or not np.issubdtype(t.dtype, np.integer):
         return None
@@ -45,17 +42,68 @@ def learning_check(probs: np.ndarray, targets: np.ndarray, *, rtol: float = 0.02
     nll = float(-np.mean(np.log(np.clip(p[np.arange(len(t)), t], 1e-12, None))))
     freq = np.bincount(t, minlength=c) / len(t)
     prior = float(-np.sum(freq[freq > 0] * np.log(freq[freq > 0])))
-    if nll < (1 - rtol) * prior:
-        return None
+    return nll, prior, c
+
+
+def _not_learning_message(nll: float, prior: float, c: int, epochs: int, rtol: float) -> str:
     ln_c = math.log(c)
     if prior >= (1 - rtol) * ln_c:
         base = f"ln({c}) = {ln_c:.4f}, the loss of guessing uniformly"
     else:
         base = (f"{prior:.4f}, the loss of always predicting the class frequencies (ln({c}) = {ln_c:.4f}; "
                 "with imbalanced classes accuracy can look high while the model learned nothing)")
-    return (f"the model is not learning: validation loss {nll:.4f} after the first epoch is no better than "
+    after = "after the first epoch" if epochs == 1 else f"after {epochs} epochs, and not improving,"
+    return (f"the model is not learning: validation loss {nll:.4f} {after} is no better than "
             f"{base}. Check that labels match their inputs, the learning rate, the input normalisation, "
             "and that the loss receives logits.")
+
+
+def learning_check(probs: np.ndarray, targets: np.ndarray, *, rtol: float = 0.02) -> str | None:
+    """A warning when this validation loss is no better than predicting the class frequencies.
+
+    For balanced classes that loss is ln(C), the loss of uniform guessing; with imbalance it is the
+    entropy of the label distribution, which a model that only learned the majority class reaches.
+    None when the model beats it (or when the targets are not class indices). One epoch is no
+    verdict (a warm-up epoch sits near ln(C)): `fit` asks `LearningWatch`, which needs a trend.
+    """
+    found = _loss_and_prior(probs, targets)
+    if found is None or found[0] < (1 - rtol) * found[1]:
+        return None
+    return _not_learning_message(*found, epochs=1, rtol=rtol)
+
+
+class LearningWatch:
+    """Warns once per `fit` when the model is not learning: after `min_epochs` epochs or more, the last
+    `min_epochs` validation losses are all no better than predicting the class frequencies (within
+    `rtol`), and the latest did not improve on the best before it by `rtol` of that loss.
+
+    A single warm-up epoch near ln(C) is normal (one-cycle schedules start with a small learning rate),
+    so one epoch never warns; a run with shuffled labels stays at the prior and does.
+    """
+
+    def __init__(self, *, min_epochs: int = 2, rtol: float = 0.02):
+        if min_epochs < 1:
+            raise ValueError(f"min_epochs={min_epochs!r} must be at least 1.")
+        self.min_epochs, self.rtol = min_epochs, rtol
+        self.losses: list[float] = []
+        self.warned = False
+
+    def update(self, probs: np.ndarray, targets: np.ndarray) -> str | None:
+        """Record one epoch's validation predictions; the warning the first time the rule holds."""
+        found = _loss_and_prior(probs, targets)
+        if found is None:
+            return None
+        nll, prior, c = found
+        self.losses.append(nll)
+        if self.warned or len(self.losses) < self.min_epochs:
+            return None
+        at_prior = all(v >= (1 - self.rtol) * prior for v in self.losses[-self.min_epochs:])
+        earlier = self.losses[:-1]
+        improving = bool(earlier) and nll < min(earlier) - self.rtol * prior
+        if not at_prior or improving:
+            return None
+        self.warned = True
+        return _not_learning_message(nll, prior, c, len(self.losses), self.rtol)
 
 
 def device_warnings(device: torch.device | str, *, cuda_available: bool,

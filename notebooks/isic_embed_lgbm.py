@@ -20,9 +20,10 @@
 # 80% true-positive rate (0 to 0.2).
 #
 # **How to use it**
-# - *Kaggle*: fork, attach the competition (found under `/kaggle/input` by itself) and, for good
-#   image features, a dataset with pretrained weights (set `WEIGHTS` to the file); run all. With no
-#   competition attached it runs on a bundled synthetic demo.
+# - *Kaggle*: fork, attach the competition (found under `/kaggle/input` by itself) and run all. Good
+#   image features need pretrained weights: `WEIGHTS = "auto"` finds them attached by model name, or
+#   downloads them when internet is on (else random weights, with a warning that says how to attach
+#   them). With no competition attached it runs on a bundled synthetic demo.
 # - *papermill / CLI*: `kagglekit run isic --data DIR --out OUT --budget 30m -p LGBM_SEEDS 5`.
 # - *Colab*: outputs go to Google Drive when it can be mounted, so a disconnect loses nothing.
 #
@@ -37,7 +38,7 @@ BUDGET = None            # time for the whole run, e.g. "45m" or "2h"; None: wha
 SEED = 42                # one seed for python, numpy, torch, folds, random weights and LightGBM
 RUN_NAME = "isic"
 MODEL = "resnet18"       # timm backbone of the image embeddings
-WEIGHTS = None           # local pretrained weights file (attach as a dataset); None: random weights, a warning
+WEIGHTS = "auto"         # "auto": attached weights, else the hub if online, else random (a warning); None: random; or a file
 IMG_SIZE = 64            # images are resized to IMG_SIZE x IMG_SIZE
 BATCH_SIZE = 128
 EMBED_CHUNK = 1024       # images per embedding cache file (the most an interrupted extraction loses)

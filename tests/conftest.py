@@ -15,6 +15,10 @@ from _fakes import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Tests never download: WEIGHTS = "auto" then finds nothing and starts from random weights at once
+# (the notebooks run in subprocesses, which inherit this).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture
 def fake_clock() -> FakeClock:

@@ -817,3 +817,51 @@ def test_make_scaler_only_for_fp16_and_fit_uses_the_one_given():
     fit(model, train, val, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), epochs=1, device="cpu",
         metric=get_metric("accuracy"), options=LoopOptions(amp="fp16", preflight=False), scaler=scaler, log=None)
     assert scaler.state_dict()["_growth_tracker"] == 4  # the given scaler counted the 4 steps
+
+
+# --------------------------------------------------------------------------- the "not learning" warning
+
+
+def _shuffled_loaders(seed: int = 0):
+    """The separable task with its labels shuffled: nothing to learn, validation stays at the prior."""
+    def shuffled(n, data_seed):
+        x, y = _separable(n, seed=data_seed).tensors
+        return TensorDataset(x, y[torch.randperm(n, generator=torch.Generator().manual_seed(seed + data_seed))])
+
+    return (make_loader(shuffled(256, 1), 16, train=True, seed=seed, num_workers=0),
+            make_loader(shuffled(400, 2), 64, train=False, num_workers=0))
+
+
+def _not_learning(result: FitResult) -> list[str]:
+    return [w for w in result.warnings if "not learning" in w]
+
+
+def test_a_learning_run_never_hears_not_learning_even_after_a_warm_up_epoch():
+    """A warm-up epoch (here its learning rate is 0, the extreme of a one-cycle start) leaves the
+    validation loss at ln(2); the later epochs learn. The old first-epoch check warned here; the
+    trend rule does not."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def warmed_up(row, result):
+        for group in opt.param_groups:
+            group["lr"] = 0.5
+
+    nn.init.zeros_(model.weight)
+    nn.init.zeros_(model.bias)
+    result = _fit(model, *_loaders(), opt=opt, epochs=4, on_epoch_end=warmed_up)
+    first = result.history[0]["val_loss"]
+    assert first == pytest.approx(math.log(2), rel=0.02)  # the warm-up epoch is at the prior
+    assert result.history[-1]["val_loss"] < 0.5 * math.log(2)
+    assert _not_learning(result) == []
+
+
+def test_a_run_with_shuffled_labels_is_told_once_after_two_epochs():
+    train_loader, val_loader = _shuffled_loaders()
+    one = _fit(_model(), train_loader, val_loader, lr=0.1, epochs=1)
+    assert _not_learning(one) == []  # one epoch is no verdict
+    logged: list[str] = []
+    broken = _fit(_model(), *_shuffled_loaders(), lr=0.1, epochs=4, log=logged.append)
+    said = _not_learning(broken)
+    assert len(said) == 1 and "after 2 epochs, and not improving" in said[0] and "ln(2) = 0.6931" in said[0]
+    assert sum("not learning" in line for line in logged) == 1

@@ -143,3 +143,30 @@ def test_first_step_check_needs_a_validation_batch():
                                         batch_size=4)
     with pytest.raises(ValueError, match="fit: val_loader yields no batches"):
         _first_step(empty, torch.tensor(0.7), halve=None)
+
+
+def test_learning_watch_decides_on_the_trend():
+    from kagglekit_nb.preflight import LearningWatch
+
+    t = np.array([0, 1, 2, 3] * 5)
+    uniform = np.full((20, 4), 0.25)
+
+    def confident(p):  # probability p on the true class
+        probs = np.full((20, 4), (1 - p) / 3)
+        probs[np.arange(20), t] = p
+        return probs
+
+    warm = LearningWatch()
+    assert warm.update(uniform, t) is None              # epoch 1 at ln(4): a warm-up, no verdict
+    assert warm.update(confident(0.6), t) is None       # epoch 2 learnt
+    assert warm.update(confident(0.7), t) is None
+    stuck = LearningWatch()
+    assert stuck.update(uniform, t) is None
+    message = stuck.update(uniform, t)
+    assert "after 2 epochs, and not improving" in message and "ln(4) = 1.3863" in message
+    assert stuck.update(uniform, t) is None             # said once
+    slow = LearningWatch()                              # from above ln(4) down to it, improving: no warning
+    assert slow.update(confident(0.223), t) is None     # loss 1.50, worse than guessing (a random head)
+    assert slow.update(confident(0.255), t) is None     # loss 1.37: at the prior, but 0.13 better
+    assert slow.update(uniform, t) is not None          # then flat at ln(4): it is not learning
+    assert LearningWatch().update(uniform, t.astype(float)) is None  # not class indices

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..run import Run
 
 __all__ = ["Demo", "NotebookConfig", "RunConfig", "find_data", "find_data_dir", "start", "timm_model",
-           "training_plots", "verify_csv"]
+           "training_plots", "use_weights", "verify_csv", "weights_for"]
 
 
 class NotebookConfig:
@@ -135,16 +135,59 @@ def find_data(cfg: Any, run: Run, *, required: Sequence[str], what: str, demo: D
 
 
 def timm_model(name: str, **kwargs: Any) -> Any:
-    """`timm.create_model(name, **kwargs)`; an unknown name is a ValueError listing similar ones."""
+    """`timm.create_model(name, **kwargs)`; an unknown name is a ValueError listing similar ones, and a
+    weights file (``pretrained_cfg_overlay=dict(file=...)``) that does not fit the model says so."""
     import timm
 
+    file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
+    advice = f"Point WEIGHTS at weights of {name} itself, or set WEIGHTS = None."
     try:
-        return timm.create_model(name, **kwargs)
+        model = timm.create_model(name, **kwargs)
     except RuntimeError as e:
-        if "Unknown model" not in str(e):
+        if "Unknown model" in str(e):
+            close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:8]
+            raise ValueError(f"MODEL={name!r} is not a timm model; similar names: {close}.") from None
+        if file is None:
             raise
-        close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:8]
-        raise ValueError(f"MODEL={name!r} is not a timm model; similar names: {close}.") from None
+        raise ValueError(f"the weights {file} do not fit the timm model {name!r} ({str(e)[:300]}). {advice}") from None
+    if file is not None:
+        from ..weights import missing_tensors
+
+        missing, wanted = missing_tensors(model, file)
+        if missing:
+            raise ValueError(f"the weights {file} do not fit the timm model {name!r}: {len(missing)} of its {wanted} "
+                             f"tensors are not in the file (e.g. {', '.join(missing[:3])}). {advice}")
+    return model
+
+
+def weights_for(run: Run | None, model_name: str, weights: Any, *, repo: Any) -> Any:
+    """`weights.resolve_weights` for this run, said once: the log names the weights and their source,
+    ``run.record["weights"]`` keeps source, path and sha256, and random weights nobody asked for warn
+    once per run (in the log and as a Python warning; without a run, at every call)."""
+    import warnings
+
+    from ..weights import resolve_weights as resolve
+
+    found = resolve(model_name, weights, repo=repo)
+    if run is None:
+        if found.warning is not None:
+            warnings.warn(found.warning, stacklevel=3)
+        return found
+    if use_weights(run, found) and found.warning is not None:
+        run.log(f"WARNING: {found.warning}")
+        warnings.warn(found.warning, stacklevel=3)
+    return found
+
+
+def use_weights(run: Run, weights: Any) -> bool:
+    """Record the weights a model starts from in run.json (``run.record["weights"]``) and log them;
+    False (and nothing said) when the run already recorded these very weights."""
+    record = weights.record()
+    if run.record.get("weights") == record:
+        return False
+    run.record["weights"] = record
+    run.log(f"weights: {weights.describe()}")
+    return True
 
 
 def verify_csv(run: Run, path: Path, sample_path: Path, **kwargs: Any) -> Any:

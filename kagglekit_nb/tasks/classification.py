@@ -36,7 +36,7 @@ from ..loop import predict as _predict_loader
 from ..metrics import get_metric
 from ..run import Run
 from ..ui import progress
-from ._config import Demo, RunConfig, find_data, start, timm_model, training_plots, verify_csv
+from ._config import Demo, RunConfig, find_data, start, timm_model, training_plots, verify_csv, weights_for
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -66,7 +66,7 @@ class Config(RunConfig):
 
     RUN_NAME: str = "classification"
     MODEL: str = "resnet18"            # any timm model name
-    WEIGHTS: str | None = None         # local pretrained weights file; None = random init (no download)
+    WEIGHTS: str | None = "auto"       # "auto": attached weights, else the hub when online, else random (a warning); None = random; or a file
     IMG_SIZE: int = 32
     EPOCHS: int = 12                   # upper bound; the budget may plan fewer
     MIN_EPOCHS: int = 3                # fewer epochs than this per fold: drop folds instead
@@ -310,7 +310,8 @@ class ImageDataset(Dataset):
 
 
 def normalization(model: nn.Module, in_chans: int) -> tuple[list[float], list[float]]:
-    """Mean/std from the model's own config: the one source used by training and inference."""
+    """Mean/std from the model's own config (that of its pretrained weights when it has them), adapted to
+    `in_chans`: the one source used by training and inference."""
     from timm.data import resolve_model_data_config
 
     cfg = resolve_model_data_config(model)
@@ -342,15 +343,14 @@ def _tta(name: str) -> list:
     return flips.get(name, [])
 
 
-def build_model(cfg: Config, n_classes: int, in_chans: int) -> nn.Module:
-    """A timm model; pretrained weights only from a local file (`WEIGHTS`), never downloaded."""
-    kwargs: dict[str, Any] = {"num_classes": n_classes, "in_chans": in_chans}
-    if cfg.WEIGHTS:
-        if not Path(cfg.WEIGHTS).is_file():
-            raise FileNotFoundError(f"WEIGHTS={cfg.WEIGHTS!r} is not a file: attach the weights as a "
-                                    "dataset and point WEIGHTS at the .pth/.safetensors file, or use None.")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(cfg.WEIGHTS)})
-    return timm_model(cfg.MODEL, **kwargs)
+def build_model(cfg: Config, n_classes: int, in_chans: int, run: Run | None = None) -> nn.Module:
+    """A timm model starting from `WEIGHTS` (see `kagglekit_nb.weights`: "auto" = attached weights, else the
+    hub when online, else random with a warning; None = random; or a file). timm adapts the first layer to
+    `in_chans` and replaces the head; with a `run`, run.json records the weights' source and sha256."""
+    from ..weights import timm_kwargs, timm_repo
+
+    weights = weights_for(run, cfg.MODEL, cfg.WEIGHTS, repo=timm_repo(cfg.MODEL))
+    return timm_model(cfg.MODEL, num_classes=n_classes, in_chans=in_chans, **timm_kwargs(weights))
 
 
 # ----------------------------------------------------------------------------- folds & training
@@ -372,7 +372,7 @@ def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: i
     """Model, optimizer, loaders and loss of fold `k` (the model is built on its device first)."""
     val_mask = folds.to_numpy() == k
     tr, va = comp.train[~val_mask], comp.train[val_mask]
-    model = build_model(cfg, comp.n_classes, comp.in_chans).to(run.device)
+    model = build_model(cfg, comp.n_classes, comp.in_chans, run).to(run.device)
     mean, std = normalization(model, comp.in_chans)
     train_ds = ImageDataset(tr["path"].tolist(), tr["label"].to_numpy(),
                             transforms(cfg.IMG_SIZE, mean, std, train=True, hflip=cfg.HFLIP), comp.in_chans)

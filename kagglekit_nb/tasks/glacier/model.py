@@ -18,11 +18,13 @@ from torch import nn
 from .bands import HACK_BANDS, L7_BANDS, L8_BANDS, _fmt
 from .metrics import IGNORE
 
-__all__ = ["SegLoss", "TransferReport", "boundary_distance", "build_unet", "transfer_first_layer"]
+__all__ = ["SegLoss", "TransferReport", "boundary_distance", "build_unet", "load_encoder_weights",
+           "transfer_first_layer"]
 
 
 def build_unet(encoder: str = "resnet34", in_channels: int = 5, n_classes: int = 4, **kwargs: Any) -> nn.Module:
-    """An smp U-Net with random weights (pretrained weights come from a file, see transfer_first_layer)."""
+    """An smp U-Net with random weights: smp's own pretrained path downloads even offline, so pretrained
+    weights come from a local file, loaded with `transfer_first_layer` (see `kagglekit_nb.weights`)."""
     import segmentation_models_pytorch as smp
 
     names = smp.encoders.get_encoder_names()
@@ -75,7 +77,8 @@ def _align_keys(src: Mapping[str, torch.Tensor], dst_keys: Sequence[str]) -> dic
     def renamed(fn):
         return {fn(k): v for k, v in src.items()}
 
-    candidates = [renamed(lambda k: k), renamed(lambda k: f"encoder.{k}")]
+    # as is, an encoder's own keys (smp, torchvision, timm), a timm model inside smp's `tu-` encoder
+    candidates = [renamed(lambda k: k), renamed(lambda k: f"encoder.{k}"), renamed(lambda k: f"encoder.model.{k}")]
     for prefix in ("module.", "model.", "_orig_mod."):
         candidates.append(renamed(lambda k, p=prefix: k.removeprefix(p)))
     return max(candidates, key=lambda c: len(dst.intersection(c)))
@@ -143,6 +146,29 @@ def transfer_first_layer(
     dst_model.load_state_dict(new_state)
     unused = [b for b in src_names if b not in mapped]
     return TransferReport(key, mapped, initialised, unused, copied, skipped)
+
+
+RGB_BANDS = ("red", "green", "blue")  # the input channels of ImageNet weights, by physical name
+
+
+def load_encoder_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], band_names: Sequence[str], *,
+                         source: str, encoder: str) -> TransferReport:
+    """Load an encoder's ImageNet (RGB) weights into the U-Net's encoder (`transfer_first_layer` with the
+    source bands red, green, blue) and check that every encoder tensor came from them; weights of
+    another model are a ValueError saying what to attach instead."""
+    advice = (f"Attach the weights of {encoder} itself (`kagglekit weights {encoder} --out DIR` makes a dataset "
+              "of them), or set WEIGHTS = None.")
+    try:
+        report = transfer_first_layer(state_dict, RGB_BANDS, model, band_names)
+    except ValueError as e:
+        raise ValueError(f"the weights {source} do not fit the encoder {encoder!r} ({e}) {advice}") from None
+    wanted = [k for k in model.state_dict() if k.startswith("encoder.") and not k.endswith("num_batches_tracked")]
+    loaded = {report.first_layer, *report.copied}
+    missing = [k for k in wanted if k not in loaded]
+    if missing:
+        raise ValueError(f"the weights {source} do not fit the encoder {encoder!r}: {len(missing)} of its {len(wanted)} "
+                         f"tensors are missing or differ in shape (e.g. {_fmt(missing, 3)}). {advice}")
+    return report
 
 
 # -------------------------------------------------------------------------------------------- loss

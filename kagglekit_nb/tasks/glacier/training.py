@@ -22,14 +22,14 @@ from ... import folds as _folds
 from ...cv import CVResult, FoldSetup, fold_models, train_folds
 from ...loaders import make_loader
 from ...run import Run
-from .._config import RunConfig
+from .._config import RunConfig, weights_for
 from .._config import training_plots as training_plots
 from .bands import CLASS_NAMES, BandStats
 from .data import CropDataset, TileData, TileDataset
 from .metrics import PIXEL_MCC
-from .model import SegLoss, build_unet, transfer_first_layer
+from .model import SegLoss, build_unet, load_encoder_weights, transfer_first_layer
 
-__all__ = ["FINETUNE_CLASSES", "HOLDOUT_FOLD", "PRETRAIN_CLASSES", "SegConfig", "split_folds",
+__all__ = ["FINETUNE_CLASSES", "HOLDOUT_FOLD", "PRETRAIN_CLASSES", "SegConfig", "encoder_weights_name", "split_folds",
            "train_members", "trained_models", "training_plots"]
 
 HOLDOUT_FOLD = -1                    # folds.csv value of a held-out tile
@@ -44,7 +44,7 @@ class SegConfig(RunConfig):
 
     RUN_NAME: str = "glacier"
     ENCODER: str = "resnet34"            # any segmentation_models_pytorch encoder
-    WEIGHTS: str | None = None           # local ImageNet weights of the encoder (RGB bands mapped by name)
+    WEIGHTS: str | None = "auto"         # encoder's ImageNet weights: "auto" (attached, else the hub when online, else random), None, or a file
     DEMO_TILE_SIZE: int = 64             # tile side of the generated demo (the real data is 512)
     CROP: int = 256                      # training crop side (smaller tiles: the tile side)
     SAMPLES_PER_EPOCH: int = 256         # training crops per epoch
@@ -168,20 +168,30 @@ def _expected_meta(cfg: SegConfig, data: TileData, v: int, pretrained: dict[str,
             "init": (pretrained or {}).get("id", "weights" if cfg.WEIGHTS else "scratch")}
 
 
+def encoder_weights_name(encoder: str) -> str:
+    """The name the encoder's ImageNet weights are found by: the timm name of a `tu-` encoder, else the
+    smp name (``resnet34``: smp's resnets take timm's and torchvision's resnet weights as they are)."""
+    return encoder[3:] if encoder.startswith("tu-") else encoder
+
+
 def _initialise(model: nn.Module, cfg: SegConfig, data: TileData, pretrained: dict[str, Any] | None,
-                say: Any) -> None:
+                run: Run, say: Any) -> None:
+    """Start from the glacier pretrain (first layer mapped by band name), else from the encoder's
+    ImageNet weights (WEIGHTS; their red, green and blue kernels go to the bands of those names, the
+    other bands get timm's `adapt_input_conv` mean), else random."""
+    from ...weights import read_state_dict, smp_repo
+
     if pretrained is not None:
         report = transfer_first_layer(pretrained["state_dict"], pretrained["band_names"], model, data.bands)
+        run.record["weights"] = {"source": "glacier_pretrain", "model": cfg.ENCODER, "path": pretrained["id"],
+                                 "sha256": None}
         say(f"initialised from {pretrained['id']}:\n{report}")
-    elif cfg.WEIGHTS:
-        path = Path(cfg.WEIGHTS).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"WEIGHTS={cfg.WEIGHTS!r} is not a file: attach the encoder's ImageNet weights "
-                                    "(a state dict saved with torch.save) or set WEIGHTS = None.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        report = transfer_first_layer(state, ["red", "green", "blue"], model, data.bands)
-        say(f"encoder initialised from {path.name} (RGB weights, mapped by band name):\n{report}")
+        return
+    weights = weights_for(run, encoder_weights_name(cfg.ENCODER), cfg.WEIGHTS, repo=smp_repo(cfg.ENCODER))
+    if weights.pretrained:
+        report = load_encoder_weights(model, read_state_dict(weights.path), data.bands, source=str(weights.path),
+                                      encoder=cfg.ENCODER)
+        say(f"encoder initialised from {weights.path} (ImageNet RGB kernels mapped by band name):\n{report}")
 
 
 def _setup(data: TileData, folds: pd.Series, cfg: SegConfig, run: Run, v: int,
@@ -196,7 +206,7 @@ def _setup(data: TileData, folds: pd.Series, cfg: SegConfig, run: Run, v: int,
     model = build_unet(cfg.ENCODER, in_channels=len(data.bands), n_classes=len(data.classes))
     say = run.log if "init" not in said else (lambda _m: None)
     said.add("init")
-    _initialise(model, cfg, data, pretrained, say)
+    _initialise(model, cfg, data, pretrained, run, say)
     model = model.to(run.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.LR, weight_decay=cfg.WEIGHT_DECAY)
     crop = _crop_size(cfg, data, train_idx)

@@ -7,10 +7,8 @@ one atomic file per chunk, so a killed extraction continues from the last finish
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import re
-import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Callable
@@ -24,11 +22,12 @@ from torch.utils.data import DataLoader
 
 from ..._atomic import write_json
 from ...run import Run
-from .._config import timm_model
+from .._config import timm_model, weights_for
 from ._time import declare_reserves
 from .data import Competition, HDF5Images, ResizeToTensor, _save_npz, collate_skip_none
 
 if TYPE_CHECKING:
+    from ...weights import Weights
     from .pipeline import Config
 
 __all__ = ["Embeddings", "embedding_key", "embeddings"]
@@ -60,35 +59,30 @@ class Embeddings:
         return self.stop_reason == "completed"
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _weights(cfg: Config, run: Run | None = None) -> Weights:
+    """The weights the backbone starts from (WEIGHTS: "auto", None or a file; see `kagglekit_nb.weights`),
+    recorded in run.json and said once per run."""
+    from ...weights import timm_repo
+
+    return weights_for(run, cfg.MODEL, cfg.WEIGHTS, repo=timm_repo(cfg.MODEL))
 
 
-def embedding_key(cfg: Config) -> str:
+def embedding_key(cfg: Config, weights: Weights | None = None) -> str:
     """The cache folder's name: model, image size, and the weights file's content (or the seed of the
     random weights), e.g. `resnet18-64px-random-seed42` or `resnet18-64px-w3fa1c2d9e8b7a6f5`."""
-    weights = f"random-seed{cfg.SEED}" if cfg.WEIGHTS is None else \
-        "w" + _file_digest(Path(cfg.WEIGHTS).expanduser())[:16]
-    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', cfg.MODEL)}-{cfg.IMG_SIZE}px-{weights}"
+    weights = _weights(cfg) if weights is None else weights
+    tag = "w" + weights.sha256[:16] if weights.sha256 else f"random-seed{cfg.SEED}"
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', cfg.MODEL)}-{cfg.IMG_SIZE}px-{tag}"
 
 
-def _backbone(cfg: Config, num_classes: int, run: Run | None = None) -> torch.nn.Module:
-    """A timm model; pretrained weights only from the local WEIGHTS file, never downloaded."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if cfg.WEIGHTS is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(Path(cfg.WEIGHTS).expanduser())})
-    else:
-        message = (f"WEIGHTS=None: {cfg.MODEL} runs with random weights (pretrained=False); its embeddings carry "
-                   "far less signal than pretrained ones. Attach a weights file and set WEIGHTS to its path.")
-        warnings.warn(message, stacklevel=3)
-        if run is not None:
-            run.log(f"WARNING: {message}")
-    torch.manual_seed(cfg.SEED)  # random weights are a function of SEED (the cache key says so)
-    return timm_model(cfg.MODEL, **kwargs)
+def _backbone(cfg: Config, num_classes: int, run: Run | None = None, weights: Weights | None = None) -> torch.nn.Module:
+    """A timm model starting from `weights` (resolved from WEIGHTS when None); random weights are a
+    function of SEED (the cache key says so)."""
+    from ...weights import timm_kwargs
+
+    weights = _weights(cfg, run) if weights is None else weights
+    torch.manual_seed(cfg.SEED)
+    return timm_model(cfg.MODEL, num_classes=num_classes, **timm_kwargs(weights))
 
 
 def _mean_std(model: torch.nn.Module) -> tuple[list[float], list[float]]:
@@ -229,16 +223,17 @@ def embeddings(comp: Competition, cfg: Config, run: Run) -> Embeddings | None:
         run.log("IMAGE_PCA=0: no embedding features")
         return None
     declare_reserves(run, len(comp.test))
-    key = embedding_key(cfg)
+    weights = _weights(cfg, run)
+    key = embedding_key(cfg, weights)
     root = run.dir / EMBED_DIR / key
     with run.budget.timed("embeddings"):
-        model = _backbone(cfg, num_classes=0, run=run).to(run.device).eval()
+        model = _backbone(cfg, num_classes=0, weights=weights).to(run.device).eval()
         if run.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         mean, std = _mean_std(model)
         transform = ResizeToTensor(cfg.IMG_SIZE, mean=mean, std=std)
         root.mkdir(parents=True, exist_ok=True)
-        write_json(root / "meta.json", {"model": cfg.MODEL, "img_size": cfg.IMG_SIZE, "weights": cfg.WEIGHTS,
+        write_json(root / "meta.json", {"model": cfg.MODEL, "img_size": cfg.IMG_SIZE, "weights": weights.record(),
                                         "seed": cfg.SEED, "dim": int(model.num_features), "mean": mean, "std": std})
         run.budget.allot(EMBED_SHARE_NAME, cfg.EMBED_SHARE)
         result, reason = {}, None

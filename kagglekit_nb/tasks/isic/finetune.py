@@ -14,7 +14,7 @@ from ...metrics import get_metric
 from ...run import Run
 from ._time import declare_reserves
 from .data import Competition, HDF5Images, ResizeToTensor, _balanced_rows
-from .embeddings import _amp, _backbone, _mean_std
+from .embeddings import _amp, _backbone, _mean_std, _weights
 
 LGBM_SHARE = 0.5   # of the training time left before fine-tuning, kept for LightGBM after it
 
@@ -81,7 +81,8 @@ def finetune(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> Imag
     y, fold_of = comp.y, folds.to_numpy()
     ids = comp.train["isic_id"].to_numpy(dtype=str)
     declare_reserves(run, len(comp.test))
-    mean, std = _mean_std(_backbone(cfg, num_classes=2, run=run))
+    start_weights = _weights(cfg, run)  # resolved and said once; every fold starts from the same weights
+    mean, std = _mean_std(_backbone(cfg, num_classes=2, weights=start_weights))
     train_tf = _FlipResize(cfg.IMG_SIZE, mean=mean, std=std)
     eval_tf = ResizeToTensor(cfg.IMG_SIZE, mean=mean, std=std)
 
@@ -89,7 +90,7 @@ def finetune(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> Imag
         rng = np.random.default_rng([cfg.SEED, k])
         rows = _balanced_rows(y, np.flatnonzero(fold_of != k), cfg.FINETUNE_NEG_PER_POS, rng)
         val = np.flatnonzero(fold_of == k)
-        model = _backbone(cfg, num_classes=2).to(run.device)
+        model = _backbone(cfg, num_classes=2, weights=start_weights).to(run.device)
         train_ds = _Labelled(HDF5Images(comp.images["train"], ids, transform=train_tf, on_error=cfg.ON_BAD_IMAGE),
                              y, rows, cfg.IMG_SIZE)
         val_ds = _Labelled(HDF5Images(comp.images["train"], ids, transform=eval_tf, on_error=cfg.ON_BAD_IMAGE),
@@ -133,7 +134,7 @@ def finetune(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> Imag
             total = np.zeros(n_test)
             for k, path, _ in models:
                 weights, _meta = load_fold_model(path)
-                model = _backbone(cfg, num_classes=2).to(run.device)
+                model = _backbone(cfg, num_classes=2, weights=start_weights).to(run.device)
                 model.load_state_dict(weights)
                 total += loop_predict(model, loader, device=run.device, autocast=_amp(run.device))[:, 1]
             test = total / len(models)

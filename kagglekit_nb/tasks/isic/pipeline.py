@@ -33,6 +33,7 @@ import pandas as pd
 
 from ... import folds as _folds
 from ...run import Run
+from ...weights import AUTO
 from .._config import Demo, RunConfig, find_data, start, verify_csv
 from .data import SAMPLE_FILE, TEST_FILE, TEST_IMAGES, TRAIN_FILE, TRAIN_IMAGES, Competition, read_metadata
 from .embeddings import Embeddings, embeddings
@@ -67,7 +68,7 @@ class Config(RunConfig):
 
     RUN_NAME: str = "isic"
     MODEL: str = "resnet18"            # timm backbone of the image embeddings
-    WEIGHTS: str | None = None         # local pretrained weights file; None = random init (a warning)
+    WEIGHTS: str | None = "auto"       # "auto": attached weights, else the hub when online, else random (a warning); None = random; or a file
     IMG_SIZE: int = 64                 # images are resized to IMG_SIZE x IMG_SIZE
     BATCH_SIZE: int = 128
     EMBED_CHUNK: int = 1024            # images per cache file: the most a killed extraction loses
@@ -104,9 +105,10 @@ class Config(RunConfig):
         for name, choices in (("SUBMIT", SUBMIT_CHOICES), ("ON_BAD_IMAGE", ON_BAD_IMAGE_CHOICES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; choose one of {', '.join(choices)}.")
-        if self.WEIGHTS is not None and not Path(self.WEIGHTS).expanduser().is_file():
+        if self.WEIGHTS not in (None, AUTO) and not Path(self.WEIGHTS).expanduser().exists():
             raise FileNotFoundError(f"WEIGHTS={self.WEIGHTS!r} is not a file: attach the weights as a dataset and "
-                                    "point WEIGHTS at the .pth/.safetensors file, or use None (random weights).")
+                                    f"point WEIGHTS at the .pth/.safetensors file, or use {AUTO!r} or None (random "
+                                    "weights).")
 
 
 @dataclass
