@@ -8,6 +8,7 @@ later run would mistake for data.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -34,6 +35,15 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], Any], *, ne
         raise
     fsync_dir(path.parent)
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

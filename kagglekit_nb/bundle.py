@@ -10,7 +10,6 @@ Kaggle is asked only for the user name that owns the dataset (through `kaggle_io
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._atomic import write_json
+from ._atomic import sha256_file, write_json
 from .kaggle_io import _OWNER, _SLUG_SYNTAX, ApiFactory, KaggleError, Log, _api, username
 from .setup_cell import WHEEL_GLOB
 
@@ -105,12 +104,6 @@ def _bundle_owner(api_factory: ApiFactory | None, log: Log) -> str:
         return "INSERT_YOUR_KAGGLE_USERNAME"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _readme(wheels: Iterable[Path], dataset: str, all_dependencies: bool) -> str:
@@ -187,7 +180,7 @@ def build_bundle(
             "scope": "all dependencies" if all_dependencies else "kit + packages Kaggle's image lacks",
             "requested": ["kagglekit_nb", *specs],
             "built_with_python": sys.version.split()[0],
-            "wheels": [{"file": w.name, "bytes": w.stat().st_size, "sha256": _sha256(w)} for w in wheels],
+            "wheels": [{"file": w.name, "bytes": w.stat().st_size, "sha256": sha256_file(w)} for w in wheels],
             "install": "pip install --no-index --find-links <this folder> kagglekit_nb",
         }
         write_json(wheels_dir / BUNDLE_MANIFEST, manifest)

@@ -20,7 +20,6 @@ replaces the head, and the model's ``pretrained_cfg`` (mean/std) is that of the 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import env
-from ._atomic import write_json
+from ._atomic import sha256_file, write_json
 
 __all__ = ["AUTO", "CONNECT_TIMEOUT_S", "SOURCES", "Repo", "Weights", "WeightsError", "has_internet", "missing_tensors", "read_state_dict",
            "resolve_weights", "save_weights", "smp_repo", "timm_kwargs", "timm_repo"]
@@ -177,11 +176,7 @@ def _sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
+        _DIGESTS[key] = sha256_file(path)
     return _DIGESTS[key]
 
 
