@@ -201,9 +201,16 @@ def build_bundle(
 
 
 def _has_setuptools() -> bool:
+    """Whether this environment can build the kit's wheel without pip's isolated build env (offline):
+    setuptools 70.1+ builds wheels itself; an older one needs the `wheel` package beside it."""
     import importlib.util
+    from importlib.metadata import PackageNotFoundError, version
 
-    return importlib.util.find_spec("setuptools") is not None
+    try:
+        major, minor = (int(p) for p in version("setuptools").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (70, 1) or ((major, minor) >= (68, 0) and importlib.util.find_spec("wheel") is not None)
 
 
 def _replace_bundle(folder: Path, new: Path) -> None:
