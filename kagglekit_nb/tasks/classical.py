@@ -8,7 +8,7 @@ Seconds on a CPU, and often a strong bar: every deep model must beat it out of f
     result.oof, result.test, result.score      # out-of-fold and test probabilities, OOF score
 
 Features: each image resized to size x size (grey, or colour when `colour`), normalised per image
-(zero mean, unit variance: brightness and contrast do not matter), then standardised per feature
+(zero mean, unit variance), plus the image's own brightness and contrast, standardised per feature
 inside the model's pipeline. The model is an RBF SVM with probabilities (up to `SVM_MAX_ROWS`
 training rows), else a logistic regression; it is fit on the same folds as the deep model, so the
 out-of-fold scores compare like with like.
@@ -53,13 +53,14 @@ class ClassicalResult:
 
 def pixel_features(paths: Sequence[str], read: Callable[[str], np.ndarray], *, size: int = PIXELS,
                    colour: bool = False) -> tuple[np.ndarray, dict[int, str]]:
-    """(n, size*size*channels) float32 features of the images at `paths`, and {row: reason} of the
-    images `read` could not decode (their rows are zeros). `read(path)` returns HWC or HW pixels and
+    """(n, size*size*channels + 2) float32 features of the images at `paths` (the normalised pixels,
+    then each image's own mean and standard deviation), and {row: reason} of the images `read` could
+    not decode (their rows are zeros). `read(path)` returns HWC or HW pixels and
     raises ValueError for an unreadable file."""
     from PIL import Image
 
     channels = 3 if colour else 1
-    out = np.zeros((len(paths), size * size * channels), dtype=np.float32)
+    out = np.zeros((len(paths), size * size * channels + 2), dtype=np.float32)
     bad: dict[int, str] = {}
     for i, path in enumerate(paths):
         try:
@@ -77,7 +78,8 @@ def pixel_features(paths: Sequence[str], read: Callable[[str], np.ndarray], *, s
         planes = [arr] if arr.ndim == 2 else [arr[:, :, c] for c in range(3)]
         small = np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR)) for p in planes], -1)
         v = small.reshape(-1)
-        out[i] = (v - v.mean()) / (v.std() + 1e-6)
+        out[i, :-2] = (v - v.mean()) / (v.std() + 1e-6)
+        out[i, -2:] = v.mean() / 255.0, v.std() / 255.0  # what the per-image normalisation removes
     return out, bad
 
 

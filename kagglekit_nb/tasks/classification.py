@@ -570,7 +570,7 @@ def _classical_key(data: Competition, folds: pd.Series) -> str:
     import hashlib
 
     text = "|".join([*data.train["id"], "#", *data.test["id"], "#", *data.classes, "#",
-                     *map(str, folds.to_numpy()), "#", str(classical.PIXELS)])
+                     *map(str, folds.to_numpy()), "#", str(classical.PIXELS), "pixels+mean+std"])
     return hashlib.sha1(text.encode()).hexdigest()
 
 
