@@ -57,6 +57,7 @@ __all__ = [
     "register_baseline",
     "repair",
     "write_csv",
+    "write_verified",
     # re-exported from `verification`
     "KINDS",
     "VerificationReport",
@@ -357,6 +358,26 @@ def write_csv(df: pd.DataFrame, path: PathLike) -> Path:
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
     return write_atomic(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n"), newline="")
+
+
+def write_verified(df: pd.DataFrame, path: PathLike, sample: SampleLike, *,
+                   labels: Sequence[Any] | None = None, kind: str | None = None) -> VerificationReport:
+    """Write `df` next to `path`, verify it against the sample, and only when it is valid move it
+    over `path` (`os.replace`: the old file stays whole until then). An invalid `df` leaves `path`
+    as it was (e.g. the emergency baseline); the report says why.
+
+    >>> write_verified(sub, OUTPUT_DIR / "submission.csv", "sample_submission.csv").valid
+    True
+    """
+    path = Path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".verify.") as tmp_dir:
+        tmp = Path(tmp_dir) / path.name  # same name, so messages name the real file
+        write_csv(df, tmp)
+        report = verify(tmp, sample, labels, kind=kind)
+        report.submission = str(path)
+        if report.valid:
+            os.replace(tmp, path)
+    return report
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ PATIENCE = None          # stop a fold after this many epochs without improvemen
 CHECKPOINT_EVERY = "3m"  # full-state checkpoint cadence (also at every epoch end and on SIGTERM)
 FOLDS_PER_SESSION = None # train at most this many unfinished folds per run (None: all)
 LABEL_COLUMN = None      # None: the sample submission's target column
+CHECK_IMAGES = False     # decode every image at load; unreadable ones are skipped (and listed) either way
 NUM_WORKERS = None       # DataLoader workers; None: automatic
 DEVICE = None            # None: CUDA when available, else CPU
 
@@ -115,7 +116,12 @@ folds.value_counts().sort_index().rename("validation images per fold")
 
 # %% [markdown]
 # ## Train
-# A smoke step times one batch first; the plan then fits epochs × folds into the budget while
+# First a classical stage (seconds): every image downsized to 16x16 pixels, a scikit-learn SVM fit on
+# the same folds. Its out-of-fold score is the bar the deep model must beat, and its predictions
+# replace the emergency baseline as soon as they beat the class prior. Reading every image also
+# finds unreadable ones: they are skipped and listed in `run.json` (more than 0.5% is an error).
+#
+# Then the deep model. A smoke step times one batch first; the plan then fits epochs × folds into the budget while
 # keeping a reserve for prediction and verification. Augmentation is applied to training images only;
 # the normalisation comes from the model's own config and is saved with each fold's model.
 
@@ -127,7 +133,8 @@ models.table()
 # ## Predict the test set
 # Every fold model that exists (its best epoch, else the last checkpoint of an interrupted fold)
 # predicts the test images (eval mode, no gradients, unshuffled loader); the probabilities are
-# averaged over folds and test-time augmentations.
+# averaged over folds and test-time augmentations. Then the candidates are compared out of fold by
+# `METRIC`: the class prior, the classical stage, the deep model and their blend; the best is submitted.
 
 # %%
 preds = task.predict(data, models, cfg, run)
@@ -135,8 +142,9 @@ preds = task.predict(data, models, cfg, run)
 # %% [markdown]
 # ## Write the submission
 # The submission copies ids and row order from the sample submission and follows its format (one
-# label column, or one probability column per class). If no fold has a model yet, the emergency
-# baseline (the training prior) is written instead.
+# label column, or one probability column per class). It is verified before it replaces the file
+# already there (the emergency baseline written at load, or the classical stage's). If the class
+# prior won, the emergency baseline is written instead.
 
 # %%
 path = task.write_submission(data, preds, cfg, run)
@@ -145,11 +153,13 @@ path = task.write_submission(data, preds, cfg, run)
 # ## Verify the submission
 # Columns, ids, values and labels are checked against the sample; the report goes to
 # `verification.json` and the run's record to `run.json`. If the file were invalid, the emergency
-# baseline is written instead and this cell fails with the reasons.
+# baseline is written instead and this cell fails with the reasons. The table shows each candidate's
+# out-of-fold score and which one was submitted.
 
 # %%
 report = task.finish(data, path, cfg, run)
 print(report)
+task.candidates(run)
 
 # %% [markdown]
 # ## Plots

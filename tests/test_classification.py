@@ -44,8 +44,9 @@ def _cfg(data_dir, **kwargs) -> Config:
 
 
 def _tiny(root: Path, labels=("cat", "dog"), per_class: int = 6, n_test: int = 4, mode: str = "L",
-          ids=None) -> Path:
-    """A small image competition: a bright square for the first class, a dark one for the others."""
+          ids=None, halves: bool = False) -> Path:
+    """A small image competition: a bright square for the first class, a dark one for the others
+    (`halves`: the left half bright for the first class, the right half for the others)."""
     (root / "train").mkdir(parents=True)
     (root / "test").mkdir()
     rng = np.random.default_rng(0)
@@ -58,6 +59,9 @@ def _tiny(root: Path, labels=("cat", "dog"), per_class: int = 6, n_test: int = 4
 
     def image(level: int) -> Image.Image:
         arr = np.clip(rng.normal(level, 20, size=(12, 12)), 0, 255).astype(np.uint8)
+        if halves:
+            arr[:, :6] = np.clip(rng.normal(220 if level > 128 else 40, 20, size=(12, 6)), 0, 255)
+            arr[:, 6:] = np.clip(rng.normal(40 if level > 128 else 220, 20, size=(12, 6)), 0, 255)
         img = Image.fromarray(arr)
         return img.convert("RGB") if mode == "RGB" else img
 
@@ -447,3 +451,149 @@ def test_done_folds_of_another_setup_are_refused(tmp_path):
     bigger = dataclasses.replace(cfg, IMG_SIZE=24)  # same OUTPUT_DIR, other image size
     with pytest.raises(ValueError, match=r"fold 0 .* another setup: img_size: the checkpoint has 16, this run has 24"):
         clf.train(comp, folds, bigger, run)
+
+
+# --------------------------------------------------------------------------- always a valid submission
+
+
+def _valid_baseline(run, data, label):
+    from kagglekit_nb.submission import verify
+
+    sub = pd.read_csv(run.dir / "submission.csv", dtype=str)
+    assert verify(run.dir / "submission.csv", data / "sample_submission.csv").valid
+    assert set(sub["label"]) == {label}
+    return sub
+
+
+def test_a_load_failing_after_the_sample_leaves_the_baseline(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    train_csv = pd.read_csv(data / "train.csv", dtype=str)
+    train_csv.loc[train_csv["label"] == "cat", "label"] = ["dog"] * 2 + ["cat"] * 4  # majority: dog
+    train_csv.to_csv(data / "train.csv", index=False)
+    shutil.rmtree(data / "test")  # the test images are not attached
+    with pytest.raises(FileNotFoundError, match=r"4 of 4 images listed in sample_submission.csv were not found"):
+        load(_cfg(data), run)
+    sub = _valid_baseline(run, data, "dog")
+    assert sub["id"].tolist() == ["t0", "t1", "t2", "t3"]
+    assert json.loads((run.dir / "run.json").read_text())["submission"].startswith("emergency baseline")
+
+
+def test_a_bad_label_still_leaves_the_baseline(tmp_path, run):
+    data = _tiny(tmp_path / "c")
+    train_csv = pd.read_csv(data / "train.csv", dtype=str)
+    train_csv.loc[0, "label"] = ""
+    train_csv.to_csv(data / "train.csv", index=False)
+    with pytest.raises(ValueError, match=r"1 rows with an empty 'label'"):
+        load(_cfg(data), run)
+    _valid_baseline(run, data, "dog")  # 5 cat / 6 dog among the labelled rows
+
+
+def test_a_csv_that_is_not_utf8_is_read_and_said(tmp_path):
+    data = _tiny(tmp_path / "c", labels=("café", "thé"))
+    for name in ("train.csv", "sample_submission.csv"):
+        text = (data / name).read_text(encoding="utf-8")
+        (data / name).write_bytes(text.encode("cp1252"))
+    lines = []
+    run = start_run({}, run_name="t", output_dir=tmp_path / "out", budget="10m", seed=0, environ={},
+                    echo=lines.append)
+    comp = load(_cfg(data), run)
+    assert comp.classes == ["café", "thé"]
+    assert any("train.csv is not UTF-8: read it as cp1252" in line for line in lines)
+    path = clf.write_submission(comp, np.tile([0.2, 0.8], (4, 1)), _cfg(data), run)
+    assert clf.finish(comp, path, _cfg(data), run).valid
+
+
+def test_classical_stage_scores_and_submits_first(tmp_path):
+    data = _tiny(tmp_path / "c", per_class=10, n_test=6, halves=True)
+    cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="1h", SEED=0, FOLDS=2)
+    run = clf.start(cfg, environ={}, echo=lambda message: None)
+    comp = clf.load(cfg, run)
+    folds = clf.make_folds(comp, cfg, run)
+    result = clf.classical_stage(comp, folds, cfg, run)
+    assert result.score == 1.0 and result.folds_done == [0, 1]  # bright vs dark squares
+    assert result.oof.shape == (20, 2) and result.test.shape == (6, 2)
+    clf._submit_classical(comp, folds, result, cfg, run)
+    sub = pd.read_csv(run.dir / "submission.csv", dtype=str)
+    assert sub["label"].tolist() == ["cat", "dog"] * 3 and run.record["submission"] == "classical stage"
+    again = clf.classical_stage(comp, folds, cfg, run)  # reused from classical.npz
+    np.testing.assert_array_equal(again.oof, result.oof)
+
+
+def test_classical_stage_asks_the_budget(tmp_path):
+    data = _tiny(tmp_path / "c")
+    cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="1h", SEED=0, FOLDS=2)
+    run = clf.start(cfg, environ={}, echo=lambda message: None)
+    comp = clf.load(cfg, run)
+    folds = clf.make_folds(comp, cfg, run)
+    run.budget.reserve("predict", run.budget.remaining())  # nothing left for anything else
+    assert clf.classical_stage(comp, folds, cfg, run) is None
+    assert run.record["classical"]["skipped"].startswith("budget: stopped to keep time for")
+    assert not (run.dir / clf.CLASSICAL_FILE).exists()
+
+
+def test_a_broken_deep_model_submits_the_classical_stage(tmp_path, monkeypatch):
+    data = _tiny(tmp_path / "c", per_class=10, n_test=6, halves=True)
+    cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="2h", SEED=0, IMG_SIZE=16,
+                 MODEL="test_resnet", EPOCHS=1, MIN_EPOCHS=1, FOLDS=2, BATCH_SIZE=4, NUM_WORKERS=0, DEVICE="cpu")
+    run = clf.start(cfg, environ={}, echo=lambda message: None)
+    comp = clf.load(cfg, run)
+    folds = clf.make_folds(comp, cfg, run)
+    build = clf.build_model
+
+    def broken(*args, **kwargs):  # a model that can only ever answer "dog" (its cat logit is -inf)
+        model = build(*args, **kwargs)
+        head = model.get_classifier()
+        torch.nn.init.zeros_(head.weight)
+        head.weight.requires_grad_(False)
+        with torch.no_grad():
+            head.bias.copy_(torch.tensor([-1e4, 1e4]))
+        head.bias.requires_grad_(False)
+        return model
+
+    monkeypatch.setattr(clf, "build_model", broken)
+    models = clf.train(comp, folds, cfg, run)
+    assert models.classical is not None and models.classical.score == 1.0
+    preds = clf.predict(comp, models, cfg, run)
+    record = run.record
+    assert record["submitted"] == "classical"
+    assert record["candidates"]["deep"] == 0.5 and record["candidates"]["classical"] == 1.0
+    assert record["candidates"]["baseline"] <= 0.5
+    path = clf.write_submission(comp, preds, cfg, run)
+    assert pd.read_csv(path, dtype=str)["label"].tolist() == ["cat", "dog"] * 3
+    assert clf.finish(comp, path, cfg, run).valid
+    table = clf.candidates(run)
+    assert table.loc["classical", "submitted"] and not table.loc["deep", "submitted"]
+
+
+def test_three_corrupt_images_are_skipped_and_listed(demo, tmp_path):
+    data = tmp_path / "digits"
+    shutil.copytree(demo, data)
+    names = sorted((data / "train").glob("*.png"))[100:103]
+    names[0].write_bytes(names[0].read_bytes()[:60])   # truncated PNG
+    names[1].write_bytes(b"")                          # zero-byte file
+    names[2].write_bytes(names[2].read_bytes()[:30])
+    cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="1h", SEED=0, IMG_SIZE=16,
+                 MODEL="test_resnet", EPOCHS=1, MIN_EPOCHS=1, FOLDS=2, TRAIN_FOLDS=1, BATCH_SIZE=64,
+                 NUM_WORKERS=0, DEVICE="cpu")
+    run = clf.start(cfg, environ={}, echo=lambda message: None)
+    comp = clf.load(cfg, run)
+    folds = clf.make_folds(comp, cfg, run)
+    models = clf.train(comp, folds, cfg, run)
+    assert sorted(models.folds) == [0]
+    path = clf.write_submission(comp, clf.predict(comp, models, cfg, run), cfg, run)
+    assert clf.finish(comp, path, cfg, run).valid
+    record = json.loads((run.dir / "run.json").read_text())
+    assert record["unreadable_images"]["count"] == 3
+    assert record["unreadable_images"]["files"] == sorted(str(p) for p in names)
+    assert record["submitted"] in ("classical", "deep", "blend")
+
+
+def test_too_many_unreadable_images_stop_before_training(tmp_path):
+    data = _tiny(tmp_path / "c")
+    (data / "train" / "im005.png").write_bytes(b"")
+    cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="1h", SEED=0, CHECK_IMAGES=True)
+    run = clf.start(cfg, environ={}, echo=lambda message: None)
+    with pytest.raises(ValueError, match=r"(?s)1 of 16 images cannot be read \(6.2%, more than the 0.5%.*im005.png"):
+        clf.load(cfg, run)
+    assert json.loads((run.dir / "run.json").read_text())["unreadable_images"]["count"] == 1
+    assert (run.dir / "submission.csv").is_file()  # the baseline, written before the images were read

@@ -282,3 +282,30 @@ def test_nothing_trained_finetune_exports_and_verifies_the_ndsi_package(demo, tm
     assert report.stats["mcc"] == pytest.approx(run.record["scores"]["ndsi_mcc_holdout"], abs=1e-5)
     figures = finetune.plot_results(run, data, None, folds)
     assert "overlays" in figures and figures["overlays"].is_file()
+
+
+def test_the_ndsi_package_is_there_before_the_tiles_are_read(demo, tmp_path, monkeypatch):
+    cfg = _finetune(demo, TTA="none")
+    run = _run(tmp_path, cfg)
+
+    def no_tiles(*args, **kwargs):
+        raise ValueError("the tiles cannot be read")
+
+    monkeypatch.setattr(finetune, "find_band_dirs", no_tiles)
+    with pytest.raises(ValueError, match="the tiles cannot be read"):
+        finetune.load(cfg, run)
+    package = run.dir / finetune.PACKAGE_DIR
+    assert sorted(p.name for p in package.iterdir()) == ["model.pth", "solution.py"]
+    assert torch.load(package / "model.pth", weights_only=True)["models"] == []  # the NDSI rule
+
+
+def test_a_package_that_does_not_beat_ndsi_is_replaced_by_it(demo, tmp_path, monkeypatch):
+    cfg = _finetune(demo, TTA="none")
+    run = _run(tmp_path, cfg)
+    data = finetune.load(cfg, run)
+    folds = finetune.make_folds(data, cfg, run)
+    path = finetune.write_submission(data, finetune.predict(data, None, cfg, run), cfg, run)
+    run.record["package"]["models"] = ["0 (best)"]  # as if trained: it scores what NDSI scores, no better
+    finetune.finish(data, path, cfg, run)
+    assert run.record["submitted"] == "ndsi" and run.record["package"]["replaced_by_ndsi"] is True
+    assert torch.load(path / "model.pth", weights_only=True)["models"] == []

@@ -536,3 +536,18 @@ def test_finetuned_image_scores_are_out_of_fold_and_test_scores_the_fold_mean(de
     feats = F.features(comp, None, ft, cfg, run)
     assert feats.columns["image"] == ["img_finetune", "img_finetune_patient_z"]
     np.testing.assert_array_equal(feats.train["img_finetune"], ft.train)
+
+
+def test_a_load_failing_after_the_sample_leaves_the_baseline(demo, tmp_path, copy_tree):
+    from kagglekit_nb.submission import verify
+
+    data = copy_tree(demo)
+    (data / "test-image.hdf5").unlink()  # the test images are not attached
+    run = make_run(tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"test-image.hdf5 does not exist"):
+        task.load(make_cfg(data), run)
+    path = run.dir / "submission.csv"
+    assert verify(path, data / "sample_submission.csv", kind="binary_proba").valid
+    train = pd.read_csv(data / "train-metadata.csv", usecols=["target"])
+    assert pd.read_csv(path)["target"].unique().tolist() == pytest.approx([train["target"].mean()])
+    assert run.record["submission"].startswith("emergency baseline")

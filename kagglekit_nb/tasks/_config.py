@@ -15,8 +15,10 @@ from ..params import annotation_types, check_type
 if TYPE_CHECKING:
     from ..run import Run
 
-__all__ = ["Demo", "NotebookConfig", "RunConfig", "find_data", "find_data_dir", "start", "timm_model",
-           "training_plots", "use_weights", "verify_csv", "weights_for"]
+__all__ = ["Demo", "NotebookConfig", "RunConfig", "early_baseline", "find_data", "find_data_dir", "start",
+           "timm_model", "training_plots", "use_weights", "verify_csv", "weights_for"]
+
+SUBMISSION_FILE = "submission.csv"
 
 
 class NotebookConfig:
@@ -188,6 +190,30 @@ def use_weights(run: Run, weights: Any) -> bool:
     run.record["weights"] = record
     run.log(f"weights: {weights.describe()}")
     return True
+
+
+def early_baseline(run: Run, sample: Any, *, train_labels: Sequence[Any] | None, kind: str,
+                   labels: Sequence[Any] | None = None) -> Path:
+    """Write the emergency baseline (`submission.baseline`: the training prior) as the run's
+    `submission.csv` as soon as the sample can be read, so a cell failing later still leaves a valid
+    file. A valid submission already there (an earlier session's) is kept instead; later submissions
+    replace either only after verification (`submission.write_verified`)."""
+    from ..submission import baseline, verify, write_csv
+
+    path = run.dir / SUBMISSION_FILE
+    if path.is_file() and verify(path, sample, labels, kind=kind).valid:
+        run.log(f"kept the valid {path.name} of an earlier session until this run verifies its own")
+        return path
+    try:
+        base = baseline(sample, train_labels, kind=kind, labels=labels)
+    except ValueError as e:  # unusable train labels must not cost the run its first valid file
+        base = baseline(sample, None, kind=kind, labels=labels)
+        base.attrs["note"] += f" (train labels not used: {e})"
+    write_csv(base, path)
+    run.record["submission"] = f"emergency baseline ({base.attrs['note']})"
+    run.save()
+    run.log(f"wrote the emergency baseline to {path} ({base.attrs['note']}); a verified model replaces it")
+    return path
 
 
 def verify_csv(run: Run, path: Path, sample_path: Path, **kwargs: Any) -> Any:

@@ -29,25 +29,34 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .. import folds as _folds
-from .._atomic import write_json
+from .._atomic import write_atomic, write_json
 from ..cv import CVResult, FoldSetup, fold_models, load_fold_model, train_folds
 from ..loaders import make_loader
 from ..loop import predict as _predict_loader
 from ..metrics import get_metric
 from ..run import Run
 from ..ui import progress
-from ._config import Demo, RunConfig, find_data, start, timm_model, training_plots, verify_csv, weights_for
+from . import classical
+from .classical import ClassicalResult
+from ._config import (Demo, RunConfig, early_baseline, find_data, start, timm_model, training_plots, verify_csv,
+                      weights_for)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Competition",
     "Config",
+    "Trained",
+    "candidates",
+    "check_unreadable",
+    "classical_stage",
     "finish",
     "load",
     "make_folds",
     "out_of_fold",
     "plot_results",
     "predict",
+    "read_image",
+    "scan_images",
     "start",
     "train",
     "write_submission",
@@ -57,6 +66,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 REQUIRED_FILES = ("train.csv", "sample_submission.csv")
 LABELS_FILE = "labels.json"
 TTA_CHOICES = ("none", "hflip", "vflip", "hvflip")
+CSV_ENCODINGS = ("utf-8", "utf-8-sig", "cp1252", "latin-1")  # tried in this order; latin-1 reads any bytes
+MAX_UNREADABLE = 0.005    # more than this share of unreadable images is an error (before training)
+UNREADABLE_FILE = "unreadable_images.txt"  # one "path<TAB>reason" line per image a loader had to skip
+CLASSICAL_FILE = "classical.npz"           # the classical stage's out-of-fold and test probabilities
 DEMO = Demo("classification", marks=("sample_submission.csv",), note="the bundled demo (handwritten digits)")
 
 
@@ -83,6 +96,7 @@ class Config(RunConfig):
     CHECKPOINT_EVERY: str = "3m"       # full-state checkpoint cadence (also at every epoch end and on SIGTERM)
     FOLDS_PER_SESSION: int | None = None  # train at most this many unfinished folds per run (None = all)
     LABEL_COLUMN: str | None = None    # None = the sample submission's target column
+    CHECK_IMAGES: bool = False         # decode every image at load (slow on big data); unreadable ones are skipped anyway
     NUM_WORKERS: int | None = None     # None = automatic
     DEVICE: str | None = None          # None = CUDA when available
 
@@ -115,6 +129,7 @@ class Competition:
     kind: str                           # "label" or "class_proba"
     classes: list[str]
     in_chans: int
+    unreadable: dict[str, str] = dataclasses.field(default_factory=dict)  # image path -> why it cannot be read
 
     @property
     def n_classes(self) -> int:
@@ -124,16 +139,27 @@ class Competition:
 # ----------------------------------------------------------------------------- setup
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path, log: Any = None) -> pd.DataFrame:
+    """A CSV as text cells; a file that is not UTF-8 is read in the first of CSV_ENCODINGS that
+    decodes it (said in the log, kept in `df.attrs["encoding"]`)."""
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the classification notebook needs {path.name} "
                                 f"in DATA_DIR ({path.parent}).")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a readable CSV file ({e}).") from e
+    for encoding in CSV_ENCODINGS:
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise ValueError(f"{path} is not a readable CSV file ({e}).") from e
     if df.empty:
         raise ValueError(f"{path} has no rows.")
+    if encoding != CSV_ENCODINGS[0]:
+        df.columns = [c.lstrip("\ufeff") for c in df.columns]
+        if log is not None:
+            log(f"{path.name} is not UTF-8: read it as {encoding}")
+    df.attrs["encoding"] = encoding
     return df
 
 
@@ -181,17 +207,84 @@ def _resolve_images(ids: pd.Series, index: dict[str, list[Path]], split: str, cs
     return paths
 
 
-def _channels(paths: list[str]) -> int:
+def read_image(path: str, mode: str = "L") -> np.ndarray:
+    """HWC (mode "RGB") or HW (mode "L") pixels of the image at `path`: the one decoder of training,
+    prediction, the scan and the classical stage. 16-bit greyscale keeps every level (as float).
+    ValueError naming the file if it cannot be decoded (corrupt, truncated, empty)."""
     from PIL import Image
 
-    for p in paths[:16]:
+    try:
+        with Image.open(path) as img:
+            if mode == "L" and img.mode.startswith("I"):
+                return np.asarray(img, dtype=np.float32) / 257.0
+            return np.asarray(img.convert(mode))
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated file, bad chunk
+        raise ValueError(f"cannot read image {path}: {e}. Replace or remove the file.") from None
+
+
+def _channels(paths: list[str], unreadable: dict[str, str] | None = None) -> int:
+    """1 or 3 from the first readable images; unreadable ones met on the way are added to `unreadable`."""
+    from PIL import Image
+
+    seen = 0
+    for p in paths:
+        if seen == 16:
+            break
         try:
             with Image.open(p) as img:
-                if img.mode not in ("L", "1", "I", "I;16", "F", "LA"):
-                    return 3
-        except OSError as e:
-            raise ValueError(f"cannot read image {p}: {e}. Replace or remove the file.") from e
+                img_mode = img.mode
+                img.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            if unreadable is not None:
+                unreadable[p] = f"cannot read image {p}: {e}. Replace or remove the file."
+            continue
+        seen += 1
+        if img_mode not in ("L", "1", "I", "I;16", "F", "LA"):
+            return 3
     return 1
+
+
+def scan_images(paths: list[str], mode: str = "L") -> dict[str, str]:
+    """{path: reason} of the images `read_image` cannot decode (the CHECK_IMAGES scan)."""
+    bad = {}
+    for p in paths:
+        try:
+            read_image(p, mode)
+        except ValueError as e:
+            bad[p] = str(e)
+    return bad
+
+
+def check_unreadable(comp: Competition, run: Run, *, limit: float = MAX_UNREADABLE) -> None:
+    """Record the unreadable images found so far in run.json; more than `limit` of all images is an
+    error listing some of them (they are skipped otherwise: their predictions are the class prior)."""
+    bad = {**comp.unreadable, **_journal(run)}
+    comp.unreadable.update(bad)
+    if not bad:
+        return
+    total = len(comp.train) + len(comp.test)
+    run.record["unreadable_images"] = {"count": len(bad), "of": total, "files": sorted(bad)[:100]}
+    examples = "\n".join(f"  - {bad[p]}" for p in sorted(bad)[:5])
+    if len(bad) > limit * total:
+        run.save()
+        raise ValueError(f"{len(bad)} of {total} images cannot be read ({len(bad) / total:.1%}, more than the "
+                         f"{limit:.1%} a run skips); e.g.:\n{examples}\nReplace or remove these files (and their "
+                         "rows), or check that the image folders are complete.")
+    run.log(f"{len(bad)} unreadable image(s) will be skipped (not trained on; predicted as the class prior):\n"
+            + examples)
+
+
+def _journal(run: Run) -> dict[str, str]:
+    """The images a data loader skipped, from the run's journal (written by any worker process)."""
+    path = run.dir / UNREADABLE_FILE
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if "\t" in line:
+            p, reason = line.split("\t", 1)
+            out[p] = reason
+    return out
 
 
 def load(cfg: Config, run: Run) -> Competition:
@@ -199,11 +292,13 @@ def load(cfg: Config, run: Run) -> Competition:
     data_dir = find_data(cfg, run, required=REQUIRED_FILES, what=f"competition folder ({', '.join(REQUIRED_FILES)})",
                          demo=DEMO)
     sample_path = data_dir / "sample_submission.csv"
-    train_df, sample = _read_csv(data_dir / "train.csv"), _read_csv(sample_path)
+    sample = _read_csv(sample_path, run.log)
     id_col, target_cols = sample.columns[0], list(sample.columns[1:])
     if not target_cols:
         raise ValueError(f"{sample_path} has only the column {id_col!r}: a sample submission needs the "
                          "id column and at least one target column.")
+    train_df = _read_csv(data_dir / "train.csv", run.log)
+    _early_baseline(sample, train_df, cfg, run)
     if id_col not in train_df.columns:
         raise ValueError(
             f"train.csv has no column {id_col!r} (the id column of sample_submission.csv); its columns are "
@@ -253,15 +348,36 @@ def load(cfg: Config, run: Run) -> Competition:
         if id_col in test_ids.columns and set(test_ids[id_col]) != set(test["id"]):
             run.log("WARNING: test.csv and sample_submission.csv list different ids; "
                     "the submission follows sample_submission.csv.")
+    unreadable: dict[str, str] = {}
+    in_chans = _channels(train["path"].tolist(), unreadable)
     comp = Competition(data_dir=data_dir, train=train, test=test, sample=sample, sample_path=sample_path,
-                       id_col=id_col, target_cols=target_cols, kind=kind, classes=classes,
-                       in_chans=_channels(train["path"].tolist()))
+                       id_col=id_col, target_cols=target_cols, kind=kind, classes=classes, in_chans=in_chans,
+                       unreadable=unreadable)
+    if cfg.CHECK_IMAGES:
+        with run.budget.timed("check images"):
+            comp.unreadable.update(scan_images(train["path"].tolist() + test["path"].tolist(),
+                                               "L" if in_chans == 1 else "RGB"))
+        run.log(f"CHECK_IMAGES: decoded all {len(train) + len(test)} images, {len(comp.unreadable)} unreadable")
+    check_unreadable(comp, run)
     _save_labels(comp, run)
     counts = train["label"].value_counts().sort_index()
     run.log(f"{len(train)} train / {len(test)} test images, {comp.n_classes} classes "
             f"({'one label column' if kind == 'label' else 'one probability column per class'}), "
             f"{comp.in_chans} channel(s); rarest class {comp.classes[counts.idxmin()]!r} has {counts.min()} images")
     return comp
+
+
+def _early_baseline(sample: pd.DataFrame, train_df: pd.DataFrame, cfg: Config, run: Run) -> None:
+    """The emergency baseline from the training prior, written before any image is read."""
+    kind = "label" if len(sample.columns) == 2 else "class_proba"
+    column = cfg.LABEL_COLUMN or (sample.columns[1] if kind == "label" else None)
+    labels = None
+    if column in train_df.columns:
+        labels = [v for v in train_df[column].str.strip() if v]
+    elif kind == "class_proba" and all(c in train_df.columns for c in sample.columns[1:]):
+        labels = list(np.asarray(sample.columns[1:])[train_df[list(sample.columns[1:])].apply(
+            pd.to_numeric, errors="coerce").fillna(0).to_numpy().argmax(1)])
+    early_baseline(run, sample, train_labels=labels or None, kind=kind)
 
 
 def _save_labels(comp: Competition, run: Run) -> None:
@@ -281,26 +397,48 @@ def _save_labels(comp: Competition, run: Run) -> None:
 
 
 class ImageDataset(Dataset):
-    """Images from disk through an albumentations pipeline; yields (image, label) or image."""
+    """Images from disk through an albumentations pipeline; yields (image, label) or image.
 
-    def __init__(self, paths: list[str], labels: np.ndarray | None, transform: Any, in_chans: int):
+    An image that cannot be decoded raises ValueError with on_error="raise". With on_error="skip"
+    (as ISIC's `HDF5Images`) it becomes a blank mid-grey image, its (path, reason) is appended to
+    `.skipped` and, when `journal` is given, a "path<TAB>reason" line to that file (so skips made in
+    worker processes reach the run); paths in `known_bad` are skipped without decoding."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray | None, transform: Any, in_chans: int, *,
+                 on_error: str = "raise", known_bad: Any = (), journal: Path | None = None):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error={on_error!r} is not valid; choose one of raise, skip.")
         self.paths, self.labels, self.transform = paths, labels, transform
         self.mode = "L" if in_chans == 1 else "RGB"
+        self.on_error, self.known_bad, self.journal = on_error, frozenset(known_bad), journal
+        self.skipped: list[tuple[str, str]] = []
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
-        from PIL import Image
-
+    def _pixels(self, path: str) -> np.ndarray:
+        if path in self.known_bad:
+            return self._blank()
         try:
-            with Image.open(self.paths[i]) as img:
-                if self.mode == "L" and img.mode.startswith("I"):  # 16-bit: keep every level
-                    arr = np.asarray(img, dtype=np.float32) / 257.0
-                else:
-                    arr = np.asarray(img.convert(self.mode))
-        except OSError as e:
-            raise ValueError(f"cannot read image {self.paths[i]}: {e}. Replace or remove the file.") from e
+            return read_image(path, self.mode)
+        except ValueError as e:
+            if self.on_error == "raise":
+                raise
+            self.skipped.append((path, str(e)))
+            if self.journal is not None and path not in {p for p, _ in self.skipped[:-1]}:
+                line = f"{path}\t{' '.join(str(e).split())}\n".encode()
+                fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, line)  # one short O_APPEND write: lines of several workers never interleave
+                finally:
+                    os.close(fd)
+            return self._blank()
+
+    def _blank(self) -> np.ndarray:
+        return np.full((8, 8) if self.mode == "L" else (8, 8, 3), 128, dtype=np.uint8)
+
+    def __getitem__(self, i: int):
+        arr = self._pixels(self.paths[i])
         if arr.ndim == 2:
             arr = arr[:, :, None]
         x = self.transform(image=arr)["image"]
@@ -368,16 +506,24 @@ def _fold_meta(cfg: Config, comp: Competition, fold: int) -> dict[str, Any]:
             "fold": fold, "batch_size": cfg.BATCH_SIZE, "seed": cfg.SEED, "lr": cfg.LR, "folds": cfg.FOLDS}
 
 
+def _dataset(paths: list[str], labels: np.ndarray | None, transform: Any, in_chans: int, comp: Competition,
+             run: Run) -> ImageDataset:
+    """An ImageDataset that skips unreadable images (those known so far, and any met later, which
+    are journaled in the run folder) instead of stopping a long run."""
+    return ImageDataset(paths, labels, transform, in_chans, on_error="skip", known_bad=comp.unreadable,
+                        journal=run.dir / UNREADABLE_FILE)
+
+
 def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: int) -> FoldSetup:
     """Model, optimizer, loaders and loss of fold `k` (the model is built on its device first)."""
     val_mask = folds.to_numpy() == k
     tr, va = comp.train[~val_mask], comp.train[val_mask]
     model = build_model(cfg, comp.n_classes, comp.in_chans, run).to(run.device)
     mean, std = normalization(model, comp.in_chans)
-    train_ds = ImageDataset(tr["path"].tolist(), tr["label"].to_numpy(),
-                            transforms(cfg.IMG_SIZE, mean, std, train=True, hflip=cfg.HFLIP), comp.in_chans)
-    val_ds = ImageDataset(va["path"].tolist(), va["label"].to_numpy(),
-                          transforms(cfg.IMG_SIZE, mean, std, train=False), comp.in_chans)
+    train_ds = _dataset(tr["path"].tolist(), tr["label"].to_numpy(),
+                        transforms(cfg.IMG_SIZE, mean, std, train=True, hflip=cfg.HFLIP), comp.in_chans, comp, run)
+    val_ds = _dataset(va["path"].tolist(), va["label"].to_numpy(),
+                      transforms(cfg.IMG_SIZE, mean, std, train=False), comp.in_chans, comp, run)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.LR, weight_decay=cfg.WEIGHT_DECAY)
     meta = {**_fold_meta(cfg, comp, k), "mean": mean, "std": std}
     return FoldSetup(
@@ -393,35 +539,209 @@ def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: i
         meta=meta)
 
 
-def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> CVResult:
-    """Train every unfinished fold inside the budget; finished folds are kept, interrupted ones
-    resume exactly where their last checkpoint left them."""
+@dataclass
+class Trained(CVResult):
+    """What `train` made: the deep model's folds (a CVResult) and the classical stage's result."""
+
+    classical: ClassicalResult | None = None
+
+
+def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained:
+    """The classical stage first (seconds: downsized pixels + scikit-learn on the same folds, see
+    `tasks.classical`), then every unfinished fold of the deep model inside the budget; finished
+    folds are kept, interrupted ones resume exactly where their last checkpoint left them."""
+    classical = classical_stage(data, folds, cfg, run)
+    if classical is not None:
+        _submit_classical(data, folds, classical, cfg, run)
     n_folds = cfg.TRAIN_FOLDS or cfg.FOLDS
     n_tta = len(_tta(cfg.TTA))
-    return train_folds(
+    cv = train_folds(
         run, n_folds=n_folds, setup=lambda k: _setup_fold(data, folds, cfg, run, k),
         metric=get_metric(cfg.METRIC), max_epochs=cfg.EPOCHS, min_epochs=cfg.MIN_EPOCHS,
         max_new_folds=cfg.FOLDS_PER_SESSION, patience=cfg.PATIENCE, checkpoint_every=cfg.CHECKPOINT_EVERY,
         predict_items=len(data.test) * n_folds * (1 + n_tta), predict_models=n_folds,
         expected_meta=lambda k: _fold_meta(cfg, data, k))
+    check_unreadable(data, run)
+    run.save()
+    return Trained(**{f.name: getattr(cv, f.name) for f in dataclasses.fields(CVResult)}, classical=classical)
+
+
+def _classical_key(data: Competition, folds: pd.Series) -> str:
+    """What the saved classical stage must match to be reused: the rows, classes and folds."""
+    import hashlib
+
+    text = "|".join([*data.train["id"], "#", *data.test["id"], "#", *data.classes, "#",
+                     *map(str, folds.to_numpy()), "#", str(classical.PIXELS), "pixels+mean+std"])
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def classical_stage(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> ClassicalResult | None:
+    """Downsized pixels (PIXELS x PIXELS, per-image normalised) and a scikit-learn model with
+    probabilities fit on the saved folds: out-of-fold and test probabilities in seconds, saved in
+    the run folder (`classical.npz`, reused by a later session). It also decodes every image, so
+    unreadable ones are found (and the MAX_UNREADABLE cap applied) before the deep model trains.
+    Skipped (None) when the budget cannot fit it."""
+    path = run.dir / CLASSICAL_FILE
+    key = _classical_key(data, folds)
+    metric = get_metric(cfg.METRIC)
+    if path.is_file():
+        saved = np.load(path, allow_pickle=False)
+        if str(saved["key"]) == key:
+            result = ClassicalResult(model=str(saved["model"]), oof=saved["oof"], test=saved["test"],
+                                     score=float(saved["score"]) if np.isfinite(saved["score"]) else None,
+                                     seconds=float(saved["seconds"]), folds_done=saved["folds_done"].tolist())
+            run.record["classical"] = result.summary()
+            run.log(f"classical stage: reused {path.name} (OOF {metric.name} {_fmt(result.score)})")
+            return result
+    colour = data.in_chans == 3
+    mode = "RGB" if colour else "L"
+    paths = data.train["path"].tolist() + data.test["path"].tolist()
+    t0 = run.budget.clock()
+    probe, _ = classical.pixel_features(paths[:32], lambda p: read_image(p, mode), colour=colour)
+    run.budget.plan_pace("classical_read", (run.budget.clock() - t0) / max(1, len(probe)))
+    why = run.budget.stop_reason(run.budget.need("classical_read", len(paths)))
+    if why:
+        run.log(f"classical stage skipped: {why}")
+        run.record["classical"] = {"skipped": why}
+        return None
+    with run.budget.timed("classical"):
+        X_all, bad = classical.pixel_features(paths, lambda p: read_image(p, mode), colour=colour)
+        data.unreadable.update({paths[i]: reason for i, reason in bad.items()})
+        check_unreadable(data, run)
+        n = len(data.train)
+        X, X_test = X_all[:n], X_all[n:]
+        y = data.train["label"].to_numpy()
+        fold_s = classical.estimate_s(X, y, cfg.FOLDS, cfg.SEED)
+        result = classical.fit_predict(X, y, folds.to_numpy(), X_test, n_classes=data.n_classes, metric=metric,
+                                       seed=cfg.SEED, skip=[i for i in bad if i < n],
+                                       skip_test=[i - n for i in bad if i >= n], budget=run.budget, fold_s=fold_s)
+    if result.test is None:
+        run.log(f"classical stage: no fold fitted ({result.stop_reason})")
+        run.record["classical"] = result.summary()
+        return None
+    write_atomic(path, lambda fh: np.savez(
+        fh, key=key, model=result.model, oof=result.oof, test=result.test,
+        score=np.nan if result.score is None else result.score, seconds=result.seconds,
+        folds_done=np.asarray(result.folds_done)), binary=True)
+    run.record["classical"] = result.summary()
+    run.log(f"classical stage ({result.model} on {classical.PIXELS}x{classical.PIXELS} "
+            f"{'colour' if colour else 'grey'} pixels): OOF {metric.name} {_fmt(result.score)} in "
+            f"{result.seconds:.1f}s, folds {result.folds_done}")
+    return result
+
+
+def _fmt(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.4f}"
 
 
 # ----------------------------------------------------------------------------- predict & submit
 
 
 def predict(data: Competition, models: CVResult | None, cfg: Config, run: Run) -> np.ndarray | None:
-    """Average class probabilities over every fold model that exists (best epoch, else the last
-    checkpoint of an interrupted fold) and the TTA views; None if no fold has a model.
+    """The test probabilities of whichever candidate scores best out of fold by METRIC (`blend.choose`):
+    the class prior (the baseline), the classical stage, the deep model, or the OOF-weighted blend of
+    the last two. None when the prior wins (or nothing was trained): the baseline is submitted.
 
-    The fold models are read from the run folder, so `models` (train's result) may be None: a
-    session that only predicts finds what earlier sessions trained.
+    The deep model's probabilities are the average over every fold model that exists (best epoch,
+    else the last checkpoint of an interrupted fold) and the TTA views. Everything is read from the
+    run folder (fold models, `oof_fold<k>.csv`, `classical.npz`), so `models` may be None: a session
+    that only predicts finds what earlier sessions trained. Each candidate's OOF score and the one
+    submitted go to run.json (`candidates`, `submitted`); `candidates(run)` shows them as a table.
     """
+    from ..blend import choose
+
+    metric = get_metric(cfg.METRIC)
+    y = data.train["label"].to_numpy()
+    fold_of = _saved_folds(data, run)
+    prior = np.bincount(y, minlength=data.n_classes) / len(y)
+    oofs: dict[str, np.ndarray | None] = {"baseline": classical.prior_oof(y, fold_of, data.n_classes)}
+    tests: dict[str, np.ndarray] = {"baseline": np.tile(prior, (len(data.test), 1))}
+    stage = models.classical if isinstance(models, Trained) else None
+    stage = stage or _saved_classical(data, run)
+    oofs["classical"] = None if stage is None else stage.oof
+    if stage is not None:
+        tests["classical"] = stage.test
+    deep = _predict_deep(data, cfg, run)
+    oofs["deep"] = None if deep is None else _deep_oof(data, run, deep[1])
+    if deep is not None:
+        tests["deep"] = deep[0]
+    bad_train = data.train["path"].isin(list(data.unreadable)).to_numpy()
+    bad_test = data.test["path"].isin(list(data.unreadable)).to_numpy()
+    for name in list(oofs):  # unreadable images: every candidate predicts the prior there
+        if oofs[name] is not None:
+            oofs[name] = np.where(bad_train[:, None] & np.isfinite(oofs[name]), oofs["baseline"], oofs[name])
+        if name in tests:
+            tests[name] = np.where(bad_test[:, None], prior, tests[name])
+    choice = choose(oofs, y, metric)
+    run.record["candidates"] = {n: choice.scores.get(n) for n in (*oofs, "blend")
+                                if oofs.get(n) is not None or n in choice.scores}
+    run.record["submitted"] = choice.name
+    run.record["candidates_rows"] = choice.rows
+    if choice.weights:
+        run.record["blend_weights"] = choice.weights
+    run.log(f"out-of-fold {metric.name} on {choice.rows} rows: "
+            + ", ".join(f"{n} {_fmt(v)}" for n, v in run.record["candidates"].items())
+            + f" -> submitting {choice.name}")
+    run.save()
+    if choice.name == "baseline":
+        return None
+    return choice.mix(tests)
+
+
+def _saved_folds(data: Competition, run: Run) -> np.ndarray:
+    """The fold of every training row from `folds.csv` (all 0 before any split was made: the prior
+    is then scored on the whole training set, and no other candidate exists)."""
+    path = run.dir / _folds.FOLDS_FILE
+    if not path.is_file():
+        return np.zeros(len(data.train), dtype=int)
+    saved = pd.read_csv(path, dtype={"id": str}).set_index("id")["fold"]
+    return saved.reindex(data.train["id"].astype(str)).fillna(-1).astype(int).to_numpy()
+
+
+def candidates(run: Run | str | Path) -> pd.DataFrame:
+    """Each candidate's out-of-fold score (from run.json) and which one was submitted, as a table."""
+    folder = Path(run.dir if isinstance(run, Run) else run)
+    record = run.record if isinstance(run, Run) else json.loads((folder / "run.json").read_text())
+    scores = record.get("candidates") or {}
+    return pd.DataFrame({"oof_score": list(scores.values()),
+                         "submitted": [n == record.get("submitted") for n in scores]},
+                        index=pd.Index(list(scores), name="candidate"))
+
+
+def _saved_classical(data: Competition, run: Run) -> ClassicalResult | None:
+    path = run.dir / CLASSICAL_FILE
+    if not path.is_file():
+        return None
+    saved = np.load(path, allow_pickle=False)
+    if saved["oof"].shape != (len(data.train), data.n_classes) or saved["test"].shape[0] != len(data.test):
+        return None
+    return ClassicalResult(model=str(saved["model"]), oof=saved["oof"], test=saved["test"], score=None,
+                           seconds=float(saved["seconds"]))
+
+
+def _deep_oof(data: Competition, run: Run, used_folds: list[int]) -> np.ndarray | None:
+    """The deep model's out-of-fold probabilities in train order (NaN rows: folds without a model)."""
+    oof, _ = out_of_fold(run)
+    oof = oof[oof["fold"].isin(used_folds)]
+    if not len(oof):
+        return None
+    cols = [f"p{c}" for c in range(data.n_classes)]
+    out = np.full((len(data.train), data.n_classes), np.nan)
+    row = pd.Series(np.arange(len(data.train)), index=data.train["id"].astype(str))
+    at = row.reindex(oof["id"].astype(str)).to_numpy()
+    keep = ~np.isnan(at)
+    out[at[keep].astype(int)] = oof[cols].to_numpy()[keep]
+    return out
+
+
+def _predict_deep(data: Competition, cfg: Config, run: Run) -> tuple[np.ndarray, list[int]] | None:
+    """The fold models' mean test probabilities and the folds used; None without a fold model."""
     found = fold_models(run, cfg.TRAIN_FOLDS or cfg.FOLDS)
     missing = sorted(set(range(cfg.TRAIN_FOLDS or cfg.FOLDS)) - {k for k, _, _ in found})
     if missing:
         run.log(f"folds without any model (skipped): {missing}")
     if not found:
-        run.log("no trained fold model: the emergency baseline will be written instead")
+        run.log("no trained fold model: the deep model is not a candidate")
         return None
     total = None
     n_batches = len(found) * -(-len(data.test) // (cfg.BATCH_SIZE * 2))
@@ -436,49 +756,96 @@ def predict(data: Competition, models: CVResult | None, cfg: Config, run: Run) -
                                 data.n_classes, meta["in_chans"])
             model.load_state_dict(weights)
             model.to(run.device)
-            ds = ImageDataset(data.test["path"].tolist(), None,
-                              transforms(meta["img_size"], meta["mean"], meta["std"], train=False), meta["in_chans"])
+            ds = _dataset(data.test["path"].tolist(), None,
+                          transforms(meta["img_size"], meta["mean"], meta["std"], train=False), meta["in_chans"],
+                          data, run)
             loader = make_loader(ds, cfg.BATCH_SIZE * 2, train=False, device=run.device, num_workers=cfg.NUM_WORKERS)
             probs = _predict_loader(model, bar.wrap(loader), device=run.device, tta=_tta(cfg.TTA))
             total = probs if total is None else total + probs
     used = [f"{k} ({which})" for k, _, which in found]
     run.log(f"predicted {len(data.test)} test images with fold models {', '.join(used)}, TTA {cfg.TTA}")
     run.record["predicted_with"] = used
-    return total / len(found)
+    return total / len(found), [k for k, _, _ in found]
 
 
 def write_submission(data: Competition, preds: np.ndarray | None, cfg: Config, run: Run) -> Path:
-    """Write `submission.csv` in the sample's format (ids and row order from the sample).
+    """Write `submission.csv` in the sample's format (ids and row order from the sample): written
+    beside it and verified first, it replaces the file there (the emergency baseline written by
+    `load`, or the classical stage's) only when valid; an invalid one is reported and not used.
 
-    With `preds=None` (nothing trained) the emergency baseline from the training prior is written.
+    With `preds=None` (the prior won out of fold, or nothing was trained) the emergency baseline from
+    the training prior is written.
     """
-    from ..submission import baseline, write_csv
+    from ..submission import baseline
 
-    path = run.dir / "submission.csv"
     if preds is None:
         prior = data.train["label"].map(dict(enumerate(data.classes)))
         sub = baseline(data.sample, train_labels=prior.tolist(), kind=data.kind)
-        run.record["submission"] = "emergency baseline (training prior)"
+        return _write_verified(data, sub, run, "emergency baseline (training prior)")
+    return _write_verified(data, _frame(data, preds), run, "model")
+
+
+def _frame(data: Competition, preds: np.ndarray) -> pd.DataFrame:
+    sub = data.sample[[data.id_col]].copy()
+    if data.kind == "label":
+        sub[data.target_cols[0]] = np.asarray(data.classes, dtype=object)[preds.argmax(1)]
+        return sub
+    for j, c in enumerate(data.classes):
+        sub[c] = preds[:, j]
+    return sub[[data.id_col, *data.target_cols]]
+
+
+def _sample(data: Competition) -> Any:
+    """The sample to verify against: its file, or the frame read from it when it is not UTF-8."""
+    return data.sample_path if data.sample.attrs.get("encoding", "utf-8") == "utf-8" else data.sample
+
+
+def _write_verified(data: Competition, sub: pd.DataFrame, run: Run, what: str) -> Path:
+    from ..submission import write_verified
+
+    path = run.dir / "submission.csv"
+    with run.budget.timed("write"):
+        report = write_verified(sub, path, _sample(data), labels=data.classes if data.kind == "label" else None,
+                                kind=data.kind)
+    if report.valid:
+        run.record["submission"] = what
     else:
-        sub = data.sample[[data.id_col]].copy()
-        if data.kind == "label":
-            sub[data.target_cols[0]] = np.asarray(data.classes, dtype=object)[preds.argmax(1)]
-        else:
-            for j, c in enumerate(data.classes):
-                sub[c] = preds[:, j]
-            sub = sub[[data.id_col, *data.target_cols]]
-        run.record["submission"] = "model"
-    write_csv(sub, path)
+        run.record["submission_rejected"] = {"what": what, "errors": report.errors[:10]}
+        run.log(f"WARNING: the {what} submission is invalid and was not used ({'; '.join(report.errors[:3])}); "
+                f"{path} keeps {run.record.get('submission', 'what it held')}")
+    run.save()
     return path
+
+
+def _submit_classical(data: Competition, folds: pd.Series, result: ClassicalResult, cfg: Config,
+                      run: Run) -> None:
+    """The classical stage's submission replaces the baseline (after verification) when its
+    out-of-fold score beats the class prior's: the run's first real submission."""
+    from ..blend import choose
+
+    y = data.train["label"].to_numpy()
+    choice = choose({"baseline": classical.prior_oof(y, folds.to_numpy(), data.n_classes),
+                     "classical": result.oof}, y, get_metric(cfg.METRIC))
+    if choice.name != "classical":
+        run.log(f"the classical stage ({_fmt(choice.scores.get('classical'))}) does not beat the class prior "
+                f"({_fmt(choice.scores.get('baseline'))}) out of fold: the baseline stays")
+        return
+    test = np.where(data.test["path"].isin(list(data.unreadable)).to_numpy()[:, None],
+                    np.bincount(y, minlength=data.n_classes) / len(y), result.test)
+    path = _write_verified(data, _frame(data, test), run, "classical stage")
+    if run.record.get("submission") == "classical stage":
+        run.log(f"{path} now holds the classical stage's predictions (verified)")
 
 
 def finish(data: Competition, path: Path, cfg: Config, run: Run) -> Any:
     """Verify the submission against the sample (columns, ids, values, and labels among the classes),
     write verification.json and run.json; an invalid file is replaced by the emergency baseline (the
-    training prior) and the cell fails with the reasons."""
+    training prior) and the cell fails with the reasons. The log shows each candidate's OOF score."""
     prior = data.train["label"].map(dict(enumerate(data.classes))).tolist()
     labels = data.classes if data.kind == "label" else None
-    return verify_csv(run, path, data.sample_path, labels=labels, train_labels=prior)
+    if run.record.get("candidates"):
+        run.log("out-of-fold scores of the candidates:\n" + candidates(run).to_string())
+    return verify_csv(run, path, _sample(data), labels=labels, train_labels=prior)
 
 
 # ----------------------------------------------------------------------------- plots

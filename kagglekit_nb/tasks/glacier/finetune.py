@@ -102,6 +102,7 @@ def load(cfg: Config, run: Run) -> TileData:
     split = TRAIN_SPLIT
     root = find_data(cfg, run, required=[f"{split}/Band1"], max_depth=4, demo=demo(cfg.DEMO_TILE_SIZE, "glacierhack"),
                      what="GlacierHack folder (Train/Band1..Band5, Train/labels)")
+    _early_ndsi_package(run)
     folder = root / split if (root / split).is_dir() else root
     dirs = find_band_dirs(folder, require_labels=True)
     names = list_tiles(dirs)
@@ -170,7 +171,8 @@ def write_submission(data: TileData, preds: Ensemble, cfg: Config, run: Run) -> 
 def finish(data: TileData, path: Path, cfg: Config, run: Run) -> Any:
     """Run solution.py in a fresh process on the held-out tiles (from the saved folds.csv), check
     every mask, report MCC next to the NDSI baseline on the same tiles; an invalid package is
-    replaced by the NDSI package and the cell fails with the reasons."""
+    replaced by the NDSI package and the cell fails with the reasons, and a valid one that does not
+    beat NDSI on the held-out tiles is replaced by the NDSI package too (`submitted` in run.json)."""
     from ...submission import finalize
     from . import package as _package  # noqa: F401  (registers the package verifier and its NDSI baseline)
 
@@ -194,6 +196,24 @@ def finish(data: TileData, path: Path, cfg: Config, run: Run) -> Any:
     where = "the held-out tiles" if holdout else "training tiles"
     versus = f" (NDSI baseline {scores['ndsi_mcc_holdout']:.4f})" if holdout else ""
     run.log(f"package {path} is valid; MCC {'n/a' if mcc is None else f'{mcc:.4f}'} on {where}{versus}")
+    models = (run.record.get("package") or {}).get("models")
+    # compared at 6 decimals: the package and `ndsi_score` count the same pixels in a different order
+    if holdout and models and (mcc is None or round(mcc, 6) <= round(scores["ndsi_mcc_holdout"], 6)):
+        from .package import write_ndsi_package
+
+        shutil.rmtree(path)
+        write_ndsi_package(path)
+        run.record["package"] = {**run.record["package"], "models": [], "replaced_by_ndsi": True}
+        run.record["submitted"] = "ndsi"
+        run.log(f"the trained package does not beat the NDSI rule on the held-out tiles (MCC "
+                f"{'n/a' if mcc is None else f'{mcc:.4f}'} vs {scores['ndsi_mcc_holdout']:.4f}): {path} now holds "
+                "the NDSI package")
+        with run.budget.timed("verify"):
+            report = finalize(path, check_dir, run.dir, kind="glacier_code_package")
+        run.save()
+    elif holdout:
+        run.record["submitted"] = "model" if models else "ndsi"
+        run.save()
     return report
 
 
@@ -247,6 +267,17 @@ def find_pretrained(cfg: Config, run: Run) -> dict[str, Any] | None:
             return payload
     run.log("no pretrained weights found (run glacier_pretrain, or attach its output): training from scratch")
     return None
+
+
+def _early_ndsi_package(run: Run) -> None:
+    """The NDSI package (the emergency baseline) in `<run>/package` before any tile is read, unless
+    an earlier session left a package there; `finish` keeps a trained one only when it beats NDSI."""
+    from .package import write_ndsi_package
+
+    path = run.dir / PACKAGE_DIR
+    if not path.exists():
+        run.log(f"{path}: {write_ndsi_package(path)} (the emergency baseline; a trained package that "
+                "beats it on the held-out tiles replaces it)")
 
 
 def _holdout_dir(data: TileData, folds: pd.Series, run: Run) -> Path | None:

@@ -34,7 +34,7 @@ import pandas as pd
 from ... import folds as _folds
 from ...run import Run
 from ...weights import AUTO
-from .._config import Demo, RunConfig, find_data, start, verify_csv
+from .._config import Demo, RunConfig, early_baseline, find_data, start, verify_csv
 from .data import SAMPLE_FILE, TEST_FILE, TEST_IMAGES, TRAIN_FILE, TRAIN_IMAGES, Competition, read_metadata
 from .embeddings import Embeddings, embeddings
 from .features import Features, features
@@ -133,7 +133,6 @@ def load(cfg: Config, run: Run) -> Competition:
     """Read both metadata files and the sample submission; test rows follow the sample's order."""
     data_dir = find_data(cfg, run, required=REQUIRED_FILES, what=f"competition data ({', '.join(REQUIRED_FILES)})",
                          demo=DEMO)
-    train, test = read_metadata(data_dir)
     sample_path = data_dir / SAMPLE_FILE
     if not sample_path.is_file():
         raise FileNotFoundError(f"{sample_path} does not exist; the submission's format comes from it.")
@@ -141,6 +140,13 @@ def load(cfg: Config, run: Run) -> Competition:
     if list(sample.columns[:1]) != ["isic_id"] or len(sample.columns) != 2:
         raise ValueError(f"{sample_path} has the columns {list(sample.columns)}; an ISIC 2024 sample submission "
                          "has two: isic_id,target.")
+    try:
+        train, test = read_metadata(data_dir)
+    except (OSError, ValueError):
+        early_baseline(run, sample, train_labels=None, kind="binary_proba")  # the sample's own values
+        raise
+    early_baseline(run, sample, train_labels=pd.to_numeric(train["target"], errors="coerce").dropna().tolist(),
+                   kind="binary_proba")
     missing = sorted(set(sample["isic_id"]) - set(test["isic_id"]))
     extra = sorted(set(test["isic_id"]) - set(sample["isic_id"]))
     if missing or extra:
@@ -220,6 +226,15 @@ def predict(data: Competition, models: Trained, cfg: Config, run: Run) -> np.nda
     if chosen is None:
         run.log("no LightGBM model was fitted: the emergency baseline will be written instead")
         return None
+    from ...metrics import partial_auc
+
+    prior = partial_auc(data.y, np.zeros(len(data.y))) if len(set(data.y.tolist())) == 2 else None
+    if chosen.score is not None and prior is not None and chosen.score <= prior:
+        run.log(f"the {chosen.name} model's OOF pAUC {chosen.score:.4f} does not beat the constant baseline's "
+                f"{prior:.4f}: the emergency baseline stays")
+        run.record["candidates"] = {"baseline": prior, chosen.name: chosen.score}
+        run.record["submitted"] = "baseline"
+        return None
     X = feats.test[feats.columns[chosen.name]]
     with run.budget.timed("predict"):
         threads = 1 if len(X) < SINGLE_THREAD_ROWS else cpu_count()
@@ -238,19 +253,26 @@ def predict(data: Competition, models: Trained, cfg: Config, run: Run) -> np.nda
 
 def write_submission(data: Competition, preds: np.ndarray | None, cfg: Config, run: Run) -> Path:
     """Write `submission.csv` (isic_id,target in the sample's order); the training positive rate
-    everywhere when `preds` is None."""
-    from ...submission import baseline, write_csv
+    everywhere when `preds` is None. It is verified beside the file first and replaces the one there
+    (the emergency baseline `load` wrote) only when valid."""
+    from ...submission import baseline, write_verified
 
     path = run.dir / "submission.csv"
     if preds is None:
         sub = baseline(data.sample, train_labels=data.y.tolist(), kind="binary_proba")
-        run.record["submission"] = "emergency baseline (training positive rate)"
+        what = "emergency baseline (training positive rate)"
     else:
         if len(preds) != len(data.sample):
             raise ValueError(f"{len(preds)} predictions for {len(data.sample)} rows of {SAMPLE_FILE}.")
         sub = pd.DataFrame({"isic_id": data.sample["isic_id"], "target": np.clip(preds, 0.0, 1.0)})
-        run.record["submission"] = "model"
-    write_csv(sub, path)
+        what = "model"
+    report = write_verified(sub, path, data.sample_path, kind="binary_proba")
+    if report.valid:
+        run.record["submission"] = what
+    else:
+        run.record["submission_rejected"] = {"what": what, "errors": report.errors[:10]}
+        run.log(f"WARNING: the {what} submission is invalid and was not used ({'; '.join(report.errors[:3])}); "
+                f"{path} keeps {run.record.get('submission', 'what it held')}")
     return path
 
 
