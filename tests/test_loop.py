@@ -18,7 +18,7 @@ from kagglekit_nb.loaders import make_loader, steps_per_epoch
 from kagglekit_nb.loop import FitResult, evaluate, fit, predict
 from kagglekit_nb.metrics import Metric, get_metric
 from kagglekit_nb.options import LoopOptions, make_scaler
-from kagglekit_nb.state import capture_state, pack_rng_state, restore_state, unpack_rng_state
+from kagglekit_nb.state import capture_state, restore_state
 
 
 def _separable(n: int = 64, seed: int = 0) -> TensorDataset:

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from kagglekit_nb.folds import make_folds
 from kagglekit_nb.loaders import make_loader
 from kagglekit_nb.loop import evaluate, fit, predict
 from kagglekit_nb.metrics import get_metric

@@ -12,12 +12,16 @@
 
 The column names come from `sample_submission.csv`: its first column is the id; one other column
 means "predict a label", several mean "one probability column per class".
+
+This module is the whole task (about 700 lines): the verbs above and their steps, including the
+classical stage's place in the run and the choice among the candidates. Image files (finding,
+decoding, skipping, the dataset and transforms) are in `tasks.images`, the classical model in
+`tasks.classical`, the chooser in `kagglekit_nb.blend`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from .. import folds as _folds
 from .._atomic import write_atomic, write_json
@@ -38,6 +41,8 @@ from ..run import Run
 from ..ui import progress
 from . import classical
 from .classical import ClassicalResult
+from .images import (IMAGE_EXTENSIONS, UNREADABLE_FILE, ImageDataset, _channels, _image_index, _resolve_images,
+                     _journal, _tta, normalization, read_image, scan_images, transforms)
 from ._config import (Demo, RunConfig, early_baseline, find_data, start, timm_model, training_plots, verify_csv,
                       weights_for)
 
@@ -62,13 +67,11 @@ __all__ = [
     "write_submission",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 REQUIRED_FILES = ("train.csv", "sample_submission.csv")
 LABELS_FILE = "labels.json"
 TTA_CHOICES = ("none", "hflip", "vflip", "hvflip")
 CSV_ENCODINGS = ("utf-8", "utf-8-sig", "cp1252", "latin-1")  # tried in this order; latin-1 reads any bytes
 MAX_UNREADABLE = 0.005    # more than this share of unreadable images is an error (before training)
-UNREADABLE_FILE = "unreadable_images.txt"  # one "path<TAB>reason" line per image a loader had to skip
 CLASSICAL_FILE = "classical.npz"           # the classical stage's out-of-fold and test probabilities
 DEMO = Demo("classification", marks=("sample_submission.csv",), note="the bundled demo (handwritten digits)")
 
@@ -163,102 +166,10 @@ def _read_csv(path: Path, log: Any = None) -> pd.DataFrame:
     return df
 
 
-def _image_index(root: Path) -> dict[str, list[Path]]:
-    """Every file under `root` by file name and by stem (one scan, reused for train and test)."""
-    index: dict[str, list[Path]] = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            if name.endswith(".csv"):
-                continue
-            p = Path(dirpath) / name
-            index.setdefault(name, []).append(p)
-            stem = name.rsplit(".", 1)[0]
-            if stem != name:
-                index.setdefault(stem, []).append(p)
-    return index
-
-
-def _resolve_images(ids: pd.Series, index: dict[str, list[Path]], split: str, csv_name: str,
-                    data_dir: Path) -> list[str]:
-    paths, missing, unknown = [], [], []
-    for i in ids:
-        cands = index.get(i, [])
-        if len(cands) > 1:  # the same name in train/ and test/: prefer the folder of this split
-            cands = [p for p in cands if split in p.relative_to(data_dir).as_posix().lower()] or cands
-        if not cands:
-            missing.append(i)
-            paths.append("")
-            continue
-        p = cands[0]
-        if p.suffix.lower() not in IMAGE_EXTENSIONS:
-            unknown.append(f"{p.name}")
-        paths.append(str(p))
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(ids)} images listed in {csv_name} were not found under {data_dir} "
-            f"(e.g. {', '.join(repr(m) for m in missing[:5])}; looked for '<id>' and '<id>.<ext>'). "
-            "Check DATA_DIR, or that the image folder of this split is attached."
-        )
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} {split} images have an unknown format (e.g. {', '.join(unknown[:5])}); "
-            f"supported: {', '.join(IMAGE_EXTENSIONS)}. Convert them, e.g. with PIL, to PNG."
-        )
-    return paths
-
-
-def read_image(path: str, mode: str = "L") -> np.ndarray:
-    """HWC (mode "RGB") or HW (mode "L") pixels of the image at `path`: the one decoder of training,
-    prediction, the scan and the classical stage. 16-bit greyscale keeps every level (as float).
-    ValueError naming the file if it cannot be decoded (corrupt, truncated, empty)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            if mode == "L" and img.mode.startswith("I"):
-                return np.asarray(img, dtype=np.float32) / 257.0
-            return np.asarray(img.convert(mode))
-    except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated file, bad chunk
-        raise ValueError(f"cannot read image {path}: {e}. Replace or remove the file.") from None
-
-
-def _channels(paths: list[str], unreadable: dict[str, str] | None = None) -> int:
-    """1 or 3 from the first readable images; unreadable ones met on the way are added to `unreadable`."""
-    from PIL import Image
-
-    seen = 0
-    for p in paths:
-        if seen == 16:
-            break
-        try:
-            with Image.open(p) as img:
-                img_mode = img.mode
-                img.load()
-        except (OSError, SyntaxError, ValueError) as e:
-            if unreadable is not None:
-                unreadable[p] = f"cannot read image {p}: {e}. Replace or remove the file."
-            continue
-        seen += 1
-        if img_mode not in ("L", "1", "I", "I;16", "F", "LA"):
-            return 3
-    return 1
-
-
-def scan_images(paths: list[str], mode: str = "L") -> dict[str, str]:
-    """{path: reason} of the images `read_image` cannot decode (the CHECK_IMAGES scan)."""
-    bad = {}
-    for p in paths:
-        try:
-            read_image(p, mode)
-        except ValueError as e:
-            bad[p] = str(e)
-    return bad
-
-
 def check_unreadable(comp: Competition, run: Run, *, limit: float = MAX_UNREADABLE) -> None:
     """Record the unreadable images found so far in run.json; more than `limit` of all images is an
     error listing some of them (they are skipped otherwise: their predictions are the class prior)."""
-    bad = {**comp.unreadable, **_journal(run)}
+    bad = {**comp.unreadable, **_journal(run.dir)}
     comp.unreadable.update(bad)
     if not bad:
         return
@@ -272,19 +183,6 @@ def check_unreadable(comp: Competition, run: Run, *, limit: float = MAX_UNREADAB
                          "rows), or check that the image folders are complete.")
     run.log(f"{len(bad)} unreadable image(s) will be skipped (not trained on; predicted as the class prior):\n"
             + examples)
-
-
-def _journal(run: Run) -> dict[str, str]:
-    """The images a data loader skipped, from the run's journal (written by any worker process)."""
-    path = run.dir / UNREADABLE_FILE
-    if not path.is_file():
-        return {}
-    out = {}
-    for line in path.read_text(errors="replace").splitlines():
-        if "\t" in line:
-            p, reason = line.split("\t", 1)
-            out[p] = reason
-    return out
 
 
 def load(cfg: Config, run: Run) -> Competition:
@@ -394,91 +292,6 @@ def _save_labels(comp: Competition, run: Run) -> None:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-class ImageDataset(Dataset):
-    """Images from disk through an albumentations pipeline; yields (image, label) or image.
-
-    An image that cannot be decoded raises ValueError with on_error="raise". With on_error="skip"
-    (as ISIC's `HDF5Images`) it becomes a blank mid-grey image, its (path, reason) is appended to
-    `.skipped` and, when `journal` is given, a "path<TAB>reason" line to that file (so skips made in
-    worker processes reach the run); paths in `known_bad` are skipped without decoding."""
-
-    def __init__(self, paths: list[str], labels: np.ndarray | None, transform: Any, in_chans: int, *,
-                 on_error: str = "raise", known_bad: Any = (), journal: Path | None = None):
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error={on_error!r} is not valid; choose one of raise, skip.")
-        self.paths, self.labels, self.transform = paths, labels, transform
-        self.mode = "L" if in_chans == 1 else "RGB"
-        self.on_error, self.known_bad, self.journal = on_error, frozenset(known_bad), journal
-        self.skipped: list[tuple[str, str]] = []
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def _pixels(self, path: str) -> np.ndarray:
-        if path in self.known_bad:
-            return self._blank()
-        try:
-            return read_image(path, self.mode)
-        except ValueError as e:
-            if self.on_error == "raise":
-                raise
-            self.skipped.append((path, str(e)))
-            if self.journal is not None and path not in {p for p, _ in self.skipped[:-1]}:
-                line = f"{path}\t{' '.join(str(e).split())}\n".encode()
-                fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    os.write(fd, line)  # one short O_APPEND write: lines of several workers never interleave
-                finally:
-                    os.close(fd)
-            return self._blank()
-
-    def _blank(self) -> np.ndarray:
-        return np.full((8, 8) if self.mode == "L" else (8, 8, 3), 128, dtype=np.uint8)
-
-    def __getitem__(self, i: int):
-        arr = self._pixels(self.paths[i])
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        x = self.transform(image=arr)["image"]
-        if self.labels is None:
-            return x
-        return x, torch.tensor(self.labels[i], dtype=torch.long)
-
-
-def normalization(model: nn.Module, in_chans: int) -> tuple[list[float], list[float]]:
-    """Mean/std from the model's own config (that of its pretrained weights when it has them), adapted to
-    `in_chans`: the one source used by training and inference."""
-    from timm.data import resolve_model_data_config
-
-    cfg = resolve_model_data_config(model)
-    mean, std = list(cfg["mean"]), list(cfg["std"])
-    if in_chans == 1:
-        mean, std = [float(np.mean(mean))], [float(np.mean(std))]
-    elif in_chans != len(mean):
-        mean, std = [float(np.mean(mean))] * in_chans, [float(np.mean(std))] * in_chans
-    return mean, std
-
-
-def transforms(img_size: int, mean: list[float], std: list[float], *, train: bool, hflip: bool = False):
-    """Albumentations pipelines; augmentation only when `train` (never on validation or test)."""
-    import albumentations as A
-    from albumentations.pytorch import ToTensorV2
-
-    steps: list[Any] = [A.Resize(img_size, img_size)]
-    if train:
-        steps.append(A.Affine(scale=(0.9, 1.1), translate_percent=(-0.08, 0.08), rotate=(-10, 10), p=0.8))
-        if hflip:
-            steps.append(A.HorizontalFlip(p=0.5))
-    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(steps)
-
-
-def _tta(name: str) -> list:
-    flips = {"hflip": [lambda x: torch.flip(x, dims=[3])], "vflip": [lambda x: torch.flip(x, dims=[2])]}
-    flips["hvflip"] = flips["hflip"] + flips["vflip"]
-    return flips.get(name, [])
 
 
 def build_model(cfg: Config, n_classes: int, in_chans: int, run: Run | None = None) -> nn.Module:
