@@ -524,6 +524,8 @@ def _sync_best(directory: Path, step: int, lineage: str | None, log: Log | None)
             _verify(f, layout)
     except (_Invalid, OSError) as e:
         return f"{wrong}, and the step file that should be the best, {source.name}, is unusable ({e})"
+    if layout.step != step:
+        return f"{wrong}, and {source.name} holds step {layout.step}: it is not that step's file"
     if lineage is not None and layout.header.get("lineage") != lineage:
         return (f"{wrong}, and {source.name} belongs to another run (lineage {layout.header.get('lineage')}, "
                 f"not {lineage})")

@@ -376,6 +376,7 @@ def train_folds(
             else None
         if why is not None:
             run.log(f"fold {k} is marked done but {why}: training it again from its checkpoints")
+            todo.append(k)
         elif registry.is_done(k) and best.exists():
             if expected_meta is not None:  # a finished fold of another setup must not join this ensemble
                 diffs = ckpt.check_compatible(ckpt.read_meta(best), expected_meta(k), keys=tuple(expected_meta(k)))

@@ -274,8 +274,8 @@ def test_resume_repairs_a_best_pointer_left_behind_by_a_kill(tmp_path, monkeypat
     assert "best.ckpt repaired from step-000000004.ckpt" in msgs[-1] and "step 2, not 4" in msgs[-1]
 
 
-def test_next_save_repairs_the_pointer_and_never_prunes_the_best_before(tmp_path, monkeypatch):
-    """keep=1 would delete step 4 at the next save: it stays until best.ckpt holds it."""
+def test_next_save_repairs_a_best_pointer_left_behind_by_a_kill(tmp_path, monkeypatch):
+    """keep=1: step 4 is pruned only after best.ckpt holds it."""
     _killed_before_best_is_published(tmp_path, monkeypatch, keep=1)
     ck.save_checkpoint(_state(2.5), tmp_path, step=5, best_step=4, keep=1, lineage="run-a", epoch=2, log=None)
     assert _best_w(tmp_path) == 2.0
