@@ -354,6 +354,12 @@ def plan_epochs(
 # --- Stop signals and the checkpoint cadence ---
 
 
+# After SIGTERM/SIGINT reaches `kagglekit run`, how long the kernel gets to checkpoint and let the
+# notebook's remaining cells write the submission before it is killed (a platform's own grace after
+# its SIGTERM is often 30 s to a few minutes; a second signal ends the wait at once).
+STOP_GRACE_S = 120.0
+
+
 class CheckpointTimer:
     """Says when a time-cadence save is due: `every` seconds (or "5m") on a monotonic clock.
 

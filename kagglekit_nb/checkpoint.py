@@ -15,7 +15,8 @@ One file per save, `step-000001234.ckpt` (`STEP_FILE`), plus `best.ckpt` (`BEST_
 newest is found by the step number parsed from the name, never by sorting names as text. A file is
 
     prefix   MAGIC (8 bytes) | format version (uint32) | header length H (uint32)
-    header   H bytes of JSON: step, meta (model, classes, ... for `check_compatible`), checksum name
+    header   H bytes of JSON: step, epoch, lineage, best_step, meta (model, classes, ... for
+             `check_compatible`), checksum name
     payload  the state as torch.save writes it (a zip)
     trailer  payload length (uint64) | CRC32 of prefix + header + payload (uint32) | END_MAGIC
 
@@ -27,6 +28,19 @@ the speed; it is no defence against a malicious file and need not be: loading is
 `weights_only=True`, which refuses anything that would run code. torch.save's own per-record CRC32,
 which torch.load never checks, is switched off while saving, so the file's checksum costs no more
 than torch's default.
+
+The commit protocol. The step files are the record; `best.ckpt` is derived from them. Each step
+file's header names its timeline (`lineage`, one id per training run of a folder, carried over by
+every resume) and `best_step`, the step file that holds the best state as of that save; `best.ckpt`
+is a hard link to (or a copy of) that step file, so its header says which step, epoch and timeline
+it holds. A save writes its step file first, then makes `best.ckpt` agree with the header just
+written (`repair_best`), then prunes, and never prunes the step file `best.ckpt` should hold while
+it does not. A kill between any two of these file operations leaves a step file that says what
+`best.ckpt` must be and the means to make it so: `load_latest` repairs the pointer from the state it
+resumes, and `check_best` tells a caller (a finished fold, a prediction) whether `best.ckpt` holds
+the step, epoch and timeline it expects. Step files newer than the one just saved are deleted only
+when their header proves they are of the same timeline (an abandoned future of this run); others
+are kept and reported: another writer may be using the folder.
 
 This module owns the file: its format, writing, verifying, finding the newest valid one, pruning,
 safe loading and the meta checks (its two file-like adapters, the checksumming writer and the
@@ -44,6 +58,7 @@ import re
 import shutil
 import struct
 import time
+import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -62,8 +77,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BEST_FILE", "COMPAT_KEYS", "FORMAT_VERSION", "STEP_FILE", "CheckpointError", "LoadedCheckpoint",
-    "check_compatible", "find_latest", "list_checkpoints", "load_checkpoint", "load_latest", "read_meta",
-    "save_checkpoint",
+    "check_best", "check_compatible", "find_latest", "list_checkpoints", "load_checkpoint", "load_latest",
+    "new_lineage", "read_header", "read_meta", "repair_best", "save_checkpoint",
 ]
 
 FORMAT_VERSION = 1                          # of the file (prefix, header, trailer); the state has its own
@@ -88,7 +103,13 @@ Log = Callable[[str], None]
 
 
 class CheckpointError(OSError):
-    """A checkpoint could not be written; the checkpoints saved before it are intact."""
+    """A checkpoint could not be written; the checkpoints saved before it are intact.
+
+    `saved` is the step file when it was written and only a later part of the save failed (the
+    update of `BEST_FILE`); None when the step file itself was not written.
+    """
+
+    saved: Path | None = None
 
 
 class _Invalid(ValueError):
@@ -108,23 +129,36 @@ def save_checkpoint(
     meta: Mapping[str, Any] | None = None,
     mirror: Mirror | None = None,
     log: Log | None = print,
+    lineage: str | None = None,
+    best_step: int | None = None,
+    epoch: int | None = None,
 ) -> Path:
     """Write `state` atomically and durably as `STEP_FILE` in `directory`; returns its path.
 
-    Temp file, fsync, `os.replace`, fsync of the directory; only then, when `best`, `BEST_FILE`
-    is pointed at it, and the step files beyond the newest `keep` (and any with a higher step: an
-    abandoned or torn timeline) are deleted; `BEST_FILE` is kept besides those. A failed write
-    raises `CheckpointError` and leaves every earlier checkpoint as it was. `meta` (JSON values)
-    goes into the header, for `read_meta` and `check_compatible` without loading the state.
-    With a `mirror`, the folder is then copied there (`Mirror.after_save`: a failed copy is logged).
-    One writer per folder: use a folder per fold (step numbers restart with each fold).
+    Temp file, fsync, `os.replace`, fsync of the directory; only then `BEST_FILE` is made to hold
+    the best state (this file when `best`, else the step file `best_step` names, when it does not
+    already), and the step files beyond the newest `keep` are deleted, as are those with a higher
+    step whose header shows the same `lineage` (an abandoned future of this timeline); `BEST_FILE`,
+    and the file it should hold while it does not, are kept besides those. `lineage` (from
+    `new_lineage`, carried over by a resume), `best_step` and `epoch` go into the header: see the
+    commit protocol in the module docstring. A failed write raises `CheckpointError` and leaves
+    every earlier checkpoint as it was. `meta` (JSON values) goes into the header, for `read_meta`
+    and `check_compatible` without loading the state. With a `mirror`, the folder is then copied
+    there (`Mirror.after_save`: a failed copy is logged). One writer per folder: use a folder per
+    fold (step numbers restart with each fold).
     """
     step = _check_count("step", step, low=0)
     keep = _check_count("keep", keep, low=1)
+    best_step = step if best else (None if best_step is None else _check_count("best_step", best_step, low=0))
+    if best_step is not None and best_step > step:
+        raise ValueError(f"best_step={best_step} is after step={step}: the best state must be saved already.")
+    if lineage is not None and (not isinstance(lineage, str) or not lineage):
+        raise ValueError(f"lineage={lineage!r} must be a non-empty string (see new_lineage()).")
     if not isinstance(state, Mapping):
         raise ValueError(f"state must be a dict of state_dicts and values, not {type(state).__name__}.")
     _check_loadable(state, "state")
-    header = _encode_header(step, meta)
+    header = _encode_header(step, meta, lineage=lineage, best_step=best_step,
+                            epoch=None if epoch is None else _check_count("epoch", epoch, low=0))
     directory = Path(directory)
     path = directory / STEP_FILE.format(step=step)
     try:
@@ -133,12 +167,29 @@ def save_checkpoint(
         raise _save_error(path, e) from e
     _remove_stale_temps(directory, log)
     _write_atomic(path, header, state)
-    if best:
-        _publish_best(path)
-    _prune(directory, keep, path, log)
+    failed: CheckpointError | None = None
+    problem = None
+    try:
+        if best:
+            _publish_best(path)
+        elif best_step is not None:
+            problem = _sync_best(directory, best_step, lineage, log)
+    except CheckpointError as e:  # raised for this save's own best; an earlier one's is retried next time
+        failed, problem = (e if best else None), str(e)
+    _prune(directory, keep, path, log, lineage=lineage,
+           protect=STEP_FILE.format(step=best_step) if problem else None)
     if mirror is not None:
         mirror.after_save(directory, path, log=log)
+    if failed is not None:
+        raise failed
+    if problem is not None:
+        _say(log, f"WARNING: {problem}")
     return path
+
+
+def new_lineage() -> str:
+    """A fresh timeline id for a training run that starts from scratch (a resume keeps its own)."""
+    return uuid.uuid4().hex[:16]
 
 
 def _check_count(name: str, value: Any, *, low: int) -> int:
@@ -171,9 +222,11 @@ def _check_loadable(obj: Any, where: str) -> None:
     )
 
 
-def _encode_header(step: int, meta: Mapping[str, Any] | None) -> bytes:
+def _encode_header(step: int, meta: Mapping[str, Any] | None, *, lineage: str | None = None,
+                   best_step: int | None = None, epoch: int | None = None) -> bytes:
     header = {"format": FORMAT_VERSION, "step": step, "checksum": CHECKSUM, "torch": torch.__version__,
-              "saved_unix": round(time.time(), 3), "meta": dict(meta or {})}
+              "saved_unix": round(time.time(), 3), "meta": dict(meta or {}), "lineage": lineage,
+              "best_step": best_step, "epoch": epoch}
     try:
         return json.dumps(header, allow_nan=True, sort_keys=True).encode()
     except (TypeError, ValueError) as e:
@@ -233,20 +286,45 @@ def _publish_best(path: Path) -> None:
         fsync_dir(best.parent)
     except OSError as e:
         _unlink_quietly(tmp)
-        raise CheckpointError(e.errno, f"{path.name} was saved, but {best} could not be updated: "
-                                       f"{e.strerror or e}. Free disk space; the previous best is intact.") from e
+        error = CheckpointError(e.errno, f"{path.name} is saved, but {best} could not be updated from it: "
+                                         f"{e.strerror or e}. Free disk space; {path.name} is kept until "
+                                         f"{BEST_FILE} holds it (the next save or resume tries again).")
+        error.saved = path
+        raise error from e
 
 
-def _prune(directory: Path, keep: int, saved: Path, log: Log | None) -> None:
-    """After `saved` is durable: drop step files newer than it, then all but the newest `keep`."""
+def _header_of(path: Path) -> dict[str, Any] | None:
+    """The header of a checkpoint file (prefix and trailer checked, not the CRC), None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return _read_layout(f).header
+    except (_Invalid, OSError):
+        return None
+
+
+def _prune(directory: Path, keep: int, saved: Path, log: Log | None, *, lineage: str | None = None,
+           protect: str | None = None) -> None:
+    """After `saved` is durable: drop the step files newer than it that are provably of its timeline
+    (same `lineage` in their header), then all but the newest `keep`, never `protect`."""
     saved_step = _step_of(saved.name)
     files = list_checkpoints(directory)
-    newer = [p for s, p in files if s > saved_step]
+    for s, p in files:
+        if s <= saved_step:
+            continue
+        other = (_header_of(p) or {}).get("lineage")
+        if lineage is not None and other == lineage:
+            if _remove(p, log):
+                _say(log, f"removed {p.name}: it is newer than the checkpoint just saved (step {saved_step}) "
+                          "but of the same run, which has gone back to an earlier checkpoint")
+        else:
+            whose = f"another run (lineage {other})" if other else "an unknown run (no readable lineage)"
+            _say(log, f"WARNING: kept {p.name} in {directory}: it is newer than the checkpoint just saved "
+                      f"(step {saved_step}) and comes from {whose}. Is another session writing to this folder? "
+                      "Use one OUTPUT_DIR (or RUN_NAME) per run.")
     older = [p for s, p in files if s <= saved_step]
-    for p in newer + older[:-keep]:
-        if p != saved and _remove(p, log) and p in newer:
-            _say(log, f"removed {p.name}: it is newer than the checkpoint just saved (step {saved_step}), "
-                      "so it belongs to an abandoned or torn run")
+    for p in older[:-keep]:
+        if p != saved and p.name != protect:
+            _remove(p, log)
 
 
 def _remove(p: Path, log: Log | None) -> bool:
@@ -347,13 +425,18 @@ def find_latest(directory: str | os.PathLike, *, log: Log | None = print) -> Pat
 
 @dataclass
 class LoadedCheckpoint:
-    """A checkpoint found by `load_latest`: where, which step, its meta, its state, what was skipped."""
+    """A checkpoint found by `load_latest`: where, which step, its meta, its state, what was skipped,
+    its timeline (`lineage`, `best_step`) and, when `BEST_FILE` could not be made to agree with it,
+    why (`best_problem`)."""
 
     path: Path
     step: int
     meta: dict[str, Any]
     state: dict[str, Any]
     skipped: list[str] = field(default_factory=list)
+    lineage: str | None = None
+    best_step: int | None = None
+    best_problem: str | None = None
 
 
 def load_latest(
@@ -361,7 +444,9 @@ def load_latest(
 ) -> LoadedCheckpoint | None:
     """Load the newest valid checkpoint in `directory`, or None if there is none.
 
-    A torn, corrupt or unsafe file is skipped with a message and the previous one is tried.
+    A torn, corrupt or unsafe file is skipped with a message and the previous one is tried. Then
+    `BEST_FILE` is made to agree with the state found (`repair_best`: a save killed between its
+    step file and the pointer is completed); when it cannot, `best_problem` says why.
     """
     skipped: list[str] = []
     for path in _candidates(Path(directory)):
@@ -377,7 +462,75 @@ def load_latest(
             continue
         if skipped:
             _say(log, f"resuming from {path.name} (step {layout.step})")
-        return LoadedCheckpoint(path, layout.step, layout.meta, state, skipped)
+        lineage, best_step = layout.header.get("lineage"), layout.header.get("best_step")
+        problem = None
+        if isinstance(best_step, int) and path.name != BEST_FILE:
+            problem = repair_best(directory, step=best_step, lineage=lineage, log=log)
+        return LoadedCheckpoint(path, layout.step, layout.meta, state, skipped, lineage,
+                                best_step if isinstance(best_step, int) else None, problem)
+    return None
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The header of a checkpoint: step, epoch, lineage, best_step, meta, ... (without the state)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: check the path.")
+    with open(path, "rb") as f:
+        try:
+            return _read_layout(f).header
+        except _Invalid as e:
+            raise ValueError(f"{path} cannot be used: {e}.") from None
+
+
+def check_best(directory: str | os.PathLike, *, step: int | None = None, lineage: str | None = None,
+               epoch: int | None = None) -> str | None:
+    """Why `BEST_FILE` in `directory` does not hold the state at `step` (and `epoch`) of `lineage`,
+    as a sentence; None when it does. Arguments left None are not compared. Reads headers only:
+    the weights are the step file's, byte for byte (a link or a verified copy)."""
+    best = Path(directory) / BEST_FILE
+    if not best.is_file():
+        return f"{best} does not exist"
+    header = _header_of(best)
+    if header is None:
+        return f"{best} is torn or corrupt"
+    wrong = []
+    for name, want in (("step", step), ("epoch", epoch), ("lineage", lineage)):
+        if want is not None and header.get(name) != want:
+            wrong.append(f"{name} {header.get(name)!r}, not {want!r}")
+    return f"{best} holds {', '.join(wrong)}" if wrong else None
+
+
+def repair_best(directory: str | os.PathLike, *, step: int, lineage: str | None = None,
+                log: Log | None = print) -> str | None:
+    """Make `BEST_FILE` hold step file `step` of `lineage`; returns None when it does (already, or
+    after re-publishing it from that step file), else why it cannot (the step file is gone, of
+    another timeline, corrupt, or the disk refused the update)."""
+    try:
+        return _sync_best(Path(directory), step, lineage, log)
+    except CheckpointError as e:
+        return str(e)
+
+
+def _sync_best(directory: Path, step: int, lineage: str | None, log: Log | None) -> str | None:
+    """`repair_best`, raising `CheckpointError` when the update itself fails (disk full)."""
+    wrong = check_best(directory, step=step, lineage=lineage)
+    if wrong is None:
+        return None
+    source = directory / STEP_FILE.format(step=step)
+    try:
+        with open(source, "rb") as f:
+            layout = _read_layout(f)
+            _verify(f, layout)
+    except (_Invalid, OSError) as e:
+        return f"{wrong}, and the step file that should be the best, {source.name}, is unusable ({e})"
+    if layout.step != step:
+        return f"{wrong}, and {source.name} holds step {layout.step}: it is not that step's file"
+    if lineage is not None and layout.header.get("lineage") != lineage:
+        return (f"{wrong}, and {source.name} belongs to another run (lineage {layout.header.get('lineage')}, "
+                f"not {lineage})")
+    _publish_best(source)
+    _say(log, f"{BEST_FILE} repaired from {source.name}, the best state the checkpoint names ({wrong})")
     return None
 
 
@@ -391,6 +544,7 @@ class _Layout:
     payload_start: int
     payload_len: int
     crc: int
+    header: dict[str, Any] = field(default_factory=dict)
 
 
 def _read_layout(f: Any) -> _Layout:
@@ -429,7 +583,7 @@ def _read_layout(f: Any) -> _Layout:
             raise ValueError
     except (ValueError, KeyError, TypeError):
         raise _Invalid("the header is corrupt") from None
-    return _Layout(step, meta, _PREFIX.size + hlen, payload_len, crc)
+    return _Layout(step, meta, _PREFIX.size + hlen, payload_len, crc, header)
 
 
 def _verify(f: Any, layout: _Layout) -> None:

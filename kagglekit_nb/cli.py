@@ -156,10 +156,15 @@ def _run(args: argparse.Namespace, start: float) -> int:
         print(f"kagglekit run: {e}", file=sys.stderr)
         return 1
     out = Path(result.output).parent
-    print(f"\nfinished {result.notebook.name} in {result.seconds:.0f}s; executed notebook: {result.output}")
+    stopped = f" (stopped early by {result.stopped_by}: training resumes on the next run)" if result.stopped_by else ""
+    print(f"\nfinished {result.notebook.name} in {result.seconds:.0f}s{stopped}; executed notebook: {result.output}")
     for name in ("submission.csv", "verification.json", "run.json"):
         if (out / name).exists():
             print(f"  {name:18s} {out / name}")
+    if result.stopped_by:  # the conventional status of a job ended by that signal, after a clean finish
+        import signal
+
+        return 128 + int(getattr(signal, result.stopped_by))
     return 0
 
 

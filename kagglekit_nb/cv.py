@@ -96,22 +96,47 @@ def fold_dir(run: Run, fold: int) -> Path:
 
 
 def fold_models(run: Run, n_folds: int) -> list[tuple[int, Path, str]]:
-    """(fold, file, 'best' | 'last') for every fold that has a model: best.ckpt, else the newest
-    valid step checkpoint; folds without any, and folds `train_folds` left out, are skipped."""
+    """(fold, file, 'best' | 'last') for every fold that has a model: best.ckpt when it holds the
+    best epoch the fold's record (or newest checkpoint) names, else the newest valid step
+    checkpoint; folds without any, and folds `train_folds` left out, are skipped."""
     out = []
     registry = FoldRegistry(run.dir)
     for k in range(n_folds):
-        if (registry.get(k) or {}).get("left_out"):
+        record = registry.get(k) or {}
+        if record.get("left_out"):
             continue
         directory = fold_dir(run, k)
         best = directory / ckpt.BEST_FILE
-        if best.exists():
+        why = _best_problem(directory, record, run.log) if best.exists() else None
+        if best.exists() and why is None:
             out.append((k, best, "best"))
-        else:
-            last = ckpt.find_latest(directory, log=run.log) if directory.exists() else None
-            if last is not None:
-                out.append((k, last, "last"))
+            continue
+        last = ckpt.find_latest(directory, log=run.log) if directory.exists() else None
+        if why is not None:
+            run.log(f"WARNING: fold {k}: {why}; "
+                    + ("its last checkpoint is used instead" if last is not None else "the fold has no model"))
+        if last is not None:
+            out.append((k, last, "last"))
     return out
+
+
+def _best_problem(directory: Path, record: dict[str, Any], log: Any) -> str | None:
+    """Why best.ckpt in `directory` is not the best epoch `record` (from folds.json) names (None: it
+    is); a pointer left behind by a kill is repaired first. Without a record with `best_step` (a
+    fold still training, or one recorded by an older kagglekit_nb), the newest step file's header
+    names the best."""
+    if "best_step" in record:
+        step, lineage, epoch = record["best_step"], record.get("lineage"), record.get("best_epoch")
+        if step is None:
+            return None if epoch is None else f"no checkpoint of its best epoch {epoch} was saved"
+    else:
+        newest = ckpt.find_latest(directory, log=None) if directory.exists() else None
+        header = ckpt.read_header(newest) if newest is not None and newest.name != ckpt.BEST_FILE else {}
+        step, lineage, epoch = header.get("best_step"), header.get("lineage"), None
+        if step is None:
+            return None  # nothing to compare with (a checkpoint from an older kagglekit_nb)
+    return ckpt.repair_best(directory, step=step, lineage=lineage, log=log) or (
+        None if epoch is None else ckpt.check_best(directory, epoch=epoch))
 
 
 def _write_oof(run: Run, fold: int, ids: Sequence[Any], targets: np.ndarray, probs: np.ndarray) -> None:
@@ -216,6 +241,8 @@ class _Fold:
         self.history: list[dict[str, Any]] = []
         self.best_score: float | None = None
         self.best_epoch: int | None = None
+        self.best_step: int | None = None        # the step file holding the best epoch's state
+        self.lineage = ckpt.new_lineage()        # this fold's timeline; a resume continues the saved one
         self.plan: dict[str, Any] = {}
         self.objects: dict[str, Any] = {"model": fs.model, "optimizer": fs.optimizer, "sampler": self.sampler}
 
@@ -224,11 +251,18 @@ class _Fold:
             self.objects, epoch=self.epoch, global_step=self.global_step, history=self.history,
             best_score=self.best_score, best_epoch=self.best_epoch, plan=self.plan, fold=self.k,
             config=self.run.config)
+        best_step = self.global_step if best else self.best_step
         try:
             ckpt.save_checkpoint(state, self.dir, step=self.global_step, keep=self.keep, best=best,
-                                 meta=self.fs.meta, mirror=self.run.mirror, log=self.run.log)
+                                 meta=self.fs.meta, mirror=self.run.mirror, log=self.run.log,
+                                 lineage=self.lineage, best_step=best_step, epoch=self.epoch)
+            self.best_step = best_step
         except ckpt.CheckpointError as e:  # the previous checkpoint is intact: keep training
-            self.run.log(f"WARNING: checkpoint not saved ({e}); training goes on, the last good one is kept")
+            if e.saved is not None:  # the step file is saved and names itself the best: later saves finish it
+                self.best_step = best_step
+                self.run.log(f"WARNING: {e}")
+            else:
+                self.run.log(f"WARNING: checkpoint not saved ({e}); training goes on, the last good one is kept")
         self.timer.reset()
 
     def on_step(self, epoch: int, samples: int) -> None:  # fit has advanced the sampler already
@@ -289,6 +323,9 @@ class _Fold:
         self.sampler.set_epoch(self.epoch)
         self.history, self.plan = list(state["history"]), dict(state["plan"])
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.best_step, self.lineage = found.best_step, found.lineage or self.lineage
+        if found.best_problem:
+            self.run.log(f"WARNING: fold {self.k}: {found.best_problem}")
         age = time.time() - found.path.stat().st_mtime
         info = {"fold": self.k, "epoch": self.epoch, "step": self.global_step,
                 "position": self.sampler.position, "file": str(found.path), "age_s": round(age, 1)}
@@ -335,7 +372,12 @@ def train_folds(
     todo = []
     for k in wanted:
         best = fold_dir(run, k) / ckpt.BEST_FILE
-        if registry.is_done(k) and best.exists():
+        why = _best_problem(fold_dir(run, k), registry.get(k), run.log) if registry.is_done(k) and best.exists() \
+            else None
+        if why is not None:
+            run.log(f"fold {k} is marked done but {why}: training it again from its checkpoints")
+            todo.append(k)
+        elif registry.is_done(k) and best.exists():
             if expected_meta is not None:  # a finished fold of another setup must not join this ensemble
                 diffs = ckpt.check_compatible(ckpt.read_meta(best), expected_meta(k), keys=tuple(expected_meta(k)))
                 if diffs:
@@ -343,7 +385,7 @@ def train_folds(
                                      + ". Use a new OUTPUT_DIR (or RUN_NAME) for the new settings.")
             result.folds[k] = registry.get(k)
         else:
-            if registry.is_done(k):
+            if registry.is_done(k) and why is None:
                 run.log(f"fold {k} is marked done but its best.ckpt is missing: training it again")
             todo.append(k)
     if len(todo) < len(wanted):
@@ -437,7 +479,13 @@ def train_folds(
             info = {"status": "partial" if stopped else "done", "score": fr.best_score,
                     "best_epoch": fr.best_epoch, "epochs_done": len(fr.history), "steps": f.global_step,
                     "seconds": round(run.budget.clock() - t0, 1), "stop_reason": fr.stop_reason,
-                    "prior_score": prior}
+                    "prior_score": prior, "best_step": f.best_step, "lineage": f.lineage}
+            broken = _best_problem(f.dir, info, run.log)
+            if broken is not None:  # a fold is done only when best.ckpt holds the epoch its record names
+                info.update(status="partial", stop_reason=(
+                    f"{broken}: the best epoch's weights are not saved. Its last checkpoint is used; "
+                    f"delete {f.dir} and run again to train this fold anew"))
+                run.log(f"WARNING: fold {k}: {info['stop_reason']}")
             registry.mark(k, **info)
             result.folds[k] = info
             best = "no epoch finished" if fr.best_score is None else \

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ._atomic import write_json
+from .lock import RunLock, acquire as lock_folder
 from .budget import Budget
 from .mirror import Mirror
 from .repro import seed_everything
@@ -70,6 +71,7 @@ class Run:
     echo: Callable[[str], None] = print
     checkpoint_dir: Path | None = None     # None: <dir>/checkpoints; set when `dir` is on Google Drive
     mirror: Mirror | None = None           # the Drive copy of `checkpoints`: pass it to save_checkpoint
+    lock: RunLock | None = None       # this process's hold on `dir` (kagglekit_nb.lock)
 
     @property
     def checkpoints(self) -> Path:
@@ -125,6 +127,9 @@ def start_run(
 ) -> Run:
     """Seed everything, resolve the budget and output folder, and open (or reopen) the run.
 
+    The folder is locked for this process (`kagglekit_nb.lock`): a second run on it, from another
+    process or machine, raises `RunLocked` naming the holder; the same process may start it again.
+
     `output_dir=None` uses the platform's persistent run dir (Drive on Colab, /kaggle/working on
     Kaggle, ./runs/<run_name> elsewhere). A new output folder is seeded with the run of the same
     name found under `input_root` (default on Kaggle: /kaggle/input, where an earlier version's output
@@ -152,7 +157,8 @@ def start_run(
         out = Path(output_dir).expanduser()
         if out.exists() and not out.is_dir():
             raise ValueError(f"OUTPUT_DIR={str(output_dir)!r} is a file, not a folder: choose a folder path.")
-        out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    held = lock_folder(out, log=echo)  # one writer per run folder, until this process exits
     seeded_from = None
     search = input_root if input_root is not None else (env.KAGGLE_INPUT if platform == "kaggle" else None)
     if search is not None and not (out / RUN_FILE).exists():
@@ -167,7 +173,7 @@ def start_run(
         except (OSError, json.JSONDecodeError):
             previous = None  # a torn record is rewritten below; models and folds are checked on their own
     run = Run(name=run_name, dir=out.resolve(), budget=bud, device=select_device(device), seed=seed,
-              platform=platform, config=dict(config), previous=previous, echo=echo)
+              platform=platform, config=dict(config), previous=previous, echo=echo, lock=held)
     run.record["sessions"] = (previous or {}).get("sessions", 0) + 1
     if seeded_from:
         run.record["continued_from_input"] = seeded_from

@@ -7,8 +7,12 @@ the type of the notebook's default (`params.parse_value`, the rule the notebook 
 from __future__ import annotations
 
 import ast
+import contextlib
+import errno
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +41,10 @@ LAYOUTS = {
 
 
 class NotebookFailed(RuntimeError):
-    """A cell raised; the message names the cell and its error, the executed notebook is kept."""
+    """A cell raised, the kernel died or the disk is full; the message says which and what to do."""
+
+
+_KERNELS: list[Any] = []   # kernel managers started by this process (their pids get our signals)
 
 
 def notebooks_dir() -> Path:
@@ -144,6 +151,10 @@ def _kernel_manager() -> dict[str, Any]:
     from traitlets import default
 
     class LocalKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            await super().start_kernel(**kw)
+            _KERNELS.append(self)
+
         @default("transport")
         def _transport_default(self) -> str:
             return "ipc"
@@ -166,6 +177,57 @@ class Execution:
     output: Path
     parameters: dict[str, Any]
     seconds: float
+    stopped_by: str | None = None   # the signal passed to the kernel, when one arrived
+
+
+def _kernel_pids() -> list[int]:
+    pids = []
+    for km in _KERNELS:
+        pid = getattr(getattr(km, "provisioner", None), "pid", None)
+        if isinstance(pid, int) and km.has_kernel:
+            pids.append(pid)
+    return pids
+
+
+@contextlib.contextmanager
+def _forward_signals(grace_s: float, say=lambda m: print(m, file=sys.stderr, flush=True)):
+    """SIGTERM/SIGINT to this command go to the kernel (the kit's handler there checkpoints and
+    stops training; the notebook's later cells write the submission). The command waits up to
+    `grace_s` for the notebook to end, then kills the kernel; a second signal kills it at once."""
+    received: list[str] = []
+
+    def kill_kernels(why: str) -> None:
+        say(f"kagglekit run: {why}: stopping the kernel; its last checkpoint is kept, run the same command "
+            "again to resume")
+        for pid in _kernel_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if received:
+            kill_kernels(f"{name} received again")
+            return
+        received.append(name)
+        pids = _kernel_pids()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+        say(f"kagglekit run: {name} received: passed to the kernel{'' if pids else ' (none running)'}, which "
+            f"saves a checkpoint and stops training; waiting up to {grace_s:.0f}s for the notebook to finish")
+        timer = threading.Timer(grace_s, kill_kernels, [f"the notebook did not finish within {grace_s:.0f}s of {name}"])
+        timer.daemon = True
+        timer.start()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
 
 
 def execute(
@@ -178,14 +240,20 @@ def execute(
     start: float | None = None,
     stream: bool = True,
     kernel_name: str | None = None,
+    grace_s: float | None = None,
 ) -> Execution:
     """Run `notebook` headless with papermill, writing the executed copy into `out`.
 
     `start` is the monotonic time the command began (the budget counts from there).
-    Raises NotebookFailed with the failing cell's error when a cell fails.
+    Raises NotebookFailed with the failing cell's error when a cell fails, and with one line saying
+    what to do when the kernel dies or the disk fills. SIGTERM/SIGINT are passed to the kernel and
+    the notebook gets `grace_s` (default `budget.STOP_GRACE_S`) to finish (`_forward_signals`).
     """
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
+
+    from .budget import STOP_GRACE_S
 
     start = time.monotonic() if start is None else start
     path = resolve_notebook(notebook)
@@ -214,22 +282,37 @@ def execute(
     os.environ["KAGGLEKIT_HEADLESS"] = "1"  # nothing in the notebook waits for a person
     os.environ["KAGGLEKIT_START"] = repr(start)
     try:
-        papermill.execute_notebook(
-            str(path), str(output), parameters=values, log_output=False, progress_bar=False,
-            kernel_name=kernel_name, cwd=os.getcwd(),
-            stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
-            **_kernel_manager(),
-        )
-    except PapermillExecutionError as e:
-        raise NotebookFailed(
-            f"cell {e.exec_count} of {path.name} failed: {e.ename}: {e.evalue}\n"
-            f"The executed notebook with the full traceback is {output}."
-        ) from None
+        with _forward_signals(STOP_GRACE_S if grace_s is None else grace_s) as received:
+            try:
+                papermill.execute_notebook(
+                    str(path), str(output), parameters=values, log_output=False, progress_bar=False,
+                    kernel_name=kernel_name, cwd=os.getcwd(),
+                    stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
+                    **_kernel_manager(),
+                )
+            except PapermillExecutionError as e:
+                raise NotebookFailed(
+                    f"cell {e.exec_count} of {path.name} failed: {e.ename}: {e.evalue}\n"
+                    f"The executed notebook with the full traceback is {output}."
+                ) from None
+            except DeadKernelError:
+                why = f" after {received[0]}" if received else " (out of memory, or killed)"
+                raise NotebookFailed(
+                    f"the kernel running {path.name} died{why}. The checkpoints in {out} are kept: run the "
+                    f"same command again to resume; the notebook executed so far is {output}.") from None
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                raise NotebookFailed(
+                    f"no space left on device while writing {e.filename or output}: free disk space (old "
+                    f"runs, large outputs), then run the same command again; the checkpoints in {out} are "
+                    "kept and training resumes from them.") from None
     finally:
         for k, v in env_backup.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return Execution(notebook=path, output=output, parameters=values, seconds=time.monotonic() - start)
+    return Execution(notebook=path, output=output, parameters=values, seconds=time.monotonic() - start,
+                     stopped_by=received[0] if received else None)
 

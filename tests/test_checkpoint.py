@@ -206,13 +206,111 @@ def test_stale_temp_files_from_killed_saves_are_removed(tmp_path):
     assert not stale.exists() and any("interrupted save" in m for m in msgs)
 
 
-def test_newer_files_from_an_abandoned_run_are_removed_after_save(tmp_path):
+def test_newer_files_of_the_same_timeline_are_removed_after_save(tmp_path):
     for step in (1, 2, 3):
-        ck.save_checkpoint(_state(step), tmp_path, step=step, keep=5, log=None)
+        ck.save_checkpoint(_state(step), tmp_path, step=step, keep=5, lineage="run-a", log=None)
     msgs, log = _messages()
-    ck.save_checkpoint(_state(9.0), tmp_path, step=2, keep=5, log=log)  # resumed from step 2
+    ck.save_checkpoint(_state(9.0), tmp_path, step=2, keep=5, lineage="run-a", log=log)  # resumed from step 2
     assert [s for s, _ in ck.list_checkpoints(tmp_path)] == [1, 2]
-    assert "step-000000003.ckpt" in msgs[0]
+    assert "removed step-000000003.ckpt" in msgs[0] and "same run" in msgs[0]
+
+
+@pytest.mark.parametrize("other", ["run-b", None])
+def test_newer_files_of_another_or_unknown_timeline_are_kept(tmp_path, other):
+    """A second writer's newer checkpoints (or files without a lineage) are never deleted."""
+    for step in (1, 2, 3):
+        ck.save_checkpoint(_state(step), tmp_path, step=step, keep=5, lineage=other, log=None)
+    msgs, log = _messages()
+    ck.save_checkpoint(_state(9.0), tmp_path, step=2, keep=5, lineage="run-a", log=log)
+    assert [s for s, _ in ck.list_checkpoints(tmp_path)] == [1, 2, 3]
+    assert torch.equal(ck.load_checkpoint(tmp_path / "step-000000003.ckpt")["model"]["w"], torch.full((3, 4), 3.0))
+    assert "kept step-000000003.ckpt" in msgs[0] and "another session" in msgs[0]
+    assert ("lineage run-b" if other else "no readable lineage") in msgs[0]
+
+
+# ----------------------------------------------------------------------------- the best pointer
+
+
+def _best_w(directory) -> float:
+    return float(ck.load_checkpoint(directory / ck.BEST_FILE)["model"]["w"][0, 0])
+
+
+def test_header_names_timeline_best_step_and_epoch(tmp_path):
+    ck.save_checkpoint(_state(1.0), tmp_path, step=4, best=True, lineage="run-a", epoch=1, log=None)
+    path = ck.save_checkpoint(_state(2.0), tmp_path, step=6, best_step=4, lineage="run-a", epoch=1, log=None)
+    header = ck.read_header(path)
+    assert (header["step"], header["best_step"], header["lineage"], header["epoch"]) == (6, 4, "run-a", 1)
+    assert ck.read_header(tmp_path / ck.BEST_FILE)["step"] == 4
+    assert ck.check_best(tmp_path, step=4, lineage="run-a", epoch=1) is None
+    assert ck.check_best(tmp_path, step=6) == f"{tmp_path / ck.BEST_FILE} holds step 4, not 6"
+    assert "lineage 'run-a', not 'run-b'" in ck.check_best(tmp_path, lineage="run-b")
+    found = ck.load_latest(tmp_path, log=None)
+    assert (found.step, found.lineage, found.best_step, found.best_problem) == (6, "run-a", 4, None)
+    with pytest.raises(ValueError, match="best_step=7 is after step=6"):
+        ck.save_checkpoint(_state(), tmp_path, step=6, best_step=7, log=None)
+
+
+def _killed_before_best_is_published(tmp_path, monkeypatch, keep=2):
+    """Epoch 1 best at step 2; epoch 2 best at step 4, killed after its step file, before best.ckpt."""
+    ck.save_checkpoint(_state(1.0), tmp_path, step=2, best=True, keep=keep, lineage="run-a", epoch=1, log=None)
+    ck.save_checkpoint(_state(1.5), tmp_path, step=3, best_step=2, keep=keep, lineage="run-a", epoch=1, log=None)
+
+    def killed(path):
+        raise SystemExit("killed")  # nothing after this point of the save runs
+
+    monkeypatch.setattr(ck, "_publish_best", killed)
+    with pytest.raises(SystemExit):
+        ck.save_checkpoint(_state(2.0), tmp_path, step=4, best=True, keep=keep, lineage="run-a", epoch=2, log=None)
+    monkeypatch.undo()
+    assert _best_w(tmp_path) == 1.0  # the pointer is behind the newest step file
+
+
+def test_resume_repairs_a_best_pointer_left_behind_by_a_kill(tmp_path, monkeypatch):
+    _killed_before_best_is_published(tmp_path, monkeypatch)
+    msgs, log = _messages()
+    found = ck.load_latest(tmp_path, log=log)
+    assert (found.step, found.best_step, found.best_problem) == (4, 4, None)
+    assert _best_w(tmp_path) == 2.0 and ck.check_best(tmp_path, step=4, lineage="run-a", epoch=2) is None
+    assert "best.ckpt repaired from step-000000004.ckpt" in msgs[-1] and "step 2, not 4" in msgs[-1]
+
+
+def test_next_save_repairs_a_best_pointer_left_behind_by_a_kill(tmp_path, monkeypatch):
+    """keep=1: step 4 is pruned only after best.ckpt holds it."""
+    _killed_before_best_is_published(tmp_path, monkeypatch, keep=1)
+    ck.save_checkpoint(_state(2.5), tmp_path, step=5, best_step=4, keep=1, lineage="run-a", epoch=2, log=None)
+    assert _best_w(tmp_path) == 2.0
+    assert [s for s, _ in ck.list_checkpoints(tmp_path)] == [5]  # pruned only once best.ckpt holds step 4
+
+
+def test_disk_full_while_publishing_best_keeps_its_step_file_until_repaired(tmp_path, monkeypatch):
+    ck.save_checkpoint(_state(1.0), tmp_path, step=2, best=True, keep=1, lineage="run-a", epoch=1, log=None)
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.os, "link", disk_full)
+    monkeypatch.setattr(ck.shutil, "copyfile", disk_full)
+    with pytest.raises(ck.CheckpointError, match="step-000000004.ckpt is saved, but .*best.ckpt could not") as info:
+        ck.save_checkpoint(_state(2.0), tmp_path, step=4, best=True, keep=1, lineage="run-a", epoch=2, log=None)
+    assert info.value.saved == tmp_path / "step-000000004.ckpt"
+    msgs, log = _messages()
+    ck.save_checkpoint(_state(2.5), tmp_path, step=5, best_step=4, keep=1, lineage="run-a", epoch=2, log=log)
+    assert [s for s, _ in ck.list_checkpoints(tmp_path)] == [4, 5] and _best_w(tmp_path) == 1.0
+    assert "WARNING" in msgs[-1] and "No space left" in msgs[-1]
+    monkeypatch.undo()  # space again: the next save completes the pointer, then prunes
+    ck.save_checkpoint(_state(3.0), tmp_path, step=6, best_step=4, keep=1, lineage="run-a", epoch=2, log=None)
+    assert _best_w(tmp_path) == 2.0 and [s for s, _ in ck.list_checkpoints(tmp_path)] == [6]
+
+
+def test_a_pointer_that_cannot_be_repaired_says_why(tmp_path, monkeypatch):
+    _killed_before_best_is_published(tmp_path, monkeypatch)
+    ck.save_checkpoint(_state(2.5), tmp_path, step=5, best_step=4, keep=5, lineage="run-a", epoch=2, log=None)
+    (tmp_path / ck.BEST_FILE).unlink()
+    (tmp_path / "step-000000004.ckpt").write_bytes(b"damaged")
+    found = ck.load_latest(tmp_path, log=None)
+    assert found.step == 5 and "step-000000004.ckpt, is unusable" in found.best_problem
+    assert ck.repair_best(tmp_path, step=4, lineage="run-b", log=None).startswith(
+        f"{tmp_path / ck.BEST_FILE} does not exist")
 
 
 _SAVE_FOREVER = textwrap.dedent("""

@@ -596,3 +596,37 @@ def test_prior_score_is_the_metric_of_the_class_frequencies():
     assert cv._prior_score(get_metric("log_loss"), targets, probs) == pytest.approx(
         -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
     assert cv._prior_score(ACCURACY, targets, np.zeros((4, 2, 3, 3))) is None   # segmentation maps
+
+
+# --------------------------------------------------------------------------- the best pointer of a finished fold
+
+
+@pytest.mark.parametrize("keep", [10, 2])
+def test_a_done_fold_predicts_with_the_epoch_its_record_names(tmp_path, smoke, keep):
+    """best.ckpt replaced by another epoch's file (what a kill between the step file and the pointer
+    left before): with the best epoch's step file still there it is repaired; without it the fold
+    is no longer done, and prediction says so and uses the last checkpoint."""
+    smoke(TRUE_SMOKE)
+    clock = FakeClock()
+    out = tmp_path / "out"
+    run = open_run(out, clock)
+    first = train(run, make_setup(clock), n_folds=1, folds=[0], keep=keep)
+    record = first.folds[0]
+    best_file = fold_dir(run, 0) / ckpt.BEST_FILE
+    right = weights(best_file)
+    wrong_step = next(s for s, _ in ckpt.list_checkpoints(fold_dir(run, 0)) if s != record["best_step"])
+    best_file.unlink()  # best.ckpt is a hard link to the best step file: replace it, do not write into it
+    shutil.copyfile(fold_dir(run, 0) / ckpt.STEP_FILE.format(step=wrong_step), best_file)
+    lines: list[str] = []
+    again = open_run(out, clock, lines=lines)
+    [(k, path, kind)] = fold_models(again, 1)
+    if keep == 10:
+        assert kind == "best" and any("best.ckpt repaired from" in line for line in lines), lines
+        assert_same_weights(weights(path), right)
+        assert train(again, make_setup(clock), n_folds=1, folds=[0]).folds[0]["status"] == "done"
+    else:
+        assert record["best_step"] not in [s for s, _ in ckpt.list_checkpoints(fold_dir(run, 0))]
+        assert kind == "last" and any("its last checkpoint is used instead" in line for line in lines), lines
+        result = train(again, make_setup(clock), n_folds=1, folds=[0])
+        assert result.folds[0]["status"] == "partial" and "best epoch's weights are not saved" in \
+            result.folds[0]["stop_reason"]

@@ -60,3 +60,79 @@ def test_an_existing_output_is_not_overwritten_by_the_input(tmp_path):
     run, _ = _start(out, input_root=tmp_path / "input")
     assert "continued_from_input" not in run.record
     assert not (out / "checkpoints" / "fold0").exists()
+
+
+# --------------------------------------------------------------------------- one writer per run folder
+
+_HOLD = """
+import sys, time
+from kagglekit_nb.run import start_run
+start_run({}, run_name="digits", output_dir=sys.argv[1], environ={}, echo=lambda m: None)
+print("holding", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_second_process_on_a_locked_folder_is_refused_with_the_holder_named(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from kagglekit_nb.lock import LOCK_FILE, RunLocked
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        record = json.loads((out / LOCK_FILE).read_text())
+        assert record["pid"] == holder.pid and record["host"] == socket.gethostname()
+        with pytest.raises(RunLocked) as info:
+            _start(out)
+        message = str(info.value)
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in message
+        assert "another OUTPUT_DIR (or RUN_NAME)" in message and "Wait for that run to finish" in message
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0 and not (out / LOCK_FILE).exists()  # released at exit
+    run, _ = _start(out)
+    assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
+    again, _ = _start(out)  # the same process may open its run again (re-running the first cell)
+    assert again.lock is run.lock
+
+
+def _foreign_lock(out, *, host, pid, beat_age_s):
+    import time
+
+    from kagglekit_nb.lock import LOCK_FILE
+
+    out.mkdir(parents=True)
+    now = time.time()
+    (out / LOCK_FILE).write_text(json.dumps({"host": host, "pid": pid, "started_unix": now - 7200,
+                                             "heartbeat_unix": now - beat_age_s, "token": "x"}))
+
+
+def test_a_lock_left_by_a_dead_process_on_this_host_is_taken_over(tmp_path):
+    import os
+    import socket
+
+    dead = 2**22 + 12345  # above Linux's pid_max: no such process
+    _foreign_lock(tmp_path / "out", host=socket.gethostname(), pid=dead, beat_age_s=5)
+    run, lines = _start(tmp_path / "out")
+    assert run.lock.record["pid"] == os.getpid()
+    assert any(f"taking over the lock of {run.dir} from pid {dead}" in line and "its process is gone" in line
+               for line in lines), lines
+
+
+def test_a_lock_of_another_host_counts_while_its_heartbeat_is_fresh(tmp_path):
+    """A Drive folder: another runtime's flock is invisible here; its heartbeat decides."""
+    from kagglekit_nb.lock import STALE_S, RunLocked
+
+    _foreign_lock(tmp_path / "alive", host="colab-other-runtime", pid=1234, beat_age_s=60)
+    with pytest.raises(RunLocked, match="pid 1234 on host colab-other-runtime, started .* heartbeat 1.0 min ago"):
+        _start(tmp_path / "alive")
+    _foreign_lock(tmp_path / "gone", host="colab-other-runtime", pid=1234, beat_age_s=STALE_S + 60)
+    run, lines = _start(tmp_path / "gone")
+    assert run.lock is not None
+    assert any("colab-other-runtime" in line and "no heartbeat for over 15 min" in line for line in lines), lines

@@ -226,3 +226,57 @@ def test_execute_refuses_an_output_file(tmp_path):
     out.write_text("not a folder")
     with pytest.raises(ValueError, match="is a file"):
         execute("classification", out=out, stream=False)
+
+
+_STOPPABLE = '''
+import pathlib, time
+from kagglekit_nb.budget import install_sigterm_handler
+with install_sigterm_handler(signals=(__import__("signal").SIGTERM, __import__("signal").SIGINT)) as stop:
+    pathlib.Path(OUTPUT_DIR, "started").write_text("1")
+    t0 = time.monotonic()
+    while not stop and time.monotonic() - t0 < 120:  # "training": a step every 50 ms
+        time.sleep(0.05)
+pathlib.Path(OUTPUT_DIR, "stopped.txt").write_text(str(stop.received))
+'''
+
+
+def test_sigterm_to_kagglekit_run_reaches_the_kernel_and_the_notebook_finishes(tmp_path):
+    """The command passes SIGTERM on; the kit's handler in the kernel stops the loop, the next cell
+    still runs (where the submission is written), and the command ends with 143 and one clear line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    params = nbformat.v4.new_code_cell('OUTPUT_DIR = ""')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(_STOPPABLE),
+                nbformat.v4.new_code_cell('import pathlib; pathlib.Path(OUTPUT_DIR, "after.txt").write_text("ok")')]
+    path = tmp_path / "stoppable.ipynb"
+    nbformat.write(nb, path)
+    out = tmp_path / "out"
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "kagglekit_nb", "run", str(path), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert time.monotonic() - sent < 60
+    assert (out / "stopped.txt").read_text() == "SIGTERM"   # the kernel got it, from the kit's handler
+    assert (out / "after.txt").read_text() == "ok"           # and the notebook's remaining cells ran
+    assert proc.returncode == 143, stdout + stderr
+    assert "kagglekit run: SIGTERM received: passed to the kernel" in stderr, stderr
+    assert "stopped early by SIGTERM" in stdout and "Traceback" not in stderr, stdout + stderr
