@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+import numpy as np
 import pandas as pd
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -144,18 +145,28 @@ def _examples(values: Sequence[Any] | pd.Series | pd.Index, quote: bool = False)
     return ", ".join(repr(str(v)) if quote else str(v) for v in items)
 
 
-def _is_na(cells: pd.Series) -> pd.Series:
-    return cells.str.strip().isin(_NA_TOKENS)
+def _is_na(cells: pd.Series, numbers: pd.Series | None = None) -> pd.Series:
+    """Mask of the cells that hold an NA token ('', 'nan', 'NULL', ... with spaces around); `numbers`
+    is `_to_number(cells)` when the caller has it already (parsing 100k cells is the costly part)."""
+    # Only cells that are not numbers can be NA tokens: strip those alone (a submission's columns are
+    # mostly numbers, and stripping 100k strings costs more than the rest of a check).
+    candidates = (_to_number(cells) if numbers is None else numbers).isna().to_numpy()
+    out = np.zeros(len(cells), dtype=bool)
+    if candidates.any():
+        out[candidates] = cells[candidates].str.strip().isin(_NA_TOKENS).to_numpy()
+    return pd.Series(out, index=cells.index)
 
 
 def _to_number(cells: pd.Series) -> pd.Series:
-    """Parse text cells as floats; unparseable and NA cells become NaN."""
-    return pd.to_numeric(cells.str.strip(), errors="coerce").astype(float)
+    """Parse text cells as floats (spaces around a number are allowed); unparseable and NA cells
+    become NaN."""
+    return pd.to_numeric(cells, errors="coerce").astype(float)
 
 
-def _non_numeric(cells: pd.Series) -> pd.Series:
-    """Mask of cells that are neither NA nor parseable as a number."""
-    return _to_number(cells).isna() & ~_is_na(cells)
+def _non_numeric(cells: pd.Series, numbers: pd.Series | None = None) -> pd.Series:
+    """Mask of cells that are neither NA nor parseable as a number (`numbers` as in `_is_na`)."""
+    numbers = _to_number(cells) if numbers is None else numbers
+    return numbers.isna() & ~_is_na(cells, numbers)
 
 
 def _all_int(cells: pd.Series) -> bool:
