@@ -46,7 +46,10 @@ def test_finetune_killed_mid_fold_resumes_exactly_and_exports_a_verified_package
     command = glacier_finetune_command(killed, glacier_pretrained.out)
     proc = subprocess.Popen(command, cwd=glacier_workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _kill_when(proc, killed, lambda out: any("fold0" in str(p) for p in _step_files(out)), random.Random(7))
-    assert not (killed / "package").exists()
+    # killed mid-training: the emergency baseline (the NDSI package, written before any tile was read)
+    # is there, with no trained model in it
+    early = torch.load(killed / "package" / "model.pth", weights_only=True)
+    assert early["models"] == [] and early["encoder"] is None
     again = subprocess.run(command, cwd=glacier_workdir, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:] + again.stdout[-3000:]
     assert "fold 0: resumed from" in again.stdout
