@@ -365,6 +365,7 @@ def train_folds(
     predict_models: int = 0,
     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
     expected_meta: Callable[[int], dict[str, Any]] | None = None,
+    timed: tuple[float, float] | None = None,
 ) -> CVResult:
     """Train every unfinished fold within the budget and return what exists.
 
@@ -373,8 +374,10 @@ def train_folds(
     step so that epochs x folds fit what is left after the reserves: the task's own (declared on
     `run.budget` before this call: write, verify, package, ...) and the prediction's, sized here
     from the measured time per validation item x `predict_items` (test rows x models x TTA views)
-    and `predict_models`. `max_epochs=None` plans as many epochs as fit (at most `budget.MAX_EPOCHS`);
-    the scheduler is built for the planned total.
+    and `predict_models`. `timed` = (seconds per epoch, per validation item) of this setup measured
+    already (`time_setup`, e.g. while choosing the model) saves a second smoke step. `max_epochs=None`
+    plans as many epochs as fit (at most `budget.MAX_EPOCHS`); the scheduler is built for the planned
+    total.
     Training stops at step granularity when the budget or a signal (SIGTERM, SIGINT) says so,
     after saving a checkpoint.
     """
@@ -407,7 +410,8 @@ def train_folds(
     run.budget.close_setup()
     cap = epoch_limit(max_epochs)
     timer = CheckpointTimer(checkpoint_every)
-    epoch_s = eval_item_s = None
+    epoch_s, eval_item_s = timed if timed is not None else (None, None)
+    sized = False
     with install_sigterm_handler(lambda name: run.log(f"{name} received: stopping at the next step"),
                                  signals=signals) as stop:
         for i, k in enumerate(todo):
@@ -429,8 +433,10 @@ def train_folds(
                     raise ValueError(
                         f"the checkpoints in {fold_dir(run, k)} come from a different setup: " + "; ".join(diffs)
                         + f". Use a new OUTPUT_DIR (or RUN_NAME), or delete {fold_dir(run, k)} to start over.")
-            if epoch_s is None:
-                epoch_s, eval_item_s = time_setup(run, fs, options=options)
+            if not sized:
+                if epoch_s is None:
+                    epoch_s, eval_item_s = time_setup(run, fs, options=options)
+                sized = True
                 run.budget.reserve_predict(items=predict_items, item_s=eval_item_s, models=predict_models)
                 run.log(f"sizing: ~{epoch_s:.1f}s per epoch ({steps_full} steps + {n_val} validation items); "
                         f"reserved: {_reserves(run)}")

@@ -692,13 +692,15 @@ def test_an_explicit_model_wins_and_is_not_timed(tmp_path, ladder):
 
 def test_a_resumed_run_keeps_its_model(tmp_path, ladder):
     data, out = _tiny(tmp_path / "c"), tmp_path / "out"
-    ladder(FAST)
+    timed = ladder(FAST)
     cfg, run, comp, folds = _ladder_session(data, out, EPOCHS=1, MIN_EPOCHS=1, TRAIN_FOLDS=1)
     first = clf.train(comp, folds, cfg, run)
     assert run.record["model_choice"]["model"] == "test_convnext" and first.folds[0]["status"] == "done"
+    assert timed == ["test_resnet", "test_efficientnet", "test_convnext"]  # training reuses the rung's timing
 
     timed = ladder(SLOW)   # a later session on a slower machine would choose test_resnet afresh
     timed.clear()
+    assert "timed" in json.loads((out / "run.json").read_text())["model_choice"]
     lines: list[str] = []
     cfg2, run2, comp2, folds2 = _ladder_session(data, out, lines, EPOCHS=1, MIN_EPOCHS=1, TRAIN_FOLDS=1)
     chosen = clf.choose_model(comp2, folds2, cfg2, run2)

@@ -390,6 +390,7 @@ def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained
     if classical is not None:
         _submit_classical(data, folds, classical, cfg, run)
     cfg = choose_model(data, folds, cfg, run)
+    timed = run.record[MODEL_CHOICE].get("timed")  # the chosen rung's pace, measured in this session
     n_folds = cfg.TRAIN_FOLDS or cfg.FOLDS
     n_tta = len(_tta(cfg.TTA))
     cv = train_folds(
@@ -397,7 +398,8 @@ def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained
         metric=get_metric(cfg.METRIC), max_epochs=cfg.EPOCHS, min_epochs=cfg.MIN_EPOCHS,
         max_new_folds=cfg.FOLDS_PER_SESSION, patience=cfg.PATIENCE, checkpoint_every=cfg.CHECKPOINT_EVERY,
         predict_items=len(data.test) * n_folds * (1 + n_tta), predict_models=n_folds,
-        expected_meta=lambda k: _fold_meta(cfg, data, k))
+        expected_meta=lambda k: _fold_meta(cfg, data, k),
+        timed=None if timed is None else (timed["epoch_s"], timed["eval_item_s"]))
     check_unreadable(data, run)
     run.save()
     return Trained(**{f.name: getattr(cv, f.name) for f in dataclasses.fields(CVResult)}, classical=classical)
@@ -445,7 +447,7 @@ def choose_model(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> 
         choice: dict[str, Any] = {"model": cfg.MODEL, "img_size": size, "chosen_by": "MODEL"}
     elif (saved := _saved_choice(run, n_folds)) is not None:
         size = cfg.IMG_SIZE or int(saved["img_size"])
-        choice = {**saved, "img_size": size}
+        choice = {**{k: v for k, v in saved.items() if k != "timed"}, "img_size": size}  # timed on another machine
         run.log(f"MODEL='auto': this run trains {saved['model']} at {size} px, as chosen before "
                 f"({saved.get('chosen_by', 'run.json')})")
     else:
@@ -461,13 +463,14 @@ def _climb(data: Competition, folds: pd.Series, cfg: Config, run: Run, n_folds: 
     to_train = min(n_folds, cfg.FOLDS_PER_SESSION or n_folds)
     items = len(data.test) * n_folds * (1 + len(_tta(cfg.TTA)))
     costs: list[float | None] = [None] * len(rungs)
+    items_s: list[float] = [0.0] * len(rungs)
     other: list[float] = [0.0] * len(rungs)
     with run.budget.timed("model choice"):
         for i, (name, size) in enumerate(rungs):
             fs = _setup_fold(data, folds, dataclasses.replace(cfg, MODEL=name, IMG_SIZE=size), run, 0, timing=True)
-            costs[i], item_s = time_setup(run, fs)
+            costs[i], items_s[i] = time_setup(run, fs)
             del fs
-            other[i] = run.budget.predict_need(items=items, item_s=item_s, models=n_folds)
+            other[i] = run.budget.predict_need(items=items, item_s=items_s[i], models=n_folds)
             pick = run.budget.pick_rung(costs, folds=to_train, max_epochs=cfg.EPOCHS, min_epochs=cfg.MIN_EPOCHS,
                                         other_s=other)
             if not pick.fits[i]:
@@ -486,7 +489,7 @@ def _climb(data: Competition, folds: pd.Series, cfg: Config, run: Run, n_folds: 
     run.log(f"MODEL='auto': {name} at {size} px (rung {pick.index}), {why}; training time left "
             + ("unlimited" if not math.isfinite(left) else f"{left:.0f}s") + f":\n{table}")
     return {"model": name, "img_size": size, "chosen_by": "ladder", "rung": pick.index,
-            "epochs_needed": pick.epochs,
+            "epochs_needed": pick.epochs, "timed": {"epoch_s": costs[pick.index], "eval_item_s": items_s[pick.index]},
             "rungs": [{"model": m, "img_size": s, "epoch_s": None if c is None else round(c, 3),
                        "fits": f} for (m, s), c, f in zip(rungs, costs, pick.fits)]}
 
