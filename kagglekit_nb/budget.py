@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["parse_duration", "Budget", "platform_limit_s", "process_age_s", "plan_epochs", "SAFETY",
-           "StopSignal", "install_sigterm_handler", "CheckpointTimer"]
+__all__ = ["parse_duration", "Budget", "platform_limit_s", "process_age_s", "plan_epochs", "epoch_limit",
+           "RungPick", "SAFETY", "MAX_EPOCHS", "RUNG_EPOCHS", "StopSignal", "install_sigterm_handler",
+           "CheckpointTimer"]
 
 Clock = Callable[[], float]
 
@@ -94,6 +95,29 @@ VERIFY_S = 5.0
 MODEL_LOAD_S = 0.5   # loading one saved model for prediction (per model)
 PACKAGE_S = 20.0     # checking a code package: a fresh process importing torch, then its outputs
 FEATURE_ROW_S = 1e-4 # building the tabular features of one test row (ISIC)
+# EPOCHS = None means "as many epochs as the budget allows": at most this many per fold (also the
+# plan without a time limit), so an unlimited session still ends.
+MAX_EPOCHS = 100
+# MODEL = "auto" moves up the ladder to a larger model only while every fold can still train it for
+# this many epochs (or MIN_EPOCHS, if more; or EPOCHS when it is set): a few epochs of a large model
+# lose to many epochs of a smaller one, and a model that barely fits leaves no room for a slow epoch.
+RUNG_EPOCHS = 10
+
+
+def epoch_limit(max_epochs: int | None) -> int:
+    """The most epochs a fold may be planned: `max_epochs` (EPOCHS), or MAX_EPOCHS for None ("what fits")."""
+    return MAX_EPOCHS if max_epochs is None else int(max_epochs)
+
+
+@dataclass(frozen=True)
+class RungPick:
+    """What `Budget.pick_rung` chose: the rung's index, whether each timed rung fits (None: not
+    timed), the epochs per fold each rung had to fit, and the seconds each would need."""
+
+    index: int
+    fits: list[bool | None]
+    epochs: int
+    need_s: list[float | None]
 
 
 @dataclass
@@ -212,9 +236,14 @@ class Budget:
     def reserve_predict(self, *, items: int, item_s: float, models: int = 0) -> float:
         """Declare the prediction reserve: `items` (test rows x models x TTA views) at `item_s`
         measured seconds each, times SAFETY, plus loading `models` saved models. Returns it."""
-        seconds = SAFETY * item_s * items + MODEL_LOAD_S * models
+        seconds = self.predict_need(items=items, item_s=item_s, models=models)
         self.reserve("predict", seconds)
         return seconds
+
+    @staticmethod
+    def predict_need(*, items: int, item_s: float, models: int = 0) -> float:
+        """Seconds the prediction reserve keeps for `items` at `item_s` each and `models` to load."""
+        return SAFETY * item_s * items + MODEL_LOAD_S * models
 
     def training_left(self) -> float:
         """Seconds that training may still use: what is left minus the reserves."""
@@ -272,13 +301,49 @@ class Budget:
                     else "budget: stopped at the end of the time")
         return None
 
-    def plan_fold(self, *, epoch_s: float, folds_left: int, max_epochs: int, min_epochs: int,
+    def pick_rung(self, epoch_s: Sequence[float | None], *, folds: int, max_epochs: int | None,
+                  min_epochs: int, other_s: Sequence[float] | None = None) -> RungPick:
+        """The strongest rung of a model ladder (ordered from small and fast to large) whose `folds`
+        x epochs fit the training time left: `epoch_s[i]` is rung i's estimated epoch (None: not
+        timed), `other_s[i]` what else it needs (its prediction reserve). Each rung must fit
+        `max_epochs` epochs per fold when set, else max(min_epochs, RUNG_EPOCHS). The rungs are
+        climbed in order and the climb ends at the first one that does not fit; rung 0 is the
+        fallback when none fits (the fold plan then trains fewer epochs or folds).
+
+        >>> Budget(total_s=100.0, clock=lambda: 0.0).pick_rung([1.0, 5.0, 20.0], folds=2, max_epochs=None,
+        ...                                                    min_epochs=3).index   # needs 20, 100, 400 s
+        1
+        """
+        if folds < 1:
+            raise ValueError(f"pick_rung: folds={folds!r} must be at least 1.")
+        epochs = epoch_limit(max_epochs) if max_epochs is not None else max(min_epochs, RUNG_EPOCHS)
+        left = self.training_left()
+        fits: list[bool | None] = []
+        need: list[float | None] = []
+        index, climbing = 0, True
+        for i, cost in enumerate(epoch_s):
+            if cost is None:
+                fits.append(None)
+                need.append(None)
+                continue
+            seconds = cost * folds * epochs + (other_s[i] if other_s is not None else 0.0)
+            ok = seconds <= left
+            fits.append(ok)
+            need.append(seconds)
+            if climbing and ok:
+                index = i
+            climbing = climbing and ok
+        return RungPick(index=index, fits=fits, epochs=epochs, need_s=need)
+
+    def plan_fold(self, *, epoch_s: float, folds_left: int, max_epochs: int | None, min_epochs: int,
                   folds_trained: int = 0) -> dict[str, Any]:
-        """The plan of the next fold: epochs that fit with `folds_left` folds still to train.
+        """The plan of the next fold: epochs that fit with `folds_left` folds still to train, at most
+        `max_epochs` (None: as many as fit, at most MAX_EPOCHS).
 
         A fold is planned below `min_epochs` only when it is the only one that can run: next to
         `folds_trained` finished folds, a short fold would only dilute the ensemble, so it gets 0.
         """
+        max_epochs = epoch_limit(max_epochs)
         floor = min(min_epochs, max_epochs)
         epochs, fits = plan_epochs(available_s=self.training_left(), epoch_s=epoch_s, folds_left=folds_left,
                                    max_epochs=max_epochs, min_epochs=floor)

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
 from ._atomic import write_atomic
-from .budget import CheckpointTimer, StopSignal, install_sigterm_handler
+from .budget import CheckpointTimer, StopSignal, epoch_limit, install_sigterm_handler
 from .folds import FoldRegistry
 from .loaders import steps_per_epoch
 from .loop import FitResult, fit
@@ -42,7 +42,7 @@ from .preflight import smoke_step
 from .run import Run
 from .state import capture_state, restore_state
 
-__all__ = ["CVResult", "FoldSetup", "fold_dir", "fold_models", "oof_score", "train_folds"]
+__all__ = ["CVResult", "FoldSetup", "fold_dir", "fold_models", "oof_score", "time_setup", "train_folds"]
 
 FOLD_DIR = "fold{fold}"
 OOF_FILE = "oof_fold{fold}.csv"
@@ -182,6 +182,17 @@ def oof_score(run: Run, metric: Metric, folds: Sequence[int]) -> float | None:
         return None
     oof = pd.concat(frames)
     return metric(oof["target"].to_numpy(), oof[[c for c in oof.columns if c.startswith("p")]].to_numpy())
+
+
+def time_setup(run: Run, fs: FoldSetup, *, options: LoopOptions | None = None) -> tuple[float, float]:
+    """(seconds per epoch, seconds per validation item) of a fold's setup on this machine, estimated
+    by the budget from one timed smoke step (`preflight.smoke_step`, which leaves no trace)."""
+    accumulate = (options or LoopOptions()).accumulate
+    smoke = smoke_step(fs.model, fs.train_loader, fs.val_loader, loss_fn=fs.loss_fn, device=run.device,
+                       options=options)
+    epoch_s = run.budget.epoch_estimate(step_s=smoke.step_s, steps=steps_per_epoch(fs.train_loader, accumulate),
+                                        eval_item_s=smoke.eval_s_per_sample, val_items=len(fs.val_loader.dataset))
+    return epoch_s, smoke.eval_s_per_sample
 
 
 def _plan_table(rows: list[tuple[str, str]]) -> str:
@@ -342,7 +353,7 @@ def train_folds(
     n_folds: int,
     setup: Callable[[int], FoldSetup],
     metric: Metric,
-    max_epochs: int,
+    max_epochs: int | None,
     min_epochs: int = 1,
     folds: Sequence[int] | None = None,
     max_new_folds: int | None = None,
@@ -354,6 +365,7 @@ def train_folds(
     predict_models: int = 0,
     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
     expected_meta: Callable[[int], dict[str, Any]] | None = None,
+    timed: tuple[float, float] | None = None,
 ) -> CVResult:
     """Train every unfinished fold within the budget and return what exists.
 
@@ -362,7 +374,10 @@ def train_folds(
     step so that epochs x folds fit what is left after the reserves: the task's own (declared on
     `run.budget` before this call: write, verify, package, ...) and the prediction's, sized here
     from the measured time per validation item x `predict_items` (test rows x models x TTA views)
-    and `predict_models`.
+    and `predict_models`. `timed` = (seconds per epoch, per validation item) of this setup measured
+    already (`time_setup`, e.g. while choosing the model) saves a second smoke step. `max_epochs=None`
+    plans as many epochs as fit (at most `budget.MAX_EPOCHS`); the scheduler is built for the planned
+    total.
     Training stops at step granularity when the budget or a signal (SIGTERM, SIGINT) says so,
     after saving a checkpoint.
     """
@@ -393,8 +408,10 @@ def train_folds(
     if max_new_folds is not None:
         todo = todo[:max_new_folds]
     run.budget.close_setup()
+    cap = epoch_limit(max_epochs)
     timer = CheckpointTimer(checkpoint_every)
-    epoch_s = eval_item_s = None
+    epoch_s, eval_item_s = timed if timed is not None else (None, None)
+    sized = False
     with install_sigterm_handler(lambda name: run.log(f"{name} received: stopping at the next step"),
                                  signals=signals) as stop:
         for i, k in enumerate(todo):
@@ -416,12 +433,10 @@ def train_folds(
                     raise ValueError(
                         f"the checkpoints in {fold_dir(run, k)} come from a different setup: " + "; ".join(diffs)
                         + f". Use a new OUTPUT_DIR (or RUN_NAME), or delete {fold_dir(run, k)} to start over.")
-            if epoch_s is None:
-                smoke = smoke_step(fs.model, fs.train_loader, fs.val_loader, loss_fn=fs.loss_fn, device=run.device,
-                                   options=options)
-                eval_item_s = smoke.eval_s_per_sample
-                epoch_s = run.budget.epoch_estimate(step_s=smoke.step_s, steps=steps_full,
-                                                    eval_item_s=eval_item_s, val_items=n_val)
+            if not sized:
+                if epoch_s is None:
+                    epoch_s, eval_item_s = time_setup(run, fs, options=options)
+                sized = True
                 run.budget.reserve_predict(items=predict_items, item_s=eval_item_s, models=predict_models)
                 run.log(f"sizing: ~{epoch_s:.1f}s per epoch ({steps_full} steps + {n_val} validation items); "
                         f"reserved: {_reserves(run)}")
@@ -432,7 +447,7 @@ def train_folds(
             if found is not None:
                 f.plan = dict(found.state["plan"])
             else:
-                trained = sum(1 for v in result.folds.values() if v.get("epochs_done", 0) >= min(min_epochs, max_epochs))
+                trained = sum(1 for v in result.folds.values() if v.get("epochs_done", 0) >= min(min_epochs, cap))
                 f.plan = {**run.budget.plan_fold(epoch_s=epoch_s, folds_left=len(todo) - i, max_epochs=max_epochs,
                                                  min_epochs=min_epochs, folds_trained=trained),
                           "steps_per_epoch": steps_full}
@@ -445,7 +460,8 @@ def train_folds(
             if found is None:
                 left = run.budget.training_left()
                 run.log(f"plan for fold {k}:\n" + _plan_table([
-                    ("epochs", f"{f.plan['epochs']} of {max_epochs} (at least {min(min_epochs, max_epochs)})"),
+                    ("epochs", f"{f.plan['epochs']} of " + (f"{cap}" if max_epochs is not None else
+                               f"as many as fit (at most {cap})") + f" (at least {min(min_epochs, cap)})"),
                     ("time per epoch", f"~{epoch_s:.1f}s"),
                     ("folds that fit", f"{f.plan['folds_that_fit']} of {len(todo) - i} left"),
                     ("training time left", "unlimited" if not math.isfinite(left) else f"{left:.0f}s"),
@@ -494,7 +510,7 @@ def train_folds(
             if stopped:
                 result.stop_reason = fr.stop_reason
                 break
-    result.left_out = _left_out(result.folds, metric, min(min_epochs, max_epochs))
+    result.left_out = _left_out(result.folds, metric, min(min_epochs, cap))
     for k, v in result.folds.items():
         if v.get("left_out") != result.left_out.get(k):
             v = {**v, "left_out": result.left_out.get(k)}

@@ -33,10 +33,10 @@ OUTPUT_DIR = None        # None: the platform's run dir (Drive on Colab, /kaggle
 BUDGET = None            # time for the whole run, e.g. "45m" or "2h"; None: what the platform allows
 SEED = 42                # one seed for python, numpy, torch, folds and loaders
 RUN_NAME = "classification"
-MODEL = "resnet18"       # any timm model name
+MODEL = "auto"           # "auto": the strongest model of the ladder that fits the budget; or any timm model name
 WEIGHTS = "auto"         # "auto": attached weights, else the hub if online, else random (a warning); None: random; or a file
-IMG_SIZE = 32            # images are resized to IMG_SIZE x IMG_SIZE
-EPOCHS = 12              # upper bound per fold; the budget may plan fewer
+IMG_SIZE = None          # images are resized to IMG_SIZE x IMG_SIZE; None: the size of the chosen ladder rung
+EPOCHS = None            # None: as many epochs per fold as the budget allows (at most 100); a number caps it
 MIN_EPOCHS = 3           # if fewer epochs than this would fit per fold, train fewer folds instead
 BATCH_SIZE = 64
 LR = 3e-3                # peak of the one-cycle schedule
@@ -121,8 +121,12 @@ folds.value_counts().sort_index().rename("validation images per fold")
 # replace the emergency baseline as soon as they beat the class prior. Reading every image also
 # finds unreadable ones: they are skipped and listed in `run.json` (more than 0.5% is an error).
 #
-# Then the deep model. A smoke step times one batch first; the plan then fits epochs × folds into the budget while
-# keeping a reserve for prediction and verification. Augmentation is applied to training images only;
+# Then the deep model. With `MODEL = "auto"` a smoke step times one batch of each rung of a short ladder
+# (resnet18 at 32 px up to convnext_tiny at 224 px), cheapest first, and the strongest rung whose folds ×
+# epochs fit the time left is trained; the table in the log says why. An earlier session's choice is kept,
+# so a resumed run never switches models. The plan then fits epochs × folds into the budget (with
+# `EPOCHS = None`, as many epochs as fit, the one-cycle schedule built for them) while keeping a reserve
+# for prediction and verification. Augmentation is applied to training images only;
 # the normalisation comes from the model's own config and is saved with each fold's model.
 
 # %%

@@ -443,3 +443,56 @@ def test_stop_signal_is_falsy_until_a_signal_arrives():
     assert not flag and flag.received is None
     flag.received = "SIGTERM"
     assert flag and flag.received == "SIGTERM"
+
+
+# --------------------------------------------------------------------------- EPOCHS = None, the model ladder
+
+
+def test_plan_fold_without_max_epochs_plans_what_fits_up_to_the_cap():
+    clock = FakeClock(0.0)
+    b = Budget(total_s=1000.0, clock=clock)
+    b.reserve("predict", 100.0)
+    # 900 s of training left, 5 folds of 10 s epochs: 18 epochs each
+    assert b.plan_fold(epoch_s=10.0, folds_left=5, max_epochs=None, min_epochs=3)["epochs"] == 18
+    clock.advance(400.0)  # 500 s left: 10 epochs each
+    assert b.plan_fold(epoch_s=10.0, folds_left=5, max_epochs=None, min_epochs=3)["epochs"] == 10
+    # an explicit EPOCHS still caps the plan
+    assert b.plan_fold(epoch_s=10.0, folds_left=5, max_epochs=4, min_epochs=3)["epochs"] == 4
+    # what fits is capped at MAX_EPOCHS, with or without a limit
+    assert b.plan_fold(epoch_s=0.001, folds_left=5, max_epochs=None, min_epochs=3)["epochs"] == budget.MAX_EPOCHS
+    unlimited = Budget(total_s=math.inf, clock=clock)
+    assert unlimited.plan_fold(epoch_s=10.0, folds_left=5, max_epochs=None, min_epochs=3)["epochs"] == budget.MAX_EPOCHS
+    assert budget.epoch_limit(None) == budget.MAX_EPOCHS and budget.epoch_limit(7) == 7
+
+
+def test_pick_rung_takes_the_strongest_rung_that_fits():
+    clock = FakeClock(0.0)
+    b = Budget(total_s=1000.0, clock=clock)
+    b.reserve("write", 100.0)   # 900 s of training left
+    need = budget.RUNG_EPOCHS * 3  # 3 folds x RUNG_EPOCHS epochs per rung
+    fast = b.pick_rung([1.0, 900.0 / need, 900.0 / need + 1.0], folds=3, max_epochs=None, min_epochs=3)
+    assert fast.index == 1 and fast.fits == [True, True, False] and fast.epochs == budget.RUNG_EPOCHS
+    assert fast.need_s == [pytest.approx(need), pytest.approx(900.0), pytest.approx(900.0 + need)]
+    # the same ladder on a slower machine (every epoch 3x): only the first rung fits
+    slow = b.pick_rung([3.0, 2700.0 / need, 2700.0 / need + 3.0], folds=3, max_epochs=None, min_epochs=3)
+    assert slow.index == 0 and slow.fits == [True, False, False]
+    # untimed rungs (None) are not chosen; the climb ends at the first that does not fit
+    assert b.pick_rung([1.0, 2.0, None], folds=3, max_epochs=None, min_epochs=3).fits == [True, True, None]
+    assert b.pick_rung([1.0, 100.0, 2.0], folds=3, max_epochs=None, min_epochs=3).index == 0
+    # nothing fits: the first rung, marked as not fitting
+    worst = b.pick_rung([100.0, 200.0], folds=3, max_epochs=None, min_epochs=3)
+    assert worst.index == 0 and worst.fits == [False, False]
+
+
+def test_pick_rung_counts_epochs_min_epochs_and_the_other_needs():
+    b = Budget(total_s=100.0, clock=FakeClock(0.0))
+    # EPOCHS=2 set: each rung needs folds x 2 epochs; 2 folds x 2 x 25 s = 100 s fits
+    assert b.pick_rung([10.0, 25.0], folds=2, max_epochs=2, min_epochs=3).index == 1
+    # MIN_EPOCHS above RUNG_EPOCHS raises what a rung must fit
+    big = b.pick_rung([1.0], folds=2, max_epochs=None, min_epochs=budget.RUNG_EPOCHS + 5)
+    assert big.epochs == budget.RUNG_EPOCHS + 5
+    # a rung's prediction time counts against it
+    assert b.pick_rung([10.0, 25.0], folds=2, max_epochs=2, min_epochs=3, other_s=[0.0, 1.0]).index == 0
+    assert Budget(total_s=math.inf).pick_rung([1.0, 1e9], folds=5, max_epochs=None, min_epochs=3).index == 1
+    with pytest.raises(ValueError, match=r"folds=0 must be at least 1"):
+        b.pick_rung([1.0], folds=0, max_epochs=None, min_epochs=3)

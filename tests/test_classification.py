@@ -81,8 +81,9 @@ def _tiny(root: Path, labels=("cat", "dog"), per_class: int = 6, n_test: int = 4
 
 def test_config_defaults_pass_their_own_checks():
     cfg = Config()
-    assert cfg.EPOCHS == 12 and cfg.FOLDS == 5 and cfg.DATA_DIR is None
-    assert cfg.as_dict()["MODEL"] == "resnet18"
+    assert cfg.EPOCHS is None and cfg.IMG_SIZE is None and cfg.FOLDS == 5 and cfg.DATA_DIR is None
+    assert cfg.as_dict()["MODEL"] == "auto"
+    assert clf.LADDER[0] == ("resnet18", 32)  # the first rung: what a CPU session can afford
 
 
 def test_from_namespace_takes_known_names_only():
@@ -121,6 +122,7 @@ def test_int_is_accepted_where_a_float_is_expected():
         (dict(FOLDS=0), r"FOLDS=0 must be at least 1"),
         (dict(EPOCHS=0), r"EPOCHS=0"),
         (dict(IMG_SIZE=-8), r"IMG_SIZE=-8"),
+        (dict(MODEL=" "), r"MODEL=' ' is empty: use 'auto'"),
         (dict(TRAIN_FOLDS=6), r"TRAIN_FOLDS=6 .*FOLDS=5"),
         (dict(TRAIN_FOLDS=0), r"TRAIN_FOLDS=0"),
         (dict(LR=0), r"LR=0.0 must be positive"),
@@ -337,7 +339,7 @@ def test_sixteen_bit_grayscale_keeps_its_levels(tmp_path):
 
 
 def test_build_model_shapes_and_normalization():
-    model = clf.build_model(Config(), n_classes=3, in_chans=1)
+    model = clf.build_model(Config(MODEL="resnet18"), n_classes=3, in_chans=1)
     assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 3)
     mean, std = clf.normalization(model, 1)
     assert len(mean) == len(std) == 1
@@ -347,9 +349,11 @@ def test_build_model_shapes_and_normalization():
 
 def test_build_model_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"WEIGHTS='.*missing.pth' is not a file"):
-        clf.build_model(Config(WEIGHTS=str(tmp_path / "missing.pth")), 3, 1)
+        clf.build_model(Config(MODEL="resnet18", WEIGHTS=str(tmp_path / "missing.pth")), 3, 1)
     with pytest.raises(ValueError, match=r"MODEL='resnet1800' is not a timm model"):
         clf.build_model(Config(MODEL="resnet1800"), 3, 1)
+    with pytest.raises(ValueError, match=r"MODEL='auto' names no model yet: `choose_model`"):
+        clf.build_model(Config(), 3, 1)
 
 
 def test_tta_flips():
@@ -597,3 +601,119 @@ def test_too_many_unreadable_images_stop_before_training(tmp_path):
         clf.load(cfg, run)
     assert json.loads((run.dir / "run.json").read_text())["unreadable_images"]["count"] == 1
     assert (run.dir / "submission.csv").is_file()  # the baseline, written before the images were read
+
+
+# --------------------------------------------------------------------------- MODEL = "auto": the ladder
+
+TEST_LADDER = (("test_resnet", 16), ("test_efficientnet", 24), ("test_convnext", 32))
+FAST = {"test_resnet": 1e-3, "test_efficientnet": 2e-3, "test_convnext": 3e-3}   # seconds per step
+SLOW = {"test_resnet": 1.0, "test_efficientnet": 1000.0, "test_convnext": 2000.0}
+
+
+@pytest.fixture
+def ladder(monkeypatch):
+    """The ladder of timm's tiny test models, and a smoke step that reports `pace[architecture]`
+    seconds per step (the fake clock does not move): returns `use(pace)` and the models it timed."""
+    from kagglekit_nb import cv
+    from kagglekit_nb.preflight import SmokeReport
+
+    monkeypatch.setattr(clf, "LADDER", TEST_LADDER)
+    timed: list[str] = []
+
+    def use(pace):
+        def fake(model, *args, **kwargs):
+            timed.append(model.pretrained_cfg["architecture"])
+            return SmokeReport(step_s=pace[model.pretrained_cfg["architecture"]], eval_s_per_sample=0.0, loss=0.7)
+        monkeypatch.setattr(cv, "smoke_step", fake)
+        return timed
+
+    return use
+
+
+def _ladder_session(data: Path, out: Path, lines: list[str] | None = None, **kwargs):
+    from _fakes import FakeClock
+
+    clock = FakeClock()
+    cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(out), BUDGET="1h", SEED=0, FOLDS=2, BATCH_SIZE=4,
+                 NUM_WORKERS=0, DEVICE="cpu", **kwargs)
+    run = clf.start(cfg, environ={"KAGGLEKIT_START": repr(clock())}, clock=clock,
+                    echo=(lines if lines is not None else []).append)
+    comp = clf.load(cfg, run)
+    return cfg, run, comp, clf.make_folds(comp, cfg, run)
+
+
+def test_auto_takes_the_strongest_rung_on_a_fast_machine(tmp_path, ladder):
+    timed = ladder(FAST)
+    lines: list[str] = []
+    cfg, run, comp, folds = _ladder_session(_tiny(tmp_path / "c"), tmp_path / "out", lines)
+    chosen = clf.choose_model(comp, folds, cfg, run)
+    assert (chosen.MODEL, chosen.IMG_SIZE) == ("test_convnext", 32)
+    assert timed == ["test_resnet", "test_efficientnet", "test_convnext"]
+    choice = json.loads((run.dir / "run.json").read_text())["model_choice"]
+    assert choice["chosen_by"] == "ladder" and choice["rung"] == 2 and choice["epochs_needed"] == 10
+    assert [r["fits"] for r in choice["rungs"]] == [True, True, True]
+    said = next(line for line in lines if "MODEL='auto'" in line)
+    assert "test_convnext at 32 px (rung 2), the strongest rung that fits" in said
+    assert "2 folds x 10 epochs" in said and said.count(" yes") == 3
+
+
+def test_auto_takes_a_smaller_rung_when_the_smoke_step_is_slow(tmp_path, ladder):
+    timed = ladder(SLOW)
+    lines: list[str] = []
+    cfg, run, comp, folds = _ladder_session(_tiny(tmp_path / "c"), tmp_path / "out", lines)
+    chosen = clf.choose_model(comp, folds, cfg, run)
+    assert (chosen.MODEL, chosen.IMG_SIZE) == ("test_resnet", 16)
+    assert timed == ["test_resnet", "test_efficientnet"]   # the climb stops at the first that cannot fit
+    assert [r["fits"] for r in run.record["model_choice"]["rungs"]] == [True, False, None]
+    said = next(line for line in lines if "MODEL='auto'" in line)
+    assert "test_resnet at 16 px (rung 0)" in said and "not timed" in said
+
+
+def test_auto_at_a_given_img_size_climbs_the_models_at_that_size(tmp_path, ladder):
+    ladder(FAST)
+    cfg, run, comp, folds = _ladder_session(_tiny(tmp_path / "c"), tmp_path / "out", IMG_SIZE=20)
+    chosen = clf.choose_model(comp, folds, cfg, run)
+    assert (chosen.MODEL, chosen.IMG_SIZE) == ("test_convnext", 20)
+    assert {r["img_size"] for r in run.record["model_choice"]["rungs"]} == {20}
+
+
+def test_an_explicit_model_wins_and_is_not_timed(tmp_path, ladder):
+    timed = ladder(SLOW)
+    cfg, run, comp, folds = _ladder_session(_tiny(tmp_path / "c"), tmp_path / "out", MODEL="test_convnext")
+    chosen = clf.choose_model(comp, folds, cfg, run)
+    assert (chosen.MODEL, chosen.IMG_SIZE) == ("test_convnext", 32)   # its ladder size
+    assert timed == [] and run.record["model_choice"]["chosen_by"] == "MODEL"
+    other = clf.choose_model(comp, folds, dataclasses.replace(cfg, MODEL="test_vit"), run)
+    assert (other.MODEL, other.IMG_SIZE) == ("test_vit", clf.DEFAULT_IMG_SIZE)
+    sized = clf.choose_model(comp, folds, dataclasses.replace(cfg, IMG_SIZE=12), run)
+    assert (sized.MODEL, sized.IMG_SIZE) == ("test_convnext", 12)
+    assert timed == []
+
+
+def test_a_resumed_run_keeps_its_model(tmp_path, ladder):
+    data, out = _tiny(tmp_path / "c"), tmp_path / "out"
+    timed = ladder(FAST)
+    cfg, run, comp, folds = _ladder_session(data, out, EPOCHS=1, MIN_EPOCHS=1, TRAIN_FOLDS=1)
+    first = clf.train(comp, folds, cfg, run)
+    assert run.record["model_choice"]["model"] == "test_convnext" and first.folds[0]["status"] == "done"
+    assert timed == ["test_resnet", "test_efficientnet", "test_convnext"]  # training reuses the rung's timing
+
+    timed = ladder(SLOW)   # a later session on a slower machine would choose test_resnet afresh
+    timed.clear()
+    assert "timed" in json.loads((out / "run.json").read_text())["model_choice"]
+    lines: list[str] = []
+    cfg2, run2, comp2, folds2 = _ladder_session(data, out, lines, EPOCHS=1, MIN_EPOCHS=1, TRAIN_FOLDS=1)
+    chosen = clf.choose_model(comp2, folds2, cfg2, run2)
+    assert (chosen.MODEL, chosen.IMG_SIZE) == ("test_convnext", 32) and timed == []
+    assert any("as chosen before (ladder)" in line for line in lines)
+
+    # run.json lost its record: the fold checkpoints' meta still names the model
+    record = json.loads((out / "run.json").read_text())
+    del record["model_choice"]
+    (out / "run.json").write_text(json.dumps(record))
+    cfg3, run3, comp3, folds3 = _ladder_session(data, out, EPOCHS=1, MIN_EPOCHS=1, TRAIN_FOLDS=1)
+    again = clf.train(comp3, folds3, cfg3, run3)
+    assert run3.record["model_choice"] == {"model": "test_convnext", "img_size": 32,
+                                           "chosen_by": "checkpoints of fold 0"}
+    assert again.plan == {} and again.folds[0]["status"] == "done"   # the finished fold is kept
+    assert timed == []

@@ -224,6 +224,32 @@ def test_budget_for_fewer_epochs_trains_every_fold_with_the_planned_epochs(tmp_p
     assert run.budget.elapsed() == pytest.approx(3 * (2 * EPOCH_S + PREFLIGHT_S))
 
 
+def test_no_max_epochs_trains_what_fits_with_the_schedule_built_for_it(tmp_path, smoke, monkeypatch):
+    smoke(TRUE_SMOKE)
+    clock = FakeClock()
+    setup = make_setup(clock)
+    totals: list[int] = []
+
+    def recording(k):  # the scheduler's total steps, as train_folds asks for it
+        fs = setup(k)
+        make = fs.make_scheduler
+        fs.make_scheduler = lambda opt, total: (totals.append(total), make(opt, total))[1]
+        return fs
+
+    # 20 s at ~1.6 s per epoch (+0.25 s of pre-flight per fold) for 3 folds: 4 epochs each fit
+    run = open_run(tmp_path / "out", clock, budget=20)
+    result = train(run, recording, max_epochs=None, min_epochs=1)
+    assert result.stop_reason == "completed"
+    assert [result.plan[f"fold{k}"]["epochs"] for k in range(N_FOLDS)] == [4, 4, 4]
+    assert [result.folds[k]["epochs_done"] for k in range(N_FOLDS)] == [4, 4, 4]
+    assert totals == [4 * STEPS] * 3          # OneCycle/cosine over the planned total, not a fixed EPOCHS
+    assert run.budget.remaining() >= 0
+    # with more time than MAX_EPOCHS needs, the plan stops at MAX_EPOCHS
+    monkeypatch.setattr("kagglekit_nb.budget.MAX_EPOCHS", 2)
+    capped = train(open_run(tmp_path / "capped", clock, budget=100), make_setup(clock), max_epochs=None)
+    assert [capped.plan[f"fold{k}"]["epochs"] for k in range(N_FOLDS)] == [2, 2, 2]
+
+
 def test_budget_for_fewer_folds_than_asked_drops_folds(tmp_path, smoke):
     smoke(TRUE_SMOKE)
     clock = FakeClock()

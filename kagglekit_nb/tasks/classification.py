@@ -10,6 +10,11 @@
     report = finish(data, path, cfg, run)             # verify, verification.json, run.json
     figures = plot_results(run, data, models, folds)  # curves, time, confusion matrix
 
+`MODEL = "auto"` (the default) sizes the deep model to the budget: `train` times each rung of
+`LADDER` (a timm model and an image size, from small and fast to larger) on one batch, cheapest
+first, and the budget picks the strongest rung whose folds x epochs fit (`choose_model`,
+`Budget.pick_rung`). The choice is saved in run.json and kept by every later session of the run.
+
 The column names come from `sample_submission.csv`: its first column is the id; one other column
 means "predict a label", several mean "one probability column per class".
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +39,8 @@ from torch import nn
 
 from .. import folds as _folds
 from .._atomic import write_atomic, write_json
-from ..cv import CVResult, FoldSetup, fold_models, load_fold_model, train_folds
+from .. import checkpoint as _ckpt
+from ..cv import CVResult, FoldSetup, fold_dir, fold_models, load_fold_model, time_setup, train_folds
 from ..loaders import make_loader
 from ..loop import predict as _predict_loader
 from ..metrics import get_metric
@@ -48,11 +55,13 @@ from ._config import (Demo, RunConfig, early_baseline, find_data, start, timm_mo
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "LADDER",
     "Competition",
     "Config",
     "Trained",
     "candidates",
     "check_unreadable",
+    "choose_model",
     "classical_stage",
     "finish",
     "load",
@@ -73,6 +82,12 @@ TTA_CHOICES = ("none", "hflip", "vflip", "hvflip")
 CSV_ENCODINGS = ("utf-8", "utf-8-sig", "cp1252", "latin-1")  # tried in this order; latin-1 reads any bytes
 MAX_UNREADABLE = 0.005    # more than this share of unreadable images is an error (before training)
 CLASSICAL_FILE = "classical.npz"           # the classical stage's out-of-fold and test probabilities
+# MODEL = "auto": (timm model, image size) from small and fast to larger; the budget takes the
+# strongest rung that fits (`choose_model`). The first rung is cheap enough for a CPU session.
+LADDER = (("resnet18", 32), ("resnet18", 64), ("resnet34", 96), ("efficientnet_b0", 160), ("convnext_tiny", 224))
+AUTO = "auto"
+DEFAULT_IMG_SIZE = 224     # an explicit MODEL that is not on the LADDER, with IMG_SIZE = None
+MODEL_CHOICE = "model_choice"              # run.json: the model and image size this run trains
 DEMO = Demo("classification", marks=("sample_submission.csv",), note="the bundled demo (handwritten digits)")
 
 
@@ -81,10 +96,10 @@ class Config(RunConfig):
     """The notebook's parameters (same names, same defaults as its `parameters` cell)."""
 
     RUN_NAME: str = "classification"
-    MODEL: str = "resnet18"            # any timm model name
+    MODEL: str = "auto"                # "auto": the strongest rung of LADDER that fits the budget; or any timm model name
     WEIGHTS: str | None = "auto"       # "auto": attached weights, else the hub when online, else random (a warning); None = random; or a file
-    IMG_SIZE: int = 32
-    EPOCHS: int = 12                   # upper bound; the budget may plan fewer
+    IMG_SIZE: int | None = None        # None: the rung's size (MODEL "auto"), else the model's LADDER size or 224
+    EPOCHS: int | None = None          # None: as many as the budget allows (at most budget.MAX_EPOCHS); else at most this many
     MIN_EPOCHS: int = 3                # fewer epochs than this per fold: drop folds instead
     BATCH_SIZE: int = 64
     LR: float = 3e-3
@@ -104,9 +119,10 @@ class Config(RunConfig):
     DEVICE: str | None = None          # None = CUDA when available
 
     def check(self) -> None:
-        for name in ("IMG_SIZE", "EPOCHS", "BATCH_SIZE", "FOLDS", "MIN_EPOCHS"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1.")
+        self.at_least(1, "IMG_SIZE", "EPOCHS", "BATCH_SIZE", "FOLDS", "MIN_EPOCHS")
+        if not self.MODEL.strip():
+            raise ValueError(f"MODEL={self.MODEL!r} is empty: use 'auto' (sized to the budget) or a timm model "
+                             "name such as 'resnet18'.")
         if self.FOLDS < 2:
             raise ValueError(f"FOLDS={self.FOLDS!r} must be at least 2 (cross-validation needs two folds).")
         if self.TRAIN_FOLDS is not None and not 1 <= self.TRAIN_FOLDS <= self.FOLDS:
@@ -300,6 +316,9 @@ def build_model(cfg: Config, n_classes: int, in_chans: int, run: Run | None = No
     `in_chans` and replaces the head; with a `run`, run.json records the weights' source and sha256."""
     from ..weights import timm_kwargs, timm_repo
 
+    if cfg.MODEL == AUTO:
+        raise ValueError("MODEL='auto' names no model yet: `choose_model` (called by `train`) picks one of LADDER; "
+                         "pass a Config with a timm model name, e.g. dataclasses.replace(cfg, MODEL='resnet18').")
     weights = weights_for(run, cfg.MODEL, cfg.WEIGHTS, repo=timm_repo(cfg.MODEL))
     return timm_model(cfg.MODEL, num_classes=n_classes, in_chans=in_chans, **timm_kwargs(weights))
 
@@ -327,11 +346,15 @@ def _dataset(paths: list[str], labels: np.ndarray | None, transform: Any, in_cha
                         journal=run.dir / UNREADABLE_FILE)
 
 
-def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: int) -> FoldSetup:
-    """Model, optimizer, loaders and loss of fold `k` (the model is built on its device first)."""
+def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: int, *,
+                timing: bool = False) -> FoldSetup:
+    """Model, optimizer, loaders and loss of fold `k` (the model is built on its device first).
+    `timing`: only to time the setup, so the model starts from random weights (nothing is fetched or
+    recorded; the pace is the same)."""
     val_mask = folds.to_numpy() == k
     tr, va = comp.train[~val_mask], comp.train[val_mask]
-    model = build_model(cfg, comp.n_classes, comp.in_chans, run).to(run.device)
+    built = dataclasses.replace(cfg, WEIGHTS=None) if timing else cfg
+    model = build_model(built, comp.n_classes, comp.in_chans, None if timing else run).to(run.device)
     mean, std = normalization(model, comp.in_chans)
     train_ds = _dataset(tr["path"].tolist(), tr["label"].to_numpy(),
                         transforms(cfg.IMG_SIZE, mean, std, train=True, hflip=cfg.HFLIP), comp.in_chans, comp, run)
@@ -366,6 +389,8 @@ def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained
     classical = classical_stage(data, folds, cfg, run)
     if classical is not None:
         _submit_classical(data, folds, classical, cfg, run)
+    cfg = choose_model(data, folds, cfg, run)
+    timed = run.record[MODEL_CHOICE].get("timed")  # the chosen rung's pace, measured in this session
     n_folds = cfg.TRAIN_FOLDS or cfg.FOLDS
     n_tta = len(_tta(cfg.TTA))
     cv = train_folds(
@@ -373,10 +398,100 @@ def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained
         metric=get_metric(cfg.METRIC), max_epochs=cfg.EPOCHS, min_epochs=cfg.MIN_EPOCHS,
         max_new_folds=cfg.FOLDS_PER_SESSION, patience=cfg.PATIENCE, checkpoint_every=cfg.CHECKPOINT_EVERY,
         predict_items=len(data.test) * n_folds * (1 + n_tta), predict_models=n_folds,
-        expected_meta=lambda k: _fold_meta(cfg, data, k))
+        expected_meta=lambda k: _fold_meta(cfg, data, k),
+        timed=None if timed is None else (timed["epoch_s"], timed["eval_item_s"]))
     check_unreadable(data, run)
     run.save()
     return Trained(**{f.name: getattr(cv, f.name) for f in dataclasses.fields(CVResult)}, classical=classical)
+
+
+def _ladder(cfg: Config) -> list[tuple[str, int]]:
+    """The rungs MODEL="auto" climbs: LADDER, or its models at IMG_SIZE when that is set."""
+    if cfg.IMG_SIZE is None:
+        return list(LADDER)
+    rungs: list[tuple[str, int]] = []
+    for name, _ in LADDER:
+        if not rungs or rungs[-1][0] != name:
+            rungs.append((name, cfg.IMG_SIZE))
+    return rungs
+
+
+def _saved_choice(run: Run, n_folds: int) -> dict[str, Any] | None:
+    """The model an earlier session of this run folder trains: its run.json record, else the meta of
+    any fold checkpoint (run.json lost or torn). None for a new run."""
+    saved = (run.previous or {}).get(MODEL_CHOICE)
+    if isinstance(saved, dict) and saved.get("model") and saved.get("img_size"):
+        return saved
+    for k in range(n_folds):
+        directory = fold_dir(run, k)
+        found = _ckpt.find_latest(directory, log=None) if directory.exists() else None
+        if found is not None:
+            meta = _ckpt.read_meta(found)
+            if meta.get("model") and meta.get("img_size"):
+                return {"model": meta["model"], "img_size": int(meta["img_size"]), "chosen_by": f"checkpoints of fold {k}"}
+    return None
+
+
+def choose_model(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Config:
+    """`cfg` with the model and image size this run trains (recorded in run.json `model_choice`).
+
+    An explicit MODEL wins (IMG_SIZE None: its LADDER size, else DEFAULT_IMG_SIZE). With MODEL="auto"
+    a run folder keeps the model an earlier session chose (a resume never switches models); a new
+    run times each rung of the ladder on one batch of fold 0 (`cv.time_setup`), cheapest first, and
+    stops at the first that cannot fit; the budget picks the strongest rung that fits
+    (`Budget.pick_rung`) and the log shows why, as a table.
+    """
+    n_folds = cfg.TRAIN_FOLDS or cfg.FOLDS
+    if cfg.MODEL != AUTO:
+        size = cfg.IMG_SIZE or next((s for m, s in LADDER if m == cfg.MODEL), DEFAULT_IMG_SIZE)
+        choice: dict[str, Any] = {"model": cfg.MODEL, "img_size": size, "chosen_by": "MODEL"}
+    elif (saved := _saved_choice(run, n_folds)) is not None:
+        size = cfg.IMG_SIZE or int(saved["img_size"])
+        choice = {**{k: v for k, v in saved.items() if k != "timed"}, "img_size": size}  # timed on another machine
+        run.log(f"MODEL='auto': this run trains {saved['model']} at {size} px, as chosen before "
+                f"({saved.get('chosen_by', 'run.json')})")
+    else:
+        choice = _climb(data, folds, cfg, run, n_folds)
+    run.record[MODEL_CHOICE] = choice
+    run.save()
+    return dataclasses.replace(cfg, MODEL=choice["model"], IMG_SIZE=int(choice["img_size"]))
+
+
+def _climb(data: Competition, folds: pd.Series, cfg: Config, run: Run, n_folds: int) -> dict[str, Any]:
+    """Time the rungs cheapest first until one does not fit; the budget picks the strongest that does."""
+    rungs = _ladder(cfg)
+    to_train = min(n_folds, cfg.FOLDS_PER_SESSION or n_folds)
+    items = len(data.test) * n_folds * (1 + len(_tta(cfg.TTA)))
+    costs: list[float | None] = [None] * len(rungs)
+    items_s: list[float] = [0.0] * len(rungs)
+    other: list[float] = [0.0] * len(rungs)
+    with run.budget.timed("model choice"):
+        for i, (name, size) in enumerate(rungs):
+            fs = _setup_fold(data, folds, dataclasses.replace(cfg, MODEL=name, IMG_SIZE=size), run, 0, timing=True)
+            costs[i], items_s[i] = time_setup(run, fs)
+            del fs
+            other[i] = run.budget.predict_need(items=items, item_s=items_s[i], models=n_folds)
+            pick = run.budget.pick_rung(costs, folds=to_train, max_epochs=cfg.EPOCHS, min_epochs=cfg.MIN_EPOCHS,
+                                        other_s=other)
+            if not pick.fits[i]:
+                break
+    name, size = rungs[pick.index]
+    left = run.budget.training_left()
+    rows = [("rung", "model", "img size", "epoch", f"{to_train} folds x {pick.epochs} epochs + predict", "fits")]
+    for i, (m, s) in enumerate(rungs):
+        rows.append((str(i), m, str(s), "-" if costs[i] is None else f"~{costs[i]:.1f}s",
+                     "-" if pick.need_s[i] is None else f"{pick.need_s[i]:.0f}s",
+                     {True: "yes", False: "no", None: "not timed"}[pick.fits[i]]))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    table = "\n".join("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+    why = ("the strongest rung that fits" if pick.fits[pick.index]
+           else "no rung fits: the smallest, and the plan trains fewer epochs or folds")
+    run.log(f"MODEL='auto': {name} at {size} px (rung {pick.index}), {why}; training time left "
+            + ("unlimited" if not math.isfinite(left) else f"{left:.0f}s") + f":\n{table}")
+    return {"model": name, "img_size": size, "chosen_by": "ladder", "rung": pick.index,
+            "epochs_needed": pick.epochs, "timed": {"epoch_s": costs[pick.index], "eval_item_s": items_s[pick.index]},
+            "rungs": [{"model": m, "img_size": s, "epoch_s": None if c is None else round(c, 3),
+                       "fits": f} for (m, s), c, f in zip(rungs, costs, pick.fits)]}
 
 
 def _classical_key(data: Competition, folds: pd.Series) -> str:
