@@ -115,12 +115,11 @@ def run_name(values: Mapping[str, Any]) -> str:
     """A run folder name from the values, e.g. `SEED=1,MODEL=resnet18` (safe on every file system)."""
     name = ",".join(f"{k}={_text(v)}" for k, v in values.items())
     safe = _SAFE.sub("_", name).strip("._") or "run"
-    if len(safe) > MAX_NAME or safe != name:
-        import hashlib
+    if safe == name and len(safe) <= MAX_NAME:
+        return name
+    import hashlib  # a changed or cut name ends in a hash of the full one, so two never collide
 
-        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-        safe = (safe[:MAX_NAME - 9] + "-" + digest) if len(safe) > MAX_NAME else safe
-    return safe
+    return f"{safe[:MAX_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def is_finished(run_dir: str | Path) -> bool:
