@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["parse_duration", "Budget", "platform_limit_s", "process_age_s", "plan_epochs", "epoch_limit",
-           "RungPick", "SAFETY", "MAX_EPOCHS", "RUNG_EPOCHS", "StopSignal", "install_sigterm_handler",
-           "CheckpointTimer"]
+           "split_budget", "RungPick", "SAFETY", "MAX_EPOCHS", "RUNG_EPOCHS", "StopSignal",
+           "install_sigterm_handler", "CheckpointTimer"]
 
 Clock = Callable[[], float]
 
@@ -81,6 +81,19 @@ def process_age_s(pid: int | str = "self") -> float | None:
 def platform_limit_s(platform: str) -> float | None:
     """The session limit of a platform in seconds, None where there is none (local)."""
     return PLATFORM_LIMIT_S.get(platform)
+
+
+def split_budget(total_left_s: float, runs_left: int, parallel: int = 1) -> float:
+    """The share of a batch's budget the next run gets: what is left, over the waves of runs that
+    remain (`parallel` at a time), so a run that ends early leaves its time to those after it.
+
+    >>> split_budget(300.0, 3), split_budget(300.0, 3, parallel=2), split_budget(-5.0, 2)
+    (100.0, 150.0, 0.0)
+    """
+    if runs_left < 1 or parallel < 1:
+        raise ValueError(f"split_budget: runs_left={runs_left!r} and parallel={parallel!r} must be at least 1.")
+    waves = -(-runs_left // parallel)
+    return max(0.0, float(total_left_s)) / waves
 
 
 # The one safety factor: every measured duration (a training step, an evaluation, a prediction

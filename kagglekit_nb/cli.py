@@ -2,6 +2,8 @@
 
     demo {classification} --out DIR [--seed N]     write a demo competition in the real layout
     run NOTEBOOK [--data DIR] --out DIR [--budget 10m] [-p NAME VALUE]...
+    batch NOTEBOOK --out DIR --grid FILE [--data DIR] [--budget T] [--parallel N] [-p NAME VALUE]...
+    blend RUN_DIR... --out DIR [--metric M] [--sample SAMPLE]
     list                                           the template notebooks and the layouts they expect
     new NOTEBOOK [PATH] [--py] [--force]           a clean copy of a template notebook to fork and edit
     verify SUBMISSION --sample SAMPLE [--labels a,b] [--json]
@@ -60,6 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="set a notebook parameter (repeatable)")
     r.add_argument("--quiet", action="store_true", help="do not stream the notebook's output")
+
+    t = sub.add_parser("batch", help="run every combination of a parameter grid, each in its own run folder")
+    t.add_argument("notebook", help="classification, glacier_pretrain, glacier_finetune, isic, or a path")
+    t.add_argument("--out", required=True, help="folder for the runs (one folder each) and leaderboard.csv; "
+                                                "re-use it to skip finished runs and resume the others")
+    t.add_argument("--grid", required=True, help="YAML or JSON file: parameter name -> list of values, "
+                                                 "e.g. 'SEED: [0, 1, 2]'")
+    t.add_argument("--data", help="competition folder (default: the notebook finds it, else the demo)")
+    t.add_argument("--budget", help="time budget for the whole batch, e.g. 2h; each run gets its share of what is left")
+    t.add_argument("--parallel", type=int, default=1, help="runs at a time (one GPU each when there are several)")
+    t.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="set a notebook parameter for every run (repeatable)")
+
+    l = sub.add_parser("blend", help="blend finished runs with weights that optimise the out-of-fold score")
+    l.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output folders of finished runs on the same data")
+    l.add_argument("--out", required=True, help="folder for the blended submission.csv and blend.json")
+    l.add_argument("--metric", help="metric to optimise (default: the runs' METRIC)")
+    l.add_argument("--sample", help="sample_submission.csv to verify against (default: the one the runs used)")
 
     sub.add_parser("list", help="the template notebooks, one line each: what competition layout each expects")
 
@@ -165,6 +185,32 @@ def _run(args: argparse.Namespace, start: float) -> int:
         import signal
 
         return 128 + int(getattr(signal, result.stopped_by))
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .batch import load_grid, run_batch
+
+    runs = run_batch(args.notebook, out=args.out, grid=load_grid(args.grid), data=args.data, budget=args.budget,
+                     parallel=args.parallel, params=[tuple(p) for p in args.param])
+    failed = [r for r in runs if r.status.startswith("failed")]
+    for r in failed:
+        print(f"kagglekit batch: {r.name} failed: {r.message or 'see its log'} ({r.dir / 'batch.log'})",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _blend(args: argparse.Namespace) -> int:
+    from .ensemble import BLEND_FILE, blend_runs
+
+    result = blend_runs(args.runs, args.out, metric=args.metric, sample=args.sample)
+    print(result.table.to_string(float_format=lambda x: f"{x:.4f}"))
+    print(f"\nout-of-fold {result.metric} on {result.rows} rows; blend: {Path(args.out) / BLEND_FILE}")
+    if not result.valid:
+        print(f"kagglekit blend: the blended submission is not valid; see {Path(args.out) / BLEND_FILE}",
+              file=sys.stderr)
+        return 1
+    print(f"submission (verified): {result.submission}")
     return 0
 
 
@@ -276,6 +322,8 @@ def main(argv: Sequence[str] | None = None, *, kaggle_api_factory: Callable[[], 
             return _demo(args)
         if args.command == "run":
             return _run(args, start)
+        if args.command in ("batch", "blend"):
+            return _batch(args) if args.command == "batch" else _blend(args)
         if args.command == "verify":
             return _verify(args)
         if args.command == "weights":

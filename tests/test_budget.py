@@ -496,3 +496,17 @@ def test_pick_rung_counts_epochs_min_epochs_and_the_other_needs():
     assert Budget(total_s=math.inf).pick_rung([1.0, 1e9], folds=5, max_epochs=None, min_epochs=3).index == 1
     with pytest.raises(ValueError, match=r"folds=0 must be at least 1"):
         b.pick_rung([1.0], folds=0, max_epochs=None, min_epochs=3)
+
+
+# --------------------------------------------------------------------------- split_budget (batches of runs)
+
+
+def test_split_budget_gives_each_run_its_share_of_what_is_left():
+    assert budget.split_budget(300.0, 3) == 100.0
+    assert budget.split_budget(300.0, 3, parallel=2) == 150.0   # two waves: 2 runs, then 1
+    assert budget.split_budget(300.0, 4, parallel=4) == 300.0
+    # a run that ended early leaves its time to the next: 250 s left after a 50 s run, 2 runs to go
+    assert budget.split_budget(250.0, 2) == 125.0
+    assert budget.split_budget(-3.0, 2) == 0.0
+    with pytest.raises(ValueError, match="runs_left=0"):
+        budget.split_budget(10.0, 0)

@@ -575,8 +575,10 @@ def predict(data: Competition, models: CVResult | None, cfg: Config, run: Run) -
     run folder (fold models, `oof_fold<k>.csv`, `classical.npz`), so `models` may be None: a session
     that only predicts finds what earlier sessions trained. Each candidate's OOF score and the one
     submitted go to run.json (`candidates`, `submitted`); `candidates(run)` shows them as a table.
+    The submitted candidate's OOF and test probabilities go to `predictions.npz` (`ensemble`, blends).
     """
     from ..blend import choose
+    from ..ensemble import save_predictions
 
     metric = get_metric(cfg.METRIC)
     y = data.train["label"].to_numpy()
@@ -611,6 +613,8 @@ def predict(data: Competition, models: CVResult | None, cfg: Config, run: Run) -
             + ", ".join(f"{n} {_fmt(v)}" for n, v in run.record["candidates"].items())
             + f" -> submitting {choice.name}")
     run.save()
+    save_predictions(run.dir, train_ids=data.train["id"], targets=y, oof=choice.mix(oofs), test_ids=data.test["id"],
+                     test=choice.mix(tests), candidate=choice.name, sample=data.sample_path)  # for blends of runs
     if choice.name == "baseline":
         return None
     return choice.mix(tests)
