@@ -48,6 +48,7 @@ FOLD_DIR = "fold{fold}"
 OOF_FILE = "oof_fold{fold}.csv"
 OOF_MAPS_FILE = "oof_fold{fold}.npz"   # segmentation: flat targets and predicted classes per pixel
 HISTORY_FILE = "history.csv"            # one row per finished epoch of every fold
+_BOOKKEEPING = ("lineage",)              # fold record fields that differ between identical runs
 HISTORY_COLUMNS = ("fold", "epoch", "train_loss", "val_loss", "score", "lr", "seconds")
 
 
@@ -78,9 +79,11 @@ class CVResult:
     left_out: dict[int, str] = field(default_factory=dict)   # fold -> why prediction does not use it
 
     def table(self):
+        """One row per fold, for people: the bookkeeping ids (a fold's lineage) stay in folds.json."""
         import pandas as pd
 
-        return pd.DataFrame.from_dict(self.folds, orient="index").rename_axis("fold")
+        frame = pd.DataFrame.from_dict(self.folds, orient="index").rename_axis("fold")
+        return frame.drop(columns=[c for c in _BOOKKEEPING if c in frame.columns])
 
     def summary(self) -> dict[str, Any]:
         return {"cv_score": self.cv_score, "folds_done": sorted(k for k, v in self.folds.items()

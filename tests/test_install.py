@@ -75,7 +75,7 @@ def test_new_run_and_verify_from_the_installed_wheel(wheel, tmp_path):
                           capture_output=True, text=True)
     assert demo.returncode == 0, demo.stderr
     run = subprocess.run([kagglekit, "run", "classification", "--data", "demo", "--out", "out", "--budget", "90s",
-                          "-p", "FOLDS", "2", "-p", "EPOCHS", "2"],
+                          "-p", "FOLDS", "2", "-p", "EPOCHS", "2", "-p", "MODEL", "resnet18", "-p", "IMG_SIZE", "32"],
                          cwd=work, env=env, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # a quiet terminal: no kernel-transport warning, no library deprecation noise

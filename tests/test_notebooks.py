@@ -14,6 +14,9 @@ from conftest import ROOT, run_cli
 pytestmark = pytest.mark.notebook
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# The deep model the budgeted run trains: two folds of a small CNN, so 150 s on a 2-core CPU finish them
+# (MODEL="auto" picks by timing, which a shared machine makes noisy; tests/test_classification.py tests it).
+DEEP = ("-p", "MODEL", "resnet18", "-p", "IMG_SIZE", "32", "-p", "TRAIN_FOLDS", "2")
 
 
 def _accuracy(submission: Path, solution: Path) -> float:
@@ -29,7 +32,7 @@ def classification_run(tmp_path_factory, digits_competition):
     """One budgeted run of the classification notebook on a competition it has never seen."""
     out = tmp_path_factory.mktemp("classification") / "out"
     proc = run_cli("run", "classification", "--data", str(digits_competition), "--out", str(out),
-                   "--budget", "150s", "-p", "EPOCHS", "12", "-p", "RUN_NAME", "digits")
+                   "--budget", "150s", "-p", "EPOCHS", "12", "-p", "RUN_NAME", "digits", *DEEP)
     return proc, out
 
 
@@ -70,7 +73,8 @@ def test_classification_rerun_with_same_output_dir_keeps_trained_folds(classific
     before = json.loads((out / "run.json").read_text())
     proc = run_cli("run", "classification", "--data", str(digits_competition), "--out", str(out),
                    "--budget", "150s", "-p", "EPOCHS", "12", "-p", "TRAIN_FOLDS",
-                   str(len(before["folds_done"])), "-p", "RUN_NAME", "digits")
+                   str(len(before["folds_done"])), "-p", "RUN_NAME", "digits", "-p", "MODEL", "resnet18",
+                   "-p", "IMG_SIZE", "32")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "folds already done" in proc.stdout
     after = json.loads((out / "run.json").read_text())
