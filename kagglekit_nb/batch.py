@@ -206,7 +206,7 @@ def run_batch(notebook: str, *, out: str | Path, grid: Mapping[str, Sequence[Any
     write `<out>/leaderboard.csv`. `gpus` replaces the GPU count (`hardware.gpu_info`, read without
     initialising CUDA); `command` replaces `python -m kagglekit_nb` (tests)."""
     from .budget import parse_duration, split_budget
-    from .runner import convert_parameters, notebook_parameters, resolve_notebook
+    from .runner import convert_parameters, notebook_parameters, parameter_types, resolve_notebook
 
     start = clock()
     path = resolve_notebook(notebook)
@@ -219,7 +219,8 @@ def run_batch(notebook: str, *, out: str | Path, grid: Mapping[str, Sequence[Any
     both = sorted({n for n, _ in params} & set(grid))
     if both:
         raise ValueError(f"{', '.join(both)} is both in the grid and in -p: keep it in one of them.")
-    fixed = convert_parameters(params, defaults)
+    types = parameter_types(path)
+    fixed = convert_parameters(params, defaults, types)
     total_s = None if budget is None else parse_duration(budget, name="--budget")
     if data is not None and not Path(data).is_dir():
         raise FileNotFoundError(f"--data {data} is not a folder: point it at the competition's files.")
@@ -232,7 +233,7 @@ def run_batch(notebook: str, *, out: str | Path, grid: Mapping[str, Sequence[Any
     slots, note = gpu_slots(parallel, gpus)
     runs: list[BatchRun] = []
     for values in combinations(grid):
-        converted = convert_parameters([(n, _text(v)) for n, v in values.items()], defaults)
+        converted = convert_parameters([(n, _text(v)) for n, v in values.items()], defaults, types)
         name = run_name(values)
         if any(r.name == name for r in runs):
             raise ValueError(f"two combinations of the grid give the run folder name {name!r}: make the values "

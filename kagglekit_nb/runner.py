@@ -10,6 +10,7 @@ import ast
 import contextlib
 import errno
 import os
+import re
 import signal
 import sys
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 
 from .params import parse_value
 
-__all__ = ["NOTEBOOKS", "LAYOUTS", "resolve_notebook", "notebook_parameters", "convert_parameters",
+__all__ = ["NOTEBOOKS", "LAYOUTS", "resolve_notebook", "notebook_parameters", "parameter_types", "convert_parameters",
            "execute", "new_notebook", "NotebookFailed"]
 
 # Short names -> files in notebooks/.
@@ -130,14 +131,42 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
     return out
 
 
-def convert_parameters(pairs: Sequence[tuple[str, str]], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Check `-p NAME VALUE` pairs against the notebook's parameters and convert each value."""
+_TASK_IMPORT = re.compile(r"^from\s+(kagglekit_nb\.tasks[\w.]*)\s+import\s+(\w+)\s+as\s+task\b", re.MULTILINE)
+
+
+def parameter_types(path: Path) -> dict[str, tuple[type, ...]]:
+    """Name -> the types the notebook's task Config allows (e.g. EPOCHS: int or None), found from the
+    notebook's own `from kagglekit_nb.tasks... import ... as task` line; {} for a notebook without one."""
+    import importlib
+    import json
+    import typing
+
+    from .params import annotation_types
+
+    try:
+        cells = json.loads(Path(path).read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError):
+        return {}
+    code = "\n".join("".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code")
+    match = _TASK_IMPORT.search(code)
+    if match is None:
+        return {}
+    config = getattr(importlib.import_module(f"{match.group(1)}.{match.group(2)}"), "Config", None)
+    if config is None:
+        return {}
+    return {name: annotation_types(hint) for name, hint in typing.get_type_hints(config).items()}
+
+
+def convert_parameters(pairs: Sequence[tuple[str, str]], defaults: Mapping[str, Any],
+                       types: Mapping[str, Sequence[type]] | None = None) -> dict[str, Any]:
+    """Check `-p NAME VALUE` pairs against the notebook's parameters and convert each value: to the
+    default's type, or to what the task's Config allows for it (`types`, see `parameter_types`)."""
     out = {}
     for name, text in pairs:
         if name not in defaults:
             raise ValueError(f"-p {name}: the notebook has no parameter {name!r}; "
                              f"its parameters are {', '.join(defaults)}.")
-        out[name] = parse_value(f"-p {name}", text, defaults[name])
+        out[name] = parse_value(f"-p {name}", text, defaults[name], (types or {}).get(name, ()))
     return out
 
 
@@ -258,7 +287,7 @@ def execute(
     start = time.monotonic() if start is None else start
     path = resolve_notebook(notebook)
     defaults = notebook_parameters(path)
-    values = convert_parameters(params, defaults)
+    values = convert_parameters(params, defaults, parameter_types(path) if params else None)
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a folder.")

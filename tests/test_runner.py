@@ -13,6 +13,7 @@ from kagglekit_nb.runner import (
     convert_parameters,
     execute,
     notebook_parameters,
+    parameter_types,
     resolve_notebook,
 )
 from kagglekit_nb.tasks.classification import Config
@@ -280,3 +281,22 @@ def test_sigterm_to_kagglekit_run_reaches_the_kernel_and_the_notebook_finishes(t
     assert proc.returncode == 143, stdout + stderr
     assert "kagglekit run: SIGTERM received: passed to the kernel" in stderr, stderr
     assert "stopped early by SIGTERM" in stdout and "Traceback" not in stderr, stdout + stderr
+
+
+def test_parameter_types_come_from_the_notebooks_task_config():
+    """EPOCHS defaults to None in the notebook (as many as fit), yet `-p EPOCHS ten` is refused at once:
+    the types come from the task's Config, found from the notebook's own import line."""
+    path = resolve_notebook("classification")
+    types = parameter_types(path)
+    assert types["EPOCHS"] == (int, type(None)) and types["MODEL"] == (str,)
+    defaults = notebook_parameters(path)
+    assert convert_parameters([("EPOCHS", "12")], defaults, types) == {"EPOCHS": 12}
+    assert convert_parameters([("EPOCHS", "None")], defaults, types) == {"EPOCHS": None}
+    with pytest.raises(ValueError, match="-p EPOCHS: 'ten' is not valid; enter a whole number"):
+        convert_parameters([("EPOCHS", "ten")], defaults, types)
+
+
+def test_parameter_types_of_a_notebook_without_a_task_import_are_empty(tmp_path):
+    nb = tmp_path / "plain.ipynb"
+    nb.write_text('{"cells": [{"cell_type": "code", "source": ["x = 1"]}], "metadata": {}}')
+    assert parameter_types(nb) == {}
