@@ -257,7 +257,7 @@ def _classification_fold(tmp_path, n: int = 12):
     empty = pd.DataFrame()
     comp = Competition(data_dir=tmp_path, train=train, test=empty, sample=empty, sample_path=tmp_path / "s.csv",
                        id_col="id", target_cols=["label"], kind="label", classes=["a", "b", "c"], in_chans=1)
-    cfg = Config(IMG_SIZE=24, BATCH_SIZE=2, NUM_WORKERS=0)
+    cfg = Config(MODEL="resnet18", WEIGHTS=None, IMG_SIZE=24, BATCH_SIZE=2, NUM_WORKERS=0)
     run = start_run(cfg.as_dict(), run_name="fold", output_dir=tmp_path / "out", budget=None, seed=0,
                     echo=lambda _m: None)
     folds = pd.Series([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1][:n], name="fold")  # fold 0: images 0, 5, 10

@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import psutil
 import pytest
+
+from kagglekit_nb.verification import verify
 
 from conftest import ROOT
 
@@ -91,10 +92,9 @@ def test_sigkill_twice_then_rerun_gives_a_byte_identical_submission(unseen_compe
     proc = subprocess.Popen(_command(unseen_competition, killed), cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _kill_when(proc, killed, lambda out: any("fold1" in str(p) for p in _step_files(out)), rng)
-    # killed before any prediction: the emergency baseline (written when the sample was read) is there,
-    # the prior's one label on every row
-    early = pd.read_csv(killed / "submission.csv", dtype=str)
-    assert early.iloc[:, 1].nunique() == 1
+    # killed before the deep model predicted: a valid submission is already there (the emergency
+    # baseline written when the sample was read, replaced by the classical stage's when it beat it)
+    assert verify(killed / "submission.csv", unseen_competition / "sample_submission.csv").valid
 
     again = subprocess.run(_command(unseen_competition, killed), cwd=ROOT, env=_env(), capture_output=True,
                            text=True, timeout=900)
