@@ -673,14 +673,7 @@ def _load_safetensors(path: Path, map_location: Any) -> dict[str, Any]:
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The `meta` a checkpoint was saved with (read from its header, without loading the state)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: check the path.")
-    with open(path, "rb") as f:
-        try:
-            return _read_layout(f).meta
-        except _Invalid as e:
-            raise ValueError(f"{path} cannot be used: {e}.") from None
+    return read_header(path)["meta"]
 
 
 # ----------------------------------------------------------------------------- compatibility
