@@ -186,3 +186,30 @@ def _is_unnamed(name: str) -> bool:
     """True for a header cell pandas writes for a saved index ('', 'Unnamed: 0', 'index')."""
     return name.strip() == "" or name.startswith("Unnamed:") or name in ("index", "level_0")
 
+
+def _has_no_name(name: str) -> bool:
+    """True for the header of an unnamed saved pandas index: '' as written, 'Unnamed: 0' once read."""
+    return name.strip() == "" or name.startswith("Unnamed:")
+
+
+def _id_position(header: list[str], sample_header: list[str]) -> int | None:
+    """Where the submission's id column is: the sample's id column by name or, when the sample's id
+    column has no name (the sample was saved with its index, header ',label'), the first column."""
+    want = sample_header[0]
+    if want in header:
+        return header.index(want)
+    if _has_no_name(want) and header and header[0] not in sample_header[1:]:
+        return 0
+    return None
+
+
+def _align_id(table: _Table, sample_header: list[str]) -> tuple[_Table, str | None]:
+    """Name the submission's id column as the sample does; return the table and the name it had when
+    that differs (None when it already matched or there is no id column)."""
+    pos = _id_position(table.header, sample_header)
+    if pos is None or table.header[pos] == sample_header[0]:
+        return table, None
+    header = list(table.header)
+    original, header[pos] = header[pos], sample_header[0]
+    return _Table(header=header, data=table.data, name=table.name), original
+

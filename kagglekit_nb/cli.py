@@ -6,7 +6,7 @@
     blend RUN_DIR... --out DIR [--metric M] [--sample SAMPLE]
     list                                           the template notebooks and the layouts they expect
     new NOTEBOOK [PATH] [--py] [--force]           a clean copy of a template notebook to fork and edit
-    verify SUBMISSION --sample SAMPLE [--labels a,b] [--json]
+    verify SUBMISSION --sample SAMPLE [--labels a,b] [--kind KIND] [--json]
     env [--json]
     push NOTEBOOK --competition SLUG [--dataset OWNER/NAME]... [--kernel OWNER/SLUG]...
          [--gpu t4x2|p100|none] [--internet on|off] [--public] [--title T] [--out DIR] [--dry-run]
@@ -29,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["build_parser", "main"]
+
+# `verify --kind` choices: verification.KINDS written out, so that `verify --help` needs no pandas
+# (tests/test_verify_cli.py keeps the two equal).
+_VERIFY_KINDS = ("label", "class_proba", "binary_proba", "numeric", "multilabel_proba", "label_list")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("submission")
     v.add_argument("--sample", required=True, help="the competition's sample_submission.csv")
     v.add_argument("--labels", help="comma-separated legal labels, e.g. cat,dog")
+    v.add_argument("--kind", choices=_VERIFY_KINDS,
+                   help="the submission format (default: inferred from the sample; "
+                        "multilabel_proba is never inferred)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
 
     e = sub.add_parser("env", help="platform, paths, hardware and library versions")
@@ -246,7 +253,7 @@ def _verify(args: argparse.Namespace) -> int:
               "sample_submission.csv.", file=sys.stderr)
         return 2
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    report = verify(args.submission, args.sample, labels=labels)
+    report = verify(args.submission, args.sample, labels=labels, kind=args.kind)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0 if report.valid else 1
 

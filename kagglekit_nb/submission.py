@@ -28,6 +28,7 @@ from ._atomic import write_atomic, write_json
 from ._table import (
     PathLike,
     SampleLike,
+    _align_id,
     _all_int,
     _examples,
     _is_na,
@@ -39,11 +40,14 @@ from ._table import (
     _Unreadable,
 )
 from .verification import (
+    _LABEL_KINDS,
     _PROBA_KINDS,
     KINDS,
     VerificationReport,
     _check_labels,
     _infer_kind,
+    _labels_per_row,
+    _missing,
     infer_kind,
     register_verifier,
     verify,
@@ -70,6 +74,11 @@ VERIFICATION_FILE = "verification.json"  # written by `finalize` into the output
 _RENORM_ATOL = 1e-9  # `repair(renormalize=True)` leaves rows this close to 1 untouched
 _REPAIR_FLAGS = ("drop_index", "cast_ids", "fill_nan", "clip", "renormalize", "reorder")
 _REPAIR_OPTIONS = _REPAIR_FLAGS + ("prior",)
+_MULTILABEL_FILL = 0.5  # a multilabel_proba cell left empty with no prior: neither on nor off
+
+# Training targets for `baseline`/`finalize`: a sequence (one target per training row) or, for
+# multilabel_proba, a 0/1 table with one column per prediction column.
+TrainLabels = Sequence[Any] | np.ndarray | pd.DataFrame
 
 
 class SubmissionError(ValueError):
@@ -148,22 +157,31 @@ def repair(submission: PathLike, sample: SampleLike, *, reorder: bool = False,
     if clip and kind not in _PROBA_KINDS:
         raise ValueError(f"clip=True applies to probability formats {list(_PROBA_KINDS)}, but this "
                          f"submission is {kind!r}")
+    if renormalize and kind == "multilabel_proba":
+        raise ValueError("renormalize=True does not apply to the 'multilabel_proba' format: each "
+                         "column is its own yes/no probability and several labels may be on in one "
+                         "row, so rows need not sum to 1 (clip=True brings values into [0, 1])")
     if renormalize and kind != "class_proba":
         raise ValueError(f"renormalize=True applies to the 'class_proba' format, but this "
                          f"submission is {kind!r}")
     sample_frame = sample_table.frame()
     id_col, value_cols = sample_table.header[0], sample_table.header[1:]
     priors = _check_prior(prior, value_cols)
-    if priors and kind == "label" and labels_ is not None:
-        bad = {c: v for c, v in priors.items() if str(v) not in labels_}
+    if priors and kind in _LABEL_KINDS and labels_ is not None:
+        bad = {c: v for c, v in priors.items()
+               if not set(str(v).split() if kind == "label_list" else [str(v)]) <= set(labels_)}
         if bad:
             raise ValueError(f"prior={bad} is not among the legal labels {labels_}")
     try:
         table = _read_table(Path(submission), Path(submission).name)
     except _Unreadable as exc:
         raise ValueError(f"cannot repair submission={str(submission)!r}: {exc}") from None
+    table, id_name = _align_id(table, sample_table.header)  # the repairs find the id column by name
     df = table.frame()
     notes: list[str] = []
+    if id_name is not None and cast_ids:
+        notes.append(f"renamed the id column {id_name!r} to the sample's {id_col!r}")
+        id_name = None
     if drop_index:
         cols = [c for c in df.columns if c not in sample_table.header and _is_unnamed(c)]
         if cols:
@@ -185,6 +203,8 @@ def repair(submission: PathLike, sample: SampleLike, *, reorder: bool = False,
     if reorder:
         df, note = _reorder(df, sample_frame, id_col)
         notes.append(note)
+    if id_name is not None:  # not asked to rename it: the header keeps its text
+        df = df.rename(columns={id_col: id_name})
     return df.reset_index(drop=True), notes
 
 
@@ -196,9 +216,7 @@ def _fill_nan(df: pd.DataFrame, sample: pd.DataFrame, kind: str, id_col: str, co
     sample_by_id = sample_by_id[~sample_by_id.index.duplicated()]
     ids = df[id_col].str.strip() if id_col in df.columns else None
     for col in cols:
-        na = _is_na(df[col])
-        if kind == "label" and labels is not None:
-            na &= ~df[col].str.strip().isin(labels)
+        na = _missing(df[col], kind, labels)
         if not na.any():
             continue
         if priors and col in priors:
@@ -207,6 +225,9 @@ def _fill_nan(df: pd.DataFrame, sample: pd.DataFrame, kind: str, id_col: str, co
         elif kind == "class_proba":
             fill = pd.Series(_format_number(1 / len(sample.columns[1:])), index=df.index)
             sources.append(f"{col}: 1/{len(sample.columns) - 1} (no prior given)")
+        elif kind == "multilabel_proba":
+            fill = pd.Series(_format_number(_MULTILABEL_FILL), index=df.index)
+            sources.append(f"{col}: {_MULTILABEL_FILL} (no prior given)")
         else:
             default = Counter(sample[col].str.strip()).most_common(1)[0][0]
             if ids is not None:
@@ -276,14 +297,24 @@ def _reorder(df: pd.DataFrame, sample: pd.DataFrame, id_col: str) -> tuple[pd.Da
 # Emergency baseline and writing.
 
 
-def baseline(sample: SampleLike, train_labels: Sequence[Any] | None = None, *,
+def baseline(sample: SampleLike, train_labels: TrainLabels | None = None, *,
              kind: str | None = None, prior: Mapping[str, Any] | float | str | None = None,
              labels: Sequence[Any] | None = None) -> pd.DataFrame:
     """Fill the sample submission from the training prior; `df.attrs['note']` says what was used.
 
+    `train_labels` holds one target per training row: a class (label, class_proba), a number
+    (binary_proba, numeric) or a string of space-separated labels (label_list, multilabel_proba).
+    For multilabel_proba it may instead be a 0/1 table, one column per prediction column: a
+    DataFrame (its columns found by name, so the whole train.csv will do) or a 2-D array (columns
+    in the sample's order).
+
     label → majority class; class_proba → class frequencies (train labels matched to column
-    names as text); binary_proba → positive rate; numeric → mean. Without train labels: uniform
-    probabilities for class_proba, the sample's own values otherwise. `prior` overrides both.
+    names as text); binary_proba → positive rate; numeric → mean; multilabel_proba → each
+    column's positive rate; label_list → the k most frequent labels (count, then label text)
+    where every sample cell lists k > 1 labels (MAP@k), else the labels present in more than half
+    the training rows, else the most frequent one (labels outside `labels` are left out). Without
+    train labels: uniform probabilities for class_proba, the sample's own values otherwise.
+    `prior` overrides both.
 
     >>> baseline("sample_submission.csv", train["label"]).attrs["note"]
     "label baseline: majority class 'dog' of 1797 train labels"
@@ -308,7 +339,7 @@ def baseline(sample: SampleLike, train_labels: Sequence[Any] | None = None, *,
         if kind == "class_proba":
             priors = {c: 1 / len(value_cols) for c in value_cols}
     else:
-        priors, note = _train_prior(kind, pd.Series(list(train_labels), dtype=object), value_cols)
+        priors, note = _train_prior(kind, train_labels, frame, value_cols, labels_)
     out = pd.DataFrame({id_col: frame[id_col]})
     for col in value_cols:
         out[col] = frame[col] if priors is None else priors[col]
@@ -316,11 +347,22 @@ def baseline(sample: SampleLike, train_labels: Sequence[Any] | None = None, *,
     return out
 
 
-def _train_prior(kind: str, train: pd.Series, value_cols: list[str]
-                 ) -> tuple[dict[str, Any], str]:
+def _train_prior(kind: str, train_labels: TrainLabels, sample: pd.DataFrame, value_cols: list[str],
+                 labels: list[str] | None) -> tuple[dict[str, Any], str]:
     """Return {column: value} from the training targets, and a sentence saying how."""
-    if train.empty:
+    if not isinstance(train_labels, (pd.DataFrame, np.ndarray)):
+        train_labels = list(train_labels)
+    if len(train_labels) == 0:
         raise ValueError("train_labels is empty: pass the training targets, or None")
+    if kind == "multilabel_proba":
+        return _multilabel_prior(train_labels, value_cols)
+    train = pd.Series(list(train_labels), dtype=object)
+    if kind == "label_list":
+        out, notes = {}, []
+        for col in value_cols:
+            out[col], note = _label_list_prior(train, _labels_per_row(sample[col]), labels)
+            notes.append(note if len(value_cols) == 1 else f"{col}: {note}")
+        return out, "; ".join(dict.fromkeys(notes))
     if kind == "label":
         majority = Counter(train.map(_label_text)).most_common(1)[0][0]
         note = f"majority class {majority!r} of {len(train)} train labels"
@@ -344,6 +386,96 @@ def _train_prior(kind: str, train: pd.Series, value_cols: list[str]
     mean = float(numbers.mean())
     what = "positive rate" if kind == "binary_proba" else "mean"
     return {c: mean for c in value_cols}, f"{what} {mean:g} of {len(train)} train labels"
+
+
+def _no_value(value: Any) -> bool:
+    """True for a training row without a target: None or NaN (an empty cell read by pandas)."""
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def _label_tokens(value: Any) -> list[str]:
+    """The labels of one training row: 'scab rust' -> ['scab', 'rust']; None/NaN -> none."""
+    return [] if _no_value(value) else _label_text(value).split()
+
+
+def _label_list_prior(train: pd.Series, k: int | None, labels: list[str] | None
+                      ) -> tuple[str, str]:
+    """The cell to predict for every row of a label_list submission, and a sentence saying how."""
+    rows = [set(_label_tokens(v)) for v in train]
+    counts = Counter(token for row in rows for token in row)
+    dropped = sorted(t for t in counts if labels is not None and t not in labels)
+    for token in dropped:
+        del counts[token]
+    if not counts:
+        raise ValueError(f"train_labels holds no usable label for a 'label_list' submission (e.g. "
+                         f"{_examples(train.astype(str).unique(), quote=True)})"
+                         + (f": none is among the legal labels {labels}" if labels else ""))
+    ranked = sorted(counts, key=lambda t: (-counts[t], t))  # most frequent first, ties by text
+    n = len(rows)
+    if k is not None:
+        cell = " ".join(ranked[:k])
+        note = (f"the {k} most frequent labels {cell!r} of {n} train rows (the sample lists {k} "
+                f"per row)")
+    elif counts[ranked[0]] > n / 2:
+        cell = " ".join(t for t in ranked if counts[t] > n / 2)
+        note = f"the labels present in more than half of {n} train rows: {cell!r}"
+    else:
+        cell = ranked[0]
+        note = f"the most frequent label {cell!r} of {n} train rows (none is in more than half)"
+    if dropped:
+        note += (f"; {len(dropped)} labels not legal left out (e.g. "
+                 f"{_examples(dropped, quote=True)})")
+    return cell, note
+
+
+def _multilabel_prior(train_labels: TrainLabels, value_cols: list[str]
+                      ) -> tuple[dict[str, float], str]:
+    """Each prediction column's positive rate, from a 0/1 table or space-separated label strings."""
+    forms = (f"pass a 0/1 table with one column per prediction column {value_cols}, or one string "
+             f"of space-separated labels per training row")
+    if isinstance(train_labels, pd.DataFrame):
+        missing = [c for c in value_cols if c not in train_labels.columns]
+        if missing:
+            raise ValueError(f"train_labels has no columns {missing} for a 'multilabel_proba' "
+                             f"submission: {forms}")
+        table = train_labels[value_cols]
+    else:
+        values = np.asarray(train_labels, dtype=object)
+        if values.ndim == 1 and all(isinstance(v, str) or _no_value(v) for v in values):
+            return _multilabel_prior_from_strings(pd.Series(values, dtype=object), value_cols)
+        if values.ndim != 2 or values.shape[1] != len(value_cols):
+            raise ValueError(f"train_labels has shape {values.shape} for a 'multilabel_proba' "
+                             f"submission with {len(value_cols)} prediction columns: {forms}")
+        table = pd.DataFrame(values, columns=value_cols)
+    numbers = table.apply(pd.to_numeric, errors="coerce")
+    for col in value_cols:
+        bad = numbers[col].isna() | (numbers[col] < 0) | (numbers[col] > 1)
+        if bad.any():
+            raise ValueError(f"train_labels column {col!r} must hold 0/1 for a 'multilabel_proba' "
+                             f"submission, got {_examples(table[col][bad], quote=True)}")
+    rates = numbers.mean()
+    return ({c: float(rates[c]) for c in value_cols},
+            f"each column's positive rate over {len(table)} train rows")
+
+
+def _multilabel_prior_from_strings(train: pd.Series, value_cols: list[str]
+                                   ) -> tuple[dict[str, float], str]:
+    """Positive rates from one string of space-separated labels per training row."""
+    rows = [set(_label_tokens(v)) for v in train]
+    counts = Counter(token for row in rows for token in row)
+    unmatched = sorted(t for t in counts if t not in value_cols)
+    if len(unmatched) == len(counts):
+        spaced = [c for c in value_cols if len(c.split()) != 1]
+        hint = (f"; {_examples(spaced, quote=True)} are names with spaces, which a space-separated "
+                f"string cannot hold: pass the 0/1 table instead" if spaced else "")
+        raise ValueError(f"no train label matches a prediction column of {value_cols} (e.g. "
+                         f"{_examples(unmatched, quote=True)}): the labels must be the column "
+                         f"names{hint}")
+    note = f"each column's positive rate over {len(rows)} train rows"
+    if unmatched:
+        note += (f" ({len(unmatched)} labels matching no column were ignored, e.g. "
+                 f"{_examples(unmatched, quote=True)})")
+    return {c: counts[c] / len(rows) for c in value_cols}, note
 
 
 def _label_text(value: Any) -> str:
@@ -400,13 +532,14 @@ def _check_repair_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def finalize(submission_path: PathLike, sample: SampleLike, out_dir: PathLike, *,
-             labels: Sequence[Any] | None = None, train_labels: Sequence[Any] | None = None,
+             labels: Sequence[Any] | None = None, train_labels: TrainLabels | None = None,
              repair_options: Mapping[str, Any] | None = None,
              kind: str | None = None) -> VerificationReport:
     """Verify, repair if asked, write verification.json; on failure write a baseline and raise.
 
     A run never ends without a valid file: when the submission stays invalid it is kept as
     ``<name>.invalid.csv``, the emergency baseline takes its place, and `SubmissionError` lists why.
+    `train_labels` is given as to `baseline`, per kind.
     Other kinds get the same treatment when a baseline writer is registered for them
     (`register_baseline`); the broken submission is then kept as ``<name>.invalid``.
 
@@ -440,7 +573,7 @@ def finalize(submission_path: PathLike, sample: SampleLike, out_dir: PathLike, *
                           + "\n".join(f"  - {r}" for r in reasons), report)
 
 
-def _write_baseline(path: Path, sample: SampleLike, train_labels: Sequence[Any] | None,
+def _write_baseline(path: Path, sample: SampleLike, train_labels: TrainLabels | None,
                     kind: str, labels: Sequence[Any] | None) -> dict[str, Any]:
     """Keep the broken file as `<stem>.invalid<suffix>`, write the baseline; say what happened."""
     extra: dict[str, Any] = {"outcome": "baseline", "baseline_written": True}

@@ -32,8 +32,10 @@ from ._table import (
     _N_EXAMPLES,
     PathLike,
     SampleLike,
+    _align_id,
     _all_int,
     _examples,
+    _has_no_name,
     _is_na,
     _is_unnamed,
     _load_sample,
@@ -56,10 +58,13 @@ __all__ = [
     "verify",
 ]
 
-KINDS = ("label", "class_proba", "binary_proba", "numeric")  # the CSV formats built in
+# The CSV formats built in. multilabel_proba: one probability per label column, several labels may
+# be on in a row (rows need not sum to 1); label_list: one column of space-separated labels.
+KINDS = ("label", "class_proba", "binary_proba", "numeric", "multilabel_proba", "label_list")
 ROW_SUM_ATOL = 1e-3  # per-class rows further than this from 1 get a warning
 _LABEL_COLUMN_NAMES = frozenset({"label", "labels", "class", "classes", "category", "categories"})
-_PROBA_KINDS = ("class_proba", "binary_proba")
+_PROBA_KINDS = ("class_proba", "binary_proba", "multilabel_proba")  # values: probabilities in [0, 1]
+_LABEL_KINDS = ("label", "label_list")  # values are label text
 
 
 @dataclass
@@ -115,13 +120,17 @@ def infer_kind(sample: SampleLike, labels: Sequence[Any] | None = None) -> str:
     """Infer the submission format from the sample submission.
 
     The first column is the id; the rest decide:
-    - one column: ``label`` if `labels` is given, or its values are not numbers, or they are
-      integers and either some value is outside {0, 1} or the column is named like a label
-      (``label``, ``class``, ``category``); else ``binary_proba`` if all values lie in [0, 1];
+    - one column: ``label_list`` if some cell holds several space-separated labels
+      (``scab frog_eye_leaf_spot``) and is not itself one of `labels`; ``label`` if `labels` is given, or its values are not numbers,
+      or they are integers and either some value is outside {0, 1} or the column is named like a
+      label (``label``, ``class``, ``category``); else ``binary_proba`` if all values lie in [0, 1];
       else ``numeric``.
     - two or more columns, all numeric: ``class_proba`` if all values lie in [0, 1],
       else ``numeric``.
-    Pass ``kind=`` to `verify` where this guesses wrong (e.g. a regression target inside [0, 1]).
+    Pass ``kind=`` to `verify` where this guesses wrong: a regression target inside [0, 1], a
+    multi-label sample whose cells each hold one label (``label_list``), or one probability column
+    per label where several may be on (``multilabel_proba``: the sample alone cannot tell it from
+    ``class_proba``).
     """
     return _infer_kind(_load_sample(sample), _check_labels(labels))
 
@@ -134,6 +143,9 @@ def _infer_kind(table: _Table, labels: list[str] | None) -> str:
     in_unit = {c: bool(numbers[c].dropna().between(0, 1).all()) for c in values}
     if len(values) == 1:
         col = values[0]
+        whole_labels = labels is not None and frame[col].str.strip().isin(labels).all()
+        if (_token_counts(frame[col]) > 1).any() and not whole_labels:  # 'Pop Rock' may be one
+            return "label_list"
         if labels is not None or not numeric[col]:
             return "label"
         if _all_int(frame[col]):
@@ -146,6 +158,30 @@ def _infer_kind(table: _Table, labels: list[str] | None) -> str:
     text_cols = [c for c in values if not numeric[c]]
     raise ValueError(f"cannot infer the submission format: the sample has {len(values)} prediction "
                      f"columns and {text_cols} are not numeric; pass kind= one of {list(KINDS)}")
+
+
+def _token_counts(cells: pd.Series) -> pd.Series:
+    """How many whitespace-separated labels each cell lists ('scab rust' -> 2, '' -> 0)."""
+    return cells.str.split().str.len()
+
+
+def _labels_per_row(sample_cells: pd.Series) -> int | None:
+    """k when every filled sample cell lists the same number k > 1 of labels (a MAP@k sample)."""
+    counts = _token_counts(sample_cells[~_is_na(sample_cells)])
+    if counts.empty or counts.nunique() != 1:
+        return None
+    k = int(counts.iloc[0])
+    return k if k > 1 else None
+
+
+def _missing(cells: pd.Series, kind: str, labels: list[str] | None,
+             numbers: pd.Series | None = None) -> pd.Series:
+    """Mask of the cells that count as missing: NA tokens and empty cells, except a legal label that
+    reads like one ('None')."""
+    na = _is_na(cells, numbers)
+    if kind in _LABEL_KINDS and labels is not None:
+        na &= ~cells.str.strip().isin(labels)
+    return na
 
 
 def _check_labels(labels: Sequence[Any] | None) -> list[str] | None:
@@ -289,9 +325,7 @@ def _check_values(frame: pd.DataFrame, sample: pd.DataFrame, kind: str, id_col: 
     numbers = {col: _to_number(frame[col]) for col in cols}  # parsed once, used by every check below
     for col in cols:
         cells = frame[col]
-        na = _is_na(cells, numbers[col])
-        if kind == "label" and labels is not None:
-            na &= ~cells.str.strip().isin(labels)  # "None" may be a legal label
+        na = _missing(cells, kind, labels, numbers[col])  # "None" may be a legal label
         nan_cells += int(na.sum())
         if len(cells) and na.all():
             errors.append(f"column {col!r} is entirely empty ({len(cells)} rows): the predictions "
@@ -303,6 +337,9 @@ def _check_values(frame: pd.DataFrame, sample: pd.DataFrame, kind: str, id_col: 
                           f"with fill_nan=True")
         if kind == "label":
             _check_labels_column(cells[~na], sample[col], col, labels, errors, notes)
+        elif kind == "label_list":
+            _check_label_list_column(cells[~na], ids, where, sample[col], col, labels, errors,
+                                     warnings, notes)
         else:
             _check_numeric_column(cells, numbers[col], ids, where, col, kind, errors)
     stats["nan_cells"] = nan_cells
@@ -359,9 +396,13 @@ def _check_labels_column(cells: pd.Series, sample_cells: pd.Series, col: str,
                     re.fullmatch(_INT_RE, lab) for lab in labels):
                 hint = ("; they look like class indices: map them to names "
                         "(e.g. labels[i])")
-            legal = labels if len(labels) <= 10 else labels[:10] + ["..."]
+            elif (illegal.str.split().map(lambda toks: set(toks) <= set(labels))
+                  & (_token_counts(illegal) > 1)).all():
+                hint = ("; each lists several labels: pass kind='label_list' if the competition "
+                        "takes space-separated labels")
             errors.append(f"{len(illegal)} values in column {col!r} are not legal labels (e.g. "
-                          f"{_examples(pd.unique(illegal), quote=True)}): use one of {legal}{hint}")
+                          f"{_examples(pd.unique(illegal), quote=True)}): use one of "
+                          f"{_legal_shown(labels)}{hint}")
         return
     if _all_int(sample_cells):
         not_int = cells[~stripped.str.fullmatch(_INT_RE)]
@@ -370,6 +411,54 @@ def _check_labels_column(cells: pd.Series, sample_cells: pd.Series, col: str,
                           f"(e.g. {_examples(pd.unique(not_int), quote=True)}): the sample's "
                           f"labels are integers; write the predicted class, not a probability")
     notes.append(f"legal labels unknown for column {col!r}: pass labels=[...] to check them")
+
+
+def _legal_shown(labels: list[str]) -> list[str]:
+    """The legal labels as an error message lists them: the first ten, then '...'."""
+    return labels if len(labels) <= 10 else labels[:10] + ["..."]
+
+
+def _check_label_list_column(cells: pd.Series, ids: pd.Series, where: str, sample_cells: pd.Series,
+                             col: str, labels: list[str] | None, errors: list[str],
+                             warnings: list[str], notes: list[str]) -> None:
+    """Space-separated labels: each legal (when `labels` is known), none twice in a cell, and at
+    most the k labels per row the sample lists (`cells`: the filled cells)."""
+    tokens = cells.str.split()
+    if labels is not None:
+        flat = tokens.explode()
+        bad = flat[~flat.isin(labels)]
+        if len(bad):
+            rows = pd.unique(bad.index)
+            errors.append(f"{len(rows)} cells in column {col!r} hold labels that are not legal "
+                          f"(e.g. {_examples(pd.unique(bad), quote=True)} in {where}s "
+                          f"{_examples(ids.loc[rows])}): use labels among {_legal_shown(labels)}, "
+                          f"separated by single spaces")
+    else:
+        notes.append(f"legal labels unknown for column {col!r}: pass labels=[...] to check them")
+    repeated = tokens.map(lambda toks: len(toks) != len(set(toks)))
+    if repeated.any():
+        first = repeated.idxmax()
+        errors.append(f"{int(repeated.sum())} cells in column {col!r} list a label twice (e.g. "
+                      f"{where} {ids.loc[first]}: {cells.loc[first].strip()!r}): list each label "
+                      f"once per row")
+    k = _labels_per_row(sample_cells)
+    if k is None:
+        return
+    notes.append(f"the sample lists {k} labels per row in column {col!r}: more is an error, "
+                 f"fewer a warning")
+    counts = _token_counts(cells)
+    for mask, more in ((counts > k, True), (counts < k, False)):
+        if not mask.any():
+            continue
+        first = mask.idxmax()
+        message = (f"{int(mask.sum())} cells in column {col!r} list {'more' if more else 'fewer'} "
+                   f"than {k} labels (e.g. {where} {ids.loc[first]} lists {counts.loc[first]}: "
+                   f"{cells.loc[first].strip()!r}): the sample lists {k} per row")
+        if more:
+            errors.append(f"{message}; keep the {k} most likely, likeliest first")
+        else:
+            warnings.append(f"{message}, and a metric such as MAP@{k} scores a guess left out as "
+                            f"wrong; fill each row up to {k}")
 
 
 def _verify_csv(submission: Path, sample: SampleLike, labels: Sequence[Any] | None,
@@ -398,9 +487,19 @@ def _verify_csv(submission: Path, sample: SampleLike, labels: Sequence[Any] | No
         errors.append(f"{sub.name} has a header but no data rows: predict every id in "
                       f"{sample_name}")
         return report
+    id_col = sample_table.header[0]
+    sub, renamed = _align_id(sub, sample_table.header)
+    if renamed is not None and _has_no_name(renamed):  # '' and 'Unnamed: 0': one header, read twice
+        report.notes.append(f"the sample's id column has no name ({id_col!r}, a saved pandas "
+                            f"index): the submission's first column {renamed!r} is taken as the "
+                            f"id column")
+    elif renamed is not None:
+        warnings.append(f"the sample's id column has no name ({id_col!r}, a saved pandas index) "
+                        f"but the submission's first column, taken as the id column by position, "
+                        f"is named {renamed!r}: write the sample's header unchanged "
+                        f"({','.join(sample_table.header)!r}), or repair with cast_ids=True")
     _check_columns(sub, sample_table, errors)
     frame = sub.frame()
-    id_col = sample_table.header[0]
     if id_col in frame.columns:
         _check_ids(frame[id_col], sample_frame[id_col], id_col, sample_name, errors, warnings,
                    report.stats)

@@ -7,9 +7,30 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_verification import BINARY_OK, LABEL_OK, LABELS, _labels_for, _sample, _write
+from test_verification import (
+    BINARY_OK,
+    INDEX_SAMPLE,
+    LABEL_OK,
+    LABELS,
+    MULTI_SAMPLE,
+    PLANT_LABELS,
+    PLANT_SAMPLE,
+    WHALE_LABELS,
+    WHALE_SAMPLE,
+    _labels_for,
+    _sample,
+    _write,
+)
 
-from kagglekit_nb.submission import SubmissionError, baseline, finalize, repair, verify, write_csv
+from kagglekit_nb.submission import (
+    SubmissionError,
+    baseline,
+    finalize,
+    repair,
+    verify,
+    write_csv,
+    write_verified,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -260,3 +281,166 @@ def test_the_verification_api_is_importable_from_submission():
     for name in ("verify", "VerificationReport", "infer_kind", "register_verifier", "KINDS"):
         assert getattr(submission, name) is getattr(verification, name)
         assert name in submission.__all__
+
+
+# ------------------------------------------------------------------------------------------------
+# The multi-label kinds: repairs, baselines, finalize.
+
+MULTI_COLS = ["ETT - Abnormal", "ETT - Normal", "CVC - Normal"]
+
+
+def test_repair_multilabel_fill_nan_clip_and_no_renormalize(tmp_path):
+    sample = _write(tmp_path / "sample.csv", MULTI_SAMPLE)
+    text = ("StudyInstanceUID,ETT - Abnormal,ETT - Normal,CVC - Normal\n"
+            "1.2.1,0.1,,1.2\n1.2.2,nan,0.3,0.9\n")
+    path = _write(tmp_path / "s.csv", text)
+    fixed, notes = repair(path, sample, kind="multilabel_proba", fill_nan=True, clip=True)
+    assert fixed[MULTI_COLS].to_numpy().tolist() == [["0.1", "0.5", "1.0"], ["0.5", "0.3", "0.9"]]
+    assert notes == ["filled 2 missing cells (ETT - Abnormal: 0.5 (no prior given); "
+                     "ETT - Normal: 0.5 (no prior given))", "clipped 1 probabilities to [0, 1]"]
+    fixed, notes = repair(path, sample, kind="multilabel_proba", fill_nan=True,
+                          prior={"ETT - Abnormal": 0.01, "ETT - Normal": 0.7})
+    assert fixed[MULTI_COLS].to_numpy().tolist() == [["0.1", "0.7", "1.2"], ["0.01", "0.3", "0.9"]]
+    assert notes == ["filled 2 missing cells (ETT - Abnormal: prior 0.01; ETT - Normal: prior 0.7)"]
+    with pytest.raises(ValueError, match="does not apply to the 'multilabel_proba' format: each "
+                                         "column is its own yes/no probability.*need not sum to 1"):
+        repair(path, sample, kind="multilabel_proba", renormalize=True)
+
+
+def test_repair_label_list_fill_nan(tmp_path):
+    sample = _write(tmp_path / "sample.csv", WHALE_SAMPLE)
+    path = _write(tmp_path / "s.csv", "Image,Id\na.jpg,w_1 w_2 w_3 w_4 w_5\nb.jpg,\nc.jpg, \n")
+    fixed, notes = repair(path, sample, fill_nan=True)
+    assert fixed["Id"].tolist() == ["w_1 w_2 w_3 w_4 w_5"] + ["new_whale w_1 w_2 w_3 w_4"] * 2
+    assert notes == ["filled 2 missing cells (Id: the sample's value for the same id "
+                     "(no prior given))"]
+    fixed, _ = repair(path, sample, fill_nan=True, prior="new_whale w_5", labels=WHALE_LABELS)
+    assert fixed["Id"].tolist() == ["w_1 w_2 w_3 w_4 w_5", "new_whale w_5", "new_whale w_5"]
+    with pytest.raises(ValueError, match="not among the legal labels"):
+        repair(path, sample, fill_nan=True, prior="new_whale w_99", labels=WHALE_LABELS)
+    with pytest.raises(ValueError, match="clip=True applies to probability formats"):
+        repair(path, sample, clip=True)
+
+
+def test_baseline_label_list_top_k_by_count_then_text(tmp_path):
+    sample = _write(tmp_path / "sample.csv", WHALE_SAMPLE)
+    train = ["w_3", "new_whale", "w_2", "new_whale", "w_3", "w_5 w_1", "w_4", "w_1", "w_9"]
+    base = baseline(sample, train)
+    # counts: new_whale 2, w_1 2, w_3 2, then w_2, w_4, w_5, w_9 once each (ties by label text)
+    assert base["Id"].tolist() == ["new_whale w_1 w_3 w_2 w_4"] * 3
+    assert base["Image"].tolist() == ["a.jpg", "b.jpg", "c.jpg"]
+    assert base.attrs["note"] == ("label_list baseline: the 5 most frequent labels "
+                                  "'new_whale w_1 w_3 w_2 w_4' of 9 train rows (the sample lists 5 "
+                                  "per row)")
+    legal_only = baseline(sample, train, labels=["w_9", "w_5", "w_4"])
+    assert legal_only["Id"].tolist() == ["w_4 w_5 w_9"] * 3
+    assert "4 labels not legal left out (e.g. 'new_whale', 'w_1', 'w_2', 'w_3')" \
+        in legal_only.attrs["note"]
+    kept = baseline(sample)
+    assert kept["Id"].tolist() == ["new_whale w_1 w_2 w_3 w_4"] * 3
+    assert kept.attrs["note"] == ("label_list baseline: no train labels: kept the sample's own "
+                                  "values")
+
+
+def test_baseline_label_list_majority_labels_else_most_frequent(tmp_path):
+    sample = _write(tmp_path / "sample.csv", PLANT_SAMPLE)
+    train = ["scab", "scab rust", "rust scab frog_eye_leaf_spot", "rust", "healthy"]
+    base = baseline(sample, train, kind="label_list")
+    assert base["labels"].tolist() == ["rust scab"] * 3  # each in 3 of 5 rows: ties by text
+    assert "the labels present in more than half of 5 train rows: 'rust scab'" in base.attrs["note"]
+    few = baseline(sample, ["healthy", "scab", "rust frog_eye_leaf_spot", "rust", "healthy"],
+                   kind="label_list")
+    assert few["labels"].tolist() == ["healthy"] * 3  # healthy and rust in 2 of 5: text decides
+    assert few.attrs["note"] == ("label_list baseline: the most frequent label 'healthy' of 5 train "
+                                 "rows (none is in more than half)")
+    with pytest.raises(ValueError, match="holds no usable label"):
+        baseline(sample, [None, float("nan")], kind="label_list")
+
+
+def test_baseline_multilabel_proba_positive_rates(tmp_path):
+    sample = _write(tmp_path / "sample.csv", MULTI_SAMPLE)
+    # RANZCR's labels have spaces in their names, so its train labels come as a 0/1 table
+    table = pd.DataFrame({"StudyInstanceUID": ["t1", "t2", "t3", "t4"],
+                          "CVC - Normal": [1, 1, 1, 0],
+                          "ETT - Abnormal": [0, 0, 0, 1], "ETT - Normal": [1, 0, 0, 0],
+                          "PatientID": ["p", "q", "r", "s"]})
+    base = baseline(sample, table, kind="multilabel_proba")
+    assert base.loc[0, MULTI_COLS].tolist() == [0.25, 0.25, 0.75]
+    assert base.attrs["note"] == ("multilabel_proba baseline: each column's positive rate over 4 "
+                                  "train rows")
+    array = baseline(sample, np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 1]]),
+                     kind="multilabel_proba")
+    assert array.loc[1, MULTI_COLS].tolist() == [0.75, 0.25, 0.25]
+    assert baseline(sample, [[0, 1, 1], [0, 1, 0]], kind="multilabel_proba").loc[
+        0, MULTI_COLS].tolist() == [0.0, 1.0, 0.5]
+    with pytest.raises(ValueError, match=r"train_labels has no columns \['ETT - Normal'\]"):
+        baseline(sample, table.drop(columns="ETT - Normal"), kind="multilabel_proba")
+    with pytest.raises(ValueError, match=r"shape \(2, 2\).*3 prediction columns"):
+        baseline(sample, [[0, 1], [1, 1]], kind="multilabel_proba")
+    with pytest.raises(ValueError, match="column 'ETT - Normal' must hold 0/1.*'3'"):
+        baseline(sample, [[0, 3, 1], [1, 1, 0]], kind="multilabel_proba")
+    with pytest.raises(ValueError, match="names with spaces.*pass the 0/1 table"):
+        baseline(sample, ["ETT - Abnormal", "CVC - Normal"], kind="multilabel_proba")
+
+
+def test_baseline_multilabel_proba_from_label_strings(tmp_path):
+    sample = pd.DataFrame({"image_name": ["a", "b"], "clear": [0.5, 0.5], "haze": [0.5, 0.5],
+                           "primary": [0.5, 0.5]})
+    base = baseline(sample, ["clear primary", "haze primary", "primary water", "clear"],
+                    kind="multilabel_proba")
+    assert base.loc[0, ["clear", "haze", "primary"]].tolist() == [0.5, 0.25, 0.75]
+    assert base.attrs["note"] == ("multilabel_proba baseline: each column's positive rate over 4 "
+                                  "train rows (1 labels matching no column were ignored, e.g. "
+                                  "'water')")
+    with pytest.raises(ValueError, match="no train label matches a prediction column"):
+        baseline(sample, ["cloudy", "water"], kind="multilabel_proba")
+
+
+@pytest.mark.parametrize("sample_text, kind, labels, train", [
+    (WHALE_SAMPLE, None, WHALE_LABELS, ["w_1", "new_whale", "w_1 w_2"]),  # only 3 labels: a warning
+    (PLANT_SAMPLE, "label_list", PLANT_LABELS, ["scab rust", "rust"]),
+    (MULTI_SAMPLE, "multilabel_proba", None, [[1, 0, 1], [0, 0, 1]]),
+])
+def test_multi_label_baselines_verify(tmp_path, sample_text, kind, labels, train):
+    sample = _write(tmp_path / "sample.csv", sample_text)
+    path = write_csv(baseline(sample, train, kind=kind, labels=labels), tmp_path / "submission.csv")
+    report = verify(path, sample, labels=labels, kind=kind)
+    assert report.valid and report.errors == [], report.format()
+    assert report.kind == (kind or "label_list")
+
+
+def test_finalize_label_list_writes_top_k_baseline(tmp_path):
+    sample = _write(tmp_path / "sample.csv", WHALE_SAMPLE)
+    broken = "Image,Id\na.jpg,new_whale w_1 w_2 w_3 w_4 w_5\nb.jpg,w_1\nc.jpg,w_2\n"
+    path = _write(tmp_path / "submission.csv", broken)
+    train = ["new_whale", "new_whale", "w_1", "w_2", "w_3", "w_4", "w_5", "w_5"]
+    with pytest.raises(SubmissionError, match="list more than 5 labels"):
+        finalize(path, sample, tmp_path, labels=WHALE_LABELS, train_labels=train)
+    assert (tmp_path / "submission.invalid.csv").read_text() == broken
+    assert pd.read_csv(path)["Id"].tolist() == ["new_whale w_5 w_1 w_2 w_3"] * 3
+    data = json.loads((tmp_path / "verification.json").read_text())
+    assert data["kind"] == "label_list" and data["baseline_valid"] is True
+
+
+def test_write_verified_multilabel_needs_the_kind(tmp_path):
+    sample = _write(tmp_path / "sample.csv", MULTI_SAMPLE)
+    df = pd.DataFrame({"StudyInstanceUID": ["1.2.1", "1.2.2"], "ETT - Abnormal": [0.9, 0.1],
+                       "ETT - Normal": [0.8, 1.3], "CVC - Normal": [0.7, 0.2]})
+    path = tmp_path / "submission.csv"
+    report = write_verified(df, path, sample, kind="multilabel_proba")
+    assert not report.valid and not path.exists()
+    assert "1 probabilities above 1 in column 'ETT - Normal'" in report.errors[0]
+    df.loc[1, "ETT - Normal"] = 0.3
+    report = write_verified(df, path, sample, kind="multilabel_proba")
+    assert report.valid and report.warnings == [] and path.is_file()  # rows sum to 2.4 and 0.6
+
+
+def test_repair_keeps_an_unnamed_id_column_by_position(tmp_path):
+    sample = _write(tmp_path / "sample.csv", INDEX_SAMPLE)
+    path = _write(tmp_path / "s.csv", "Unnamed: 0,label\n2,dog\n0,cat\n1,\n")
+    fixed, notes = repair(path, sample, reorder=True, fill_nan=True, drop_index=True)
+    assert fixed.columns.tolist() == ["Unnamed: 0", "label"]  # the id column, not a saved index
+    assert fixed.to_numpy().tolist() == [["0", "cat"], ["1", "cat"], ["2", "dog"]]
+    renamed, notes = repair(path, sample, cast_ids=True)
+    assert renamed.columns.tolist() == ["", "label"]
+    assert notes[0] == "renamed the id column 'Unnamed: 0' to the sample's ''"

@@ -277,3 +277,168 @@ def test_register_verifier_for_a_new_kind(tmp_path, monkeypatch):
     with pytest.raises(SubmissionError, match="solution.py is missing"):
         finalize(package, None, tmp_path, kind="code_package")
     assert json.loads((tmp_path / "verification.json").read_text())["baseline_written"] is False
+
+
+# ------------------------------------------------------------------------------------------------
+# The multi-label kinds: label_list (space-separated labels) and multilabel_proba.
+
+WHALE_SAMPLE = ("Image,Id\n"
+                "a.jpg,new_whale w_1 w_2 w_3 w_4\nb.jpg,new_whale w_1 w_2 w_3 w_4\n"
+                "c.jpg,new_whale w_1 w_2 w_3 w_4\n")
+WHALE_LABELS = ["new_whale", "w_1", "w_2", "w_3", "w_4", "w_5"]
+WHALE_OK = ("Image,Id\n"
+            "a.jpg,w_5 new_whale w_1 w_2 w_3\nb.jpg,new_whale w_4 w_3 w_2 w_1\n"
+            "c.jpg,w_1 w_2 w_3 w_4 w_5\n")
+PLANT_SAMPLE = "image,labels\nx.jpg,healthy\ny.jpg,healthy\nz.jpg,healthy\n"  # one label per cell
+PLANT_LABELS = ["healthy", "scab", "rust", "frog_eye_leaf_spot", "complex", "powdery_mildew"]
+PLANT_OK = "image,labels\nx.jpg,scab frog_eye_leaf_spot\ny.jpg,healthy\nz.jpg,rust complex\n"
+MULTI_SAMPLE = ("StudyInstanceUID,ETT - Abnormal,ETT - Normal,CVC - Normal\n"
+                "1.2.1,0.5,0.5,0.5\n1.2.2,0.5,0.5,0.5\n")
+MULTI_OK = ("StudyInstanceUID,ETT - Abnormal,ETT - Normal,CVC - Normal\n"
+            "1.2.1,0.1,0.9,0.8\n1.2.2,0.02,0.3,0.05\n")  # rows sum to 1.8 and 0.37
+
+
+def test_infer_kind_space_separated_sample_is_label_list(tmp_path):
+    assert infer_kind(_write(tmp_path / "whale.csv", WHALE_SAMPLE)) == "label_list"
+    assert infer_kind(_write(tmp_path / "whale.csv", WHALE_SAMPLE), WHALE_LABELS) == "label_list"
+    one_cell = pd.DataFrame({"image_name": ["a", "b"], "tags": ["clear primary", "haze"]})
+    assert infer_kind(one_cell) == "label_list"  # one cell with several labels is enough
+    genres = pd.DataFrame({"id": [1, 2], "genre": ["Pop Rock", "Jazz"]})
+    assert infer_kind(genres, ["Pop Rock", "Jazz"]) == "label"  # a legal label with a space in it
+    # one label per sample cell cannot be told from the label kind: pass kind="label_list"
+    assert infer_kind(_write(tmp_path / "plant.csv", PLANT_SAMPLE), PLANT_LABELS) == "label"
+    # a probability per label cannot be told from class_proba: pass kind="multilabel_proba"
+    assert infer_kind(_write(tmp_path / "multi.csv", MULTI_SAMPLE)) == "class_proba"
+
+
+def test_label_list_valid_files_pass(tmp_path):
+    report = verify(_write(tmp_path / "w.csv", WHALE_OK), _write(tmp_path / "ws.csv", WHALE_SAMPLE),
+                    labels=WHALE_LABELS)
+    assert report.valid and report.kind == "label_list", report.format()
+    assert report.errors == [] and report.warnings == []
+    assert "the sample lists 5 labels per row in column 'Id': more is an error, fewer a warning" \
+        in report.notes
+    report = verify(_write(tmp_path / "p.csv", PLANT_OK), _write(tmp_path / "ps.csv", PLANT_SAMPLE),
+                    labels=PLANT_LABELS, kind="label_list")
+    assert report.valid and report.errors == [] and report.warnings == [], report.format()
+    assert not any("labels per row" in n for n in report.notes)  # one label per sample cell: no k
+    unchecked = verify(tmp_path / "p.csv", tmp_path / "ps.csv", kind="label_list")
+    assert unchecked.valid
+    assert "legal labels unknown for column 'labels': pass labels=[...] to check them" \
+        in unchecked.notes
+
+
+LABEL_LIST_BROKEN = [
+    ("token-not-legal", "plant", "image,labels\nx.jpg,scab blight\ny.jpg,healthy\nz.jpg,rust\n",
+     "1 cells in column 'labels' hold labels that are not legal (e.g. 'blight' in ids x.jpg): use "
+     "labels among ['healthy', 'scab', 'rust', 'frog_eye_leaf_spot', 'complex', 'powdery_mildew']"),
+    ("empty-cell", "plant", "image,labels\nx.jpg,scab\ny.jpg,  \nz.jpg,rust\n",
+     "1 missing values (NaN or empty cells) in column 'labels' (e.g. ids y.jpg)"),
+    ("repeated-token", "plant", "image,labels\nx.jpg,scab rust scab\ny.jpg,healthy\nz.jpg,rust\n",
+     "1 cells in column 'labels' list a label twice (e.g. id x.jpg: 'scab rust scab')"),
+    ("too-many-tokens", "whale",
+     "Image,Id\na.jpg,w_5 new_whale w_1 w_2 w_3 w_4\nb.jpg,new_whale w_4 w_3 w_2 w_1\n"
+     "c.jpg,w_1 w_2 w_3 w_4 w_5\n",
+     "1 cells in column 'Id' list more than 5 labels (e.g. id a.jpg lists 6: "
+     "'w_5 new_whale w_1 w_2 w_3 w_4'): the sample lists 5 per row"),
+    ("whale-token-not-legal", "whale",
+     "Image,Id\na.jpg,w_5 new_whale w_1 w_2 w_9\nb.jpg,new_whale w_4 w_3 w_2 w_1\n"
+     "c.jpg,w_1 w_2 w_3 w_4 w_5\n",
+     "1 cells in column 'Id' hold labels that are not legal (e.g. 'w_9' in ids a.jpg)"),
+]
+
+
+@pytest.mark.parametrize("which, text, phrase", [c[1:] for c in LABEL_LIST_BROKEN],
+                         ids=[c[0] for c in LABEL_LIST_BROKEN])
+def test_label_list_broken_file_fails_naming_column_and_example(tmp_path, which, text, phrase):
+    sample, labels = {"plant": (PLANT_SAMPLE, PLANT_LABELS),
+                      "whale": (WHALE_SAMPLE, WHALE_LABELS)}[which]
+    report = verify(_write(tmp_path / "s.csv", text), _write(tmp_path / "sample.csv", sample),
+                    labels=labels, kind="label_list")
+    assert report.valid is False
+    assert len(report.errors) == 1 and phrase in report.errors[0], report.format()
+
+
+def test_label_list_fewer_than_k_is_a_warning(tmp_path):
+    text = ("Image,Id\na.jpg,new_whale w_1\nb.jpg,new_whale w_4 w_3 w_2 w_1\n"
+            "c.jpg,w_1 w_2 w_3 w_4 w_5\n")
+    report = verify(_write(tmp_path / "s.csv", text), _write(tmp_path / "ws.csv", WHALE_SAMPLE),
+                    labels=WHALE_LABELS)
+    assert report.valid and report.errors == []
+    assert len(report.warnings) == 1
+    assert report.warnings[0].startswith("1 cells in column 'Id' list fewer than 5 labels (e.g. id "
+                                         "a.jpg lists 2: 'new_whale w_1')")
+
+
+def test_label_kind_hints_at_label_list(tmp_path):
+    report = verify(_write(tmp_path / "p.csv", PLANT_OK), _write(tmp_path / "ps.csv", PLANT_SAMPLE),
+                    labels=PLANT_LABELS)
+    assert report.kind == "label" and not report.valid
+    assert report.errors[0].endswith("each lists several labels: pass kind='label_list' if the "
+                                     "competition takes space-separated labels")
+
+
+def test_multilabel_proba_rows_need_not_sum_to_1(tmp_path):
+    sample = _write(tmp_path / "sample.csv", MULTI_SAMPLE)
+    path = _write(tmp_path / "s.csv", MULTI_OK)
+    report = verify(path, sample, kind="multilabel_proba")
+    assert report.valid and report.errors == [] and report.warnings == [], report.format()
+    as_class = verify(path, sample)  # inferred class_proba: the same rows get the row-sum warning
+    assert as_class.kind == "class_proba" and as_class.valid
+    assert len(as_class.warnings) == 1
+    assert "2 rows' probabilities do not sum to 1" in as_class.warnings[0]
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ("StudyInstanceUID,ETT - Abnormal,ETT - Normal,CVC - Normal\n1.2.1,0.1,1.2,0.8\n1.2.2,0,0,0\n",
+     "1 probabilities above 1 in column 'ETT - Normal' (max 1.2, e.g. ids 1.2.1)"),
+    ("StudyInstanceUID,ETT - Abnormal,ETT - Normal,CVC - Normal\n1.2.1,0.1,0.2,-0.5\n1.2.2,0,0,0\n",
+     "1 probabilities below 0 in column 'CVC - Normal' (min -0.5, e.g. ids 1.2.1)"),
+    ("StudyInstanceUID,ETT - Abnormal,ETT - Normal,CVC - Normal\n1.2.1,0.1,yes,0.8\n1.2.2,0,0,0\n",
+     "1 non-numeric values in column 'ETT - Normal' (e.g. 'yes')"),
+    ("StudyInstanceUID,ETT - Abnormal,ETT - Normal,CVC - Normal\n1.2.1,inf,0.2,0.8\n1.2.2,0,0,0\n",
+     "1 infinite values in column 'ETT - Abnormal' (e.g. ids 1.2.1)"),
+], ids=["above-1", "below-0", "text", "inf"])
+def test_multilabel_proba_broken_file_fails(tmp_path, text, phrase):
+    report = verify(_write(tmp_path / "s.csv", text), _write(tmp_path / "sample.csv", MULTI_SAMPLE),
+                    kind="multilabel_proba")
+    assert report.valid is False
+    assert len(report.errors) == 1 and phrase in report.errors[0], report.format()
+    assert report.warnings == []
+
+
+# ------------------------------------------------------------------------------------------------
+# A sample saved with its pandas index: the id column has no name (header ',label').
+
+INDEX_SAMPLE = ",label\n0,cat\n1,cat\n2,cat\n"
+
+
+@pytest.mark.parametrize("header", [",label", "Unnamed: 0,label"])
+def test_unnamed_id_column_is_matched_by_position(tmp_path, header):
+    sample = _write(tmp_path / "sample.csv", INDEX_SAMPLE)
+    path = _write(tmp_path / "s.csv", f"{header}\n2,dog\n0,cat\n1,bird\n")
+    for against in (sample, pd.read_csv(sample)):  # read by pandas, the header '' is 'Unnamed: 0'
+        report = verify(path, against, labels=LABELS)
+        assert report.valid, report.format()
+        assert report.errors == [] and len(report.warnings) == 1
+        assert "different order" in report.warnings[0]  # the ids were compared, row by row
+    wrong = verify(_write(tmp_path / "w.csv", f"{header}\n0,dog\n1,cat\n7,bird\n"), sample,
+                   labels=LABELS)
+    assert not wrong.valid
+    assert "1 ids missing from the submission (e.g. 2)" in wrong.errors[0]
+    assert "1 ids not in the sample (e.g. 7)" in wrong.errors[1]
+
+
+def test_unnamed_id_column_named_in_the_submission_is_a_warning(tmp_path):
+    sample = _write(tmp_path / "sample.csv", INDEX_SAMPLE)
+    report = verify(_write(tmp_path / "s.csv", "id,label\n0,dog\n1,cat\n2,bird\n"), sample,
+                    labels=LABELS)
+    assert report.valid and report.errors == []
+    assert report.warnings == ["the sample's id column has no name ('', a saved pandas index) but "
+                               "the submission's first column, taken as the id column by position, "
+                               "is named 'id': write the sample's header unchanged (',label'), or "
+                               "repair with cast_ids=True"]
+    # a saved index in front of the id column is still caught
+    indexed = verify(_write(tmp_path / "i.csv", "Unnamed: 0,,label\n0,0,dog\n1,1,cat\n2,2,bird\n"),
+                     sample, labels=LABELS)
+    assert not indexed.valid and "saved DataFrame index" in indexed.errors[0]

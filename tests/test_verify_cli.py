@@ -11,8 +11,12 @@ from kagglekit_nb.cli import main
 LABEL_SAMPLE = "id,label\n101,cat\n102,cat\n103,cat\n104,cat\n"
 PROBA_SAMPLE = "image_id,healthy,rust,scab\nimg_a,0.33,0.33,0.34\nimg_b,0.33,0.33,0.34\nimg_c,0.33,0.33,0.34\n"
 BINARY_SAMPLE = "isic_id,target\nISIC_0000001,0.5\nISIC_0000002,0.5\nISIC_0000003,0.5\n"
-SAMPLES = {"label": LABEL_SAMPLE, "proba": PROBA_SAMPLE, "binary": BINARY_SAMPLE}
-LABELS = {"label": "cat,dog,bird"}
+PLANT_SAMPLE = "image,labels\n800113bb65efe69e.jpg,healthy\n8002cb321f8bfcdf.jpg,healthy\n"
+RANZCR_SAMPLE = ("StudyInstanceUID,ETT - Abnormal,ETT - Normal,CVC - Normal\n"
+                 "1.2.826.1,0.5,0.5,0.5\n1.2.826.2,0.5,0.5,0.5\n")
+SAMPLES = {"label": LABEL_SAMPLE, "proba": PROBA_SAMPLE, "binary": BINARY_SAMPLE,
+           "plant": PLANT_SAMPLE, "ranzcr": RANZCR_SAMPLE}
+LABELS = {"label": "cat,dog,bird", "plant": "healthy,scab,rust,frog_eye_leaf_spot,complex,powdery_mildew"}
 
 VALID = {
     "label-exact": ("label", "id,label\n101,dog\n102,cat\n103,bird\n104,dog\n"),
@@ -118,3 +122,47 @@ def test_json_report(tmp_path, capsys):
     report = json.loads(out)
     assert code == 1 and report["valid"] is False
     assert any("104" in e for e in report["errors"])  # the missing id is named
+
+
+# ------------------------------------------------------------------------------------------------
+# --kind: the formats the sample alone cannot tell.
+
+
+def test_verify_kind_label_list(tmp_path, capsys):
+    ok = "image,labels\n800113bb65efe69e.jpg,scab frog_eye_leaf_spot\n8002cb321f8bfcdf.jpg,healthy\n"
+    code, out = _verify(tmp_path, capsys, "plant", ok, "--kind", "label_list")
+    assert code == 0, out
+    assert "VALID (label_list format, 0 error(s), 0 warning(s))" in out
+    code, out = _verify(tmp_path, capsys, "plant", ok)  # inferred from one label per cell: label
+    assert code == 1 and "pass kind='label_list'" in out
+    bad = "image,labels\n800113bb65efe69e.jpg,scab blight\n8002cb321f8bfcdf.jpg,healthy\n"
+    code, out = _verify(tmp_path, capsys, "plant", bad, "--kind", "label_list", "--json")
+    report = json.loads(out)
+    assert code == 1 and report["kind"] == "label_list"
+    assert report["errors"][0].startswith("1 cells in column 'labels' hold labels that are not "
+                                          "legal (e.g. 'blight' in ids 800113bb65efe69e.jpg)")
+
+
+def test_verify_kind_multilabel_proba(tmp_path, capsys):
+    ok = "StudyInstanceUID,ETT - Abnormal,ETT - Normal,CVC - Normal\n1.2.826.1,0.9,0.8,0.7\n1.2.826.2,0,0,0.1\n"
+    code, out = _verify(tmp_path, capsys, "ranzcr", ok, "--kind", "multilabel_proba")
+    assert code == 0 and "0 warning(s)" in out, out
+    code, out = _verify(tmp_path, capsys, "ranzcr", ok)  # inferred class_proba: row sums warned
+    assert code == 0 and "do not sum to 1" in out
+    bad = ok.replace("0.8", "1.2")
+    code, out = _verify(tmp_path, capsys, "ranzcr", bad, "--kind", "multilabel_proba")
+    assert code == 1 and "probabilities above 1 in column 'ETT - Normal'" in out
+
+
+def test_verify_unknown_kind_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        _verify(tmp_path, capsys, "plant", PLANT_SAMPLE, "--kind", "tags")
+    assert e.value.code == 2
+    assert "label_list" in capsys.readouterr().err  # the choices are listed
+
+
+def test_verify_kind_choices_are_the_csv_kinds():
+    from kagglekit_nb import cli
+    from kagglekit_nb.verification import KINDS
+
+    assert cli._VERIFY_KINDS == KINDS
