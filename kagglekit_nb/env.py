@@ -1,4 +1,4 @@
-"""Where the notebook runs: platform, input data and weights, working and run dirs.
+"""Where the notebook runs: platform, input data and weights, working, run and scratch dirs.
 
 Everything here reads the environment through an ``environ`` mapping the caller may pass, so the
 same code is tested with plain dicts. The machine itself (GPUs, CPUs, memory, versions) is
@@ -17,8 +17,8 @@ from typing import Any
 
 __all__ = [
     "PLATFORMS", "detect_platform", "find_competition_dir", "find_previous_run", "find_weights",
-    "has_live_frontend", "headless_reason", "hub_cache_dir", "input_dir", "kaggle_run_type", "run_dir",
-    "working_dir",
+    "has_live_frontend", "headless_reason", "hub_cache_dir", "input_dir", "kaggle_run_type",
+    "make_scratch_dir", "run_dir", "scratch_dir", "working_dir",
 ]
 
 PLATFORMS = ("kaggle", "colab", "local")
@@ -33,6 +33,13 @@ DRIVE_SUBDIR = "kagglekit"  # runs live in <drive>/MyDrive/kagglekit/<run_name>
 # the local stand-in for /kaggle/input; this variable names another folder.
 INPUT_VAR = "KAGGLEKIT_INPUT"
 LOCAL_INPUT_DIR = "input"
+# Scratch space for data extracted from the competition's archives (see `scratch_dir`): on Kaggle the
+# space that is not saved as notebook output, with a fallback; this variable names another folder.
+SCRATCH_VAR = "KAGGLEKIT_SCRATCH"
+KAGGLE_TEMP = Path("/kaggle/temp")
+KAGGLE_SCRATCH_FALLBACK = Path("/tmp/kagglekit")
+COLAB_SCRATCH_DIR = "kagglekit_data"  # under /content: the local disk, not Drive
+LOCAL_SCRATCH_DIR = ".kagglekit_data"
 # Pretrained weights: file types looked for, and the local folder searched after /kaggle/input.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 LOCAL_WEIGHTS_DIR = "weights"
@@ -407,6 +414,54 @@ def working_dir(platform: str | None = None, environ: Mapping[str, str] | None =
     if platform == "colab":
         return COLAB_CONTENT
     return Path.cwd()
+
+
+def _scratch_dirs(platform: str | None, environ: Mapping[str, str] | None) -> list[Path]:
+    """The scratch folders to try, best first (see `scratch_dir`)."""
+    env = _env(environ)
+    platform = _check_platform(detect_platform(env) if platform is None else platform)
+    override = env.get(SCRATCH_VAR, "").strip()
+    if override:
+        return [Path(override).expanduser()]
+    if platform == "kaggle":
+        return [KAGGLE_TEMP, KAGGLE_SCRATCH_FALLBACK]
+    if platform == "colab":
+        return [COLAB_CONTENT / COLAB_SCRATCH_DIR]
+    return [working_dir(platform, env) / LOCAL_SCRATCH_DIR]
+
+
+def scratch_dir(platform: str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """Where data extracted from the competition's archives goes (the folder is not created here:
+    `make_scratch_dir` does).
+
+    Kaggle: /kaggle/temp, space that is not saved as notebook output (`make_scratch_dir` falls back
+    to /tmp/kagglekit when it cannot be created). Colab: /content/kagglekit_data, on the local disk,
+    not Drive. Elsewhere: ``<cwd>/.kagglekit_data``. ``$KAGGLEKIT_SCRATCH`` overrides all three.
+    """
+    return _scratch_dirs(platform, environ)[0]
+
+
+def make_scratch_dir(platform: str | None = None, environ: Mapping[str, str] | None = None, *,
+                     log: Callable[[str], object] = print) -> Path:
+    """Create and return `scratch_dir` (on Kaggle, /tmp/kagglekit when /kaggle/temp cannot be made)."""
+    return _first_creatable(_scratch_dirs(platform, environ), log)
+
+
+def _first_creatable(candidates: Sequence[Path], log: Callable[[str], object]) -> Path:
+    """The first of `candidates` that exists or can be created; when none can, the last one's error."""
+    *earlier, last = candidates
+    for path, after in zip(earlier, candidates[1:]):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        except OSError as e:
+            log(f"cannot create {path} ({e.strerror or e}); extracted data goes to {after} instead")
+    try:
+        last.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot create the scratch folder {last} ({e.strerror or e}): set "
+                               f"{SCRATCH_VAR} to a writable folder") from e
+    return last
 
 
 def _check_run_name(run_name: str) -> str:

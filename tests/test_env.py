@@ -220,6 +220,42 @@ def test_working_dir_per_platform():
         env.working_dir("windows")
 
 
+def test_scratch_dir_per_platform(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert env.scratch_dir("kaggle", {}) == Path("/kaggle/temp")
+    assert env.scratch_dir("colab", {}) == Path("/content/kagglekit_data")
+    assert env.scratch_dir("local", {}) == tmp_path / ".kagglekit_data"
+    assert not (tmp_path / ".kagglekit_data").exists()  # callers create it
+
+
+def test_scratch_dir_detects_the_platform_and_the_override_wins_everywhere(tmp_path):
+    assert env.scratch_dir(environ=KAGGLE) == Path("/kaggle/temp")
+    assert env.scratch_dir(environ=COLAB) == Path("/content/kagglekit_data")
+    for platform in env.PLATFORMS:
+        assert env.scratch_dir(platform, {"KAGGLEKIT_SCRATCH": str(tmp_path / "s")}) == tmp_path / "s"
+    assert env.scratch_dir(None, {**KAGGLE, "KAGGLEKIT_SCRATCH": "  "}) == Path("/kaggle/temp")  # blank: unset
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(ValueError, match="platform='windows'"):
+        env.scratch_dir("windows", {})
+
+
+def test_make_scratch_dir_creates_the_folder(tmp_path):
+    path = env.make_scratch_dir("kaggle", {"KAGGLEKIT_SCRATCH": str(tmp_path / "a" / "b")})
+    assert path == tmp_path / "a" / "b" and path.is_dir()
+
+
+def test_kaggle_scratch_falls_back_when_its_folder_cannot_be_made(tmp_path):
+    assert env._scratch_dirs("kaggle", {}) == [Path("/kaggle/temp"), Path("/tmp/kagglekit")]
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder would go")
+    said: list[str] = []
+    assert env._first_creatable([blocker / "temp", tmp_path / "fallback"], said.append) == tmp_path / "fallback"
+    assert (tmp_path / "fallback").is_dir()
+    assert len(said) == 1 and f"cannot create {blocker / 'temp'}" in said[0] and "goes to" in said[0]
+    with pytest.raises(OSError, match="cannot create the scratch folder .*KAGGLEKIT_SCRATCH"):
+        env._first_creatable([blocker / "only"], said.append)
+
+
 class FakeMount:
     """Records calls and creates the MyDrive folder like google.colab.drive.mount does."""
 
