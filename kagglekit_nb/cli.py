@@ -7,6 +7,7 @@
     list                                           the template notebooks and the layouts they expect
     new NOTEBOOK [PATH] [--py] [--force]           a clean copy of a template notebook to fork and edit
     verify SUBMISSION --sample SAMPLE [--labels a,b] [--kind KIND] [--json]
+    inspect DATA_DIR [-p NAME VALUE]... [--json]   how the classification notebook reads a competition folder
     env [--json]
     push NOTEBOOK --competition SLUG [--dataset OWNER/NAME]... [--kernel OWNER/SLUG]...
          [--gpu t4x2|p100|none] [--internet on|off] [--public] [--title T] [--out DIR] [--dry-run]
@@ -101,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the submission format (default: inferred from the sample; "
                         "multilabel_proba is never inferred)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    i = sub.add_parser("inspect", help="how the classification notebook reads a competition folder (no training)")
+    i.add_argument("data", help="the competition folder (DATA_DIR)")
+    i.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="an override the notebook takes: LABELS_FILE, LABEL_COLUMN, IMAGE_DIR, TEST_IMAGE_DIR, "
+                        "SAMPLE_FILE, TARGET, METRIC")
+    i.add_argument("--scratch", help="where archives are extracted (default: the platform's scratch folder)")
+    i.add_argument("--json", action="store_true", help="print the decisions as JSON")
 
     e = sub.add_parser("env", help="platform, paths, hardware and library versions")
     e.add_argument("--json", action="store_true")
@@ -305,6 +314,29 @@ def _bundle(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> 
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from . import env
+    from .tasks.competition import Overrides, read
+
+    names = {f.upper(): f for f in Overrides.__dataclass_fields__}
+    values = {}
+    for name, value in args.param:
+        if name.upper() not in names:
+            raise ValueError(f"-p {name}: inspect takes {', '.join(names)}.")
+        values[names[name.upper()]] = value
+    data = Path(args.data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data} is not a folder: pass the competition's folder (DATA_DIR).")
+    scratch = Path(args.scratch) if args.scratch else env.make_scratch_dir(log=lambda m: print(m, file=sys.stderr))
+    comp = read(data, Overrides(**values), scratch=scratch, log=lambda m: print(m, file=sys.stderr))
+    if args.json:
+        print(json.dumps([{"decision": d.what, "value": d.value, "how": d.how, "override": d.parameter}
+                          for d in comp.decisions], indent=2))
+    else:
+        print(f"how the classification notebook reads {data}:\n{comp.describe()}")
+    return 0
+
+
 def _weights(args: argparse.Namespace) -> int:
     from .bundle import _check_dataset
     from .weights import save_weights
@@ -333,6 +365,8 @@ def main(argv: Sequence[str] | None = None, *, kaggle_api_factory: Callable[[], 
             return _batch(args) if args.command == "batch" else _blend(args)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "inspect":
+            return _inspect(args)
         if args.command == "weights":
             return _weights(args)
         if args.command in ("list", "new"):

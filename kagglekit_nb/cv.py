@@ -153,7 +153,11 @@ def _write_oof(run: Run, fold: int, ids: Sequence[Any], targets: np.ndarray, pro
         return
     frame = pd.DataFrame(probs, columns=[f"p{c}" for c in range(probs.shape[1])])
     frame.insert(0, "id", list(ids))
-    frame.insert(1, "target", targets)
+    if targets.ndim == 2:  # multi-label: one 0/1 target column per label, t0..tN
+        for c in range(targets.shape[1]):
+            frame.insert(1 + c, f"t{c}", targets[:, c])
+    else:
+        frame.insert(1, "target", targets)
     write_atomic(run.dir / OOF_FILE.format(fold=fold), lambda fh: frame.to_csv(fh, index=False), newline="")
 
 
@@ -184,7 +188,15 @@ def oof_score(run: Run, metric: Metric, folds: Sequence[int]) -> float | None:
     if not frames:
         return None
     oof = pd.concat(frames)
-    return metric(oof["target"].to_numpy(), oof[[c for c in oof.columns if c.startswith("p")]].to_numpy())
+    return metric(oof_targets(oof), oof[[c for c in oof.columns if c.startswith("p")]].to_numpy())
+
+
+def oof_targets(frame: Any) -> np.ndarray:
+    """The targets of an out-of-fold frame: its `target` column, or (multi-label) its t0..tN columns."""
+    if "target" in frame.columns:
+        return frame["target"].to_numpy()
+    cols = sorted((c for c in frame.columns if c.startswith("t") and c[1:].isdigit()), key=lambda c: int(c[1:]))
+    return frame[cols].to_numpy()
 
 
 def time_setup(run: Run, fs: FoldSetup, *, options: LoopOptions | None = None) -> tuple[float, float]:
@@ -207,9 +219,12 @@ def _prior_score(metric: Metric, targets: np.ndarray, probs: np.ndarray) -> floa
     """The metric of always predicting the validation fold's class frequencies (None for
     segmentation maps, or where the metric is undefined for a constant prediction)."""
     targets, probs = np.asarray(targets), np.asarray(probs)
-    if probs.ndim != 2 or targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
+    if probs.ndim == 2 and targets.shape == probs.shape:  # multi-label: each label's positive rate
+        freq = targets.mean(0) if len(targets) else np.zeros(probs.shape[1])
+    elif probs.ndim != 2 or targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
         return None
-    freq = np.bincount(targets, minlength=probs.shape[1])[: probs.shape[1]] / max(1, len(targets))
+    else:
+        freq = np.bincount(targets, minlength=probs.shape[1])[: probs.shape[1]] / max(1, len(targets))
     try:
         return float(metric(targets, np.tile(freq, (len(targets), 1))))
     except (ValueError, ZeroDivisionError):

@@ -144,7 +144,7 @@ def _aligned(first: _Run, other: _Run) -> tuple[np.ndarray, np.ndarray]:
 def _metric_name(runs: Sequence[_Run], metric: str | None) -> str:
     if metric is not None:
         return metric
-    names = {r.name: (r.record.get("config") or {}).get("METRIC") for r in runs}
+    names = {r.name: r.record.get("metric") or (r.record.get("config") or {}).get("METRIC") for r in runs}
     found = set(names.values())
     if len(found) != 1 or None in found:
         raise ValueError(f"the runs were scored by different metrics ({names}): pass --metric (metric=) to "

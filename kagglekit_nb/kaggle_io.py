@@ -431,8 +431,33 @@ def download(
             raise KaggleError(f"{archive} is not a complete zip file: delete it and download again.") from None
         archive.unlink()
     found = data_folder(folder)
+    _save_info(api, competition, found, log)
     log(f"downloaded {competition} to {found}")
     return found
+
+
+INFO_FILE = "competition.json"  # the competition's evaluation metric, read by the classification notebook
+
+
+def _save_info(api: Any, competition: str, folder: Path, log: Log) -> None:
+    """Write the competition's evaluation metric (Kaggle's `evaluationMetric` text) next to its data, so a
+    notebook scores and picks epochs by it. Optional: an API without it leaves the default metric."""
+    from ._atomic import write_json
+
+    try:
+        found = api.competitions_list(search=competition) or []
+    except Exception as e:  # the listing is a nicety: a refused or changed call must not fail the download
+        log(f"the competition's evaluation metric is unknown ({type(e).__name__}); set METRIC in the notebook")
+        return
+    for entry in found:
+        ref = str(getattr(entry, "ref", "") or "")
+        if ref.rstrip("/").rsplit("/", 1)[-1] != competition:
+            continue
+        metric = getattr(entry, "evaluation_metric", None) or getattr(entry, "evaluationMetric", None)
+        if metric:
+            write_json(folder / INFO_FILE, {"competition": competition, "evaluation_metric": str(metric)})
+            log(f"evaluation metric of {competition}: {metric} (saved in {folder / INFO_FILE})")
+        return
 
 
 # ----------------------------------------------------------------------------- submit

@@ -72,6 +72,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 # --------------------------------------------------------------------------- evaluation
 
+# Logits -> probabilities: one class per row (softmax over the classes) or multi-label (each column a
+# probability of its own). The one switch between single- and multi-label outputs; LoopOptions.activation.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax": lambda logits: torch.softmax(logits, dim=1),
+    "sigmoid": torch.sigmoid,
+}
+
+
+def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation={name!r} is not valid; choose one of {', '.join(ACTIVATIONS)}.")
+    return ACTIVATIONS[name]
+
 
 @torch.inference_mode()
 def evaluate(
@@ -83,8 +96,11 @@ def evaluate(
     metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
     autocast: torch.dtype | None = None,
     channels_last: bool = False,
+    activation: str = "softmax",
 ) -> dict[str, Any]:
-    """Loss, metric score, probabilities and targets over a labelled `loader` (eval mode, no grad)."""
+    """Loss, metric score, probabilities and targets over a labelled `loader` (eval mode, no grad).
+    `activation`: "softmax" (one class per row) or "sigmoid" (multi-label: each column on its own)."""
+    to_probs = _activation(activation)
     device = torch.device(device)
     model.eval()
     loss_sum: torch.Tensor | None = None
@@ -97,7 +113,7 @@ def evaluate(
             loss = None if loss_fn is None else loss_fn(logits, y).float() * _count(y)
         if loss is not None:
             loss_sum = loss if loss_sum is None else loss_sum + loss
-        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        probs.append(to_probs(logits.float()).cpu().numpy())
         targets.append(y.cpu().numpy())
     if not probs:
         raise ValueError("evaluate: the loader yields no batches (an empty validation set?).")
@@ -116,18 +132,20 @@ def predict(
     tta: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
     autocast: torch.dtype | None = None,
     channels_last: bool = False,
+    activation: str = "softmax",
 ) -> np.ndarray:
     """Class probabilities for every sample of `loader` in order, averaged over the identity and
-    each `tta` transform (eval mode, no grad)."""
+    each `tta` transform (eval mode, no grad); `activation` as in `evaluate`."""
+    to_probs = _activation(activation)
     device = torch.device(device)
     model.eval()
     out = []
     for batch in loader:
         x = _to(batch[0] if isinstance(batch, (list, tuple)) else batch, device, channels_last)
         with _autocast(device, autocast):
-            p = torch.softmax(model(x).float(), dim=1)
+            p = to_probs(model(x).float())
             for t in tta:
-                p += torch.softmax(model(t(x)).float(), dim=1)
+                p += to_probs(model(t(x)).float())
         out.append((p / (1 + len(tta))).cpu().numpy())
     return np.concatenate(out)
 
@@ -349,12 +367,12 @@ def _epoch_progress(r: _Run, epoch: int) -> Any:
                     every_s=r.progress_every_s, echo=r.say, unit="batch")
 
 
-def _evaluate(s: _Step, r: _Run, loss_fn: Callable, metric: Metric) -> dict[str, Any]:
+def _evaluate(s: _Step, r: _Run, loss_fn: Callable, metric: Metric, activation: str) -> dict[str, Any]:
     """`evaluate`, halving the validation batch size on out-of-memory."""
     while True:
         try:
             return evaluate(s.forward, r.val_loader, loss_fn=loss_fn, device=s.device, metric=metric,
-                            autocast=s.dtype, channels_last=s.channels_last)
+                            autocast=s.dtype, channels_last=s.channels_last, activation=activation)
         except torch.OutOfMemoryError:
             r.val_loader = _halve_val(s, r, r.val_loader)
 
@@ -574,7 +592,7 @@ def _close_epoch(s: _Step, r: _Run, result: FitResult, ep: _Epoch, epoch: int, m
     """Evaluate a finished epoch, record its row, keep the best weights, step a per-epoch scheduler.
     Returns the row and whether the score improved on the best so far."""
     train_loss = ep.loss_sum.item() / max(ep.count, 1)
-    ev = _evaluate(s, r, s.loss_fn, metric)
+    ev = _evaluate(s, r, s.loss_fn, metric, opts.activation)
     row = {
         "epoch": epoch + 1,
         "train_loss": train_loss,

@@ -271,8 +271,8 @@ def get_metric(name: str) -> Metric:
 def from_kaggle(evaluation_metric: str | None) -> str | None:
     """The metric name here for the Kaggle API's `evaluationMetric` text, or None when none fits.
 
-    Matched on lower-case keywords with spaces and punctuation dropped. "Mean F Score" is taken as
-    f1_micro (plant seedlings), "MAP@{K}" with no K given as map@5.
+    Matched on lower-case keywords with spaces and punctuation dropped. "Mean F Score" is Kaggle's
+    MeanFScore, F1 per row averaged: f1_samples (equal to accuracy for one label per row), "MAP@{K}" with no K given as map@5.
 
         from_kaggle("Multi Class Log Loss")   # "log_loss"
         from_kaggle("MAP@{K}")                # "map@5"
@@ -302,9 +302,9 @@ def from_kaggle(evaluation_metric: str | None) -> str | None:
     if "f1" in key or "fscore" in key:
         if "macro" in key:
             return "f1_macro"
-        if "sample" in key:
+        if "sample" in key or "mean" in key:  # Kaggle's MeanFScore: F1 per row, averaged
             return "f1_samples"
-        if "micro" in key or "mean" in key:
+        if "micro" in key:
             return "f1_micro"
         return None  # a plain (binary, positive-class) F1 is none of the above
     if "accuracy" in key:

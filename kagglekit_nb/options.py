@@ -40,6 +40,7 @@ class LoopOptions:
     oom_retries: int = 4                 # batch-size halvings allowed on out-of-memory
     patience: int | None = None          # stop after this many epochs without a better score; None = never
     progress_every_s: float | None = 30.0  # at most one progress line per this many seconds; None = none
+    activation: str = "softmax"          # logits -> probabilities: "softmax" (one class per row) or "sigmoid" (multi-label)
 
     def __post_init__(self) -> None:
         _check_int("accumulate", self.accumulate, 1)
@@ -51,6 +52,8 @@ class LoopOptions:
             raise ValueError(f"clip_grad_norm={self.clip_grad_norm!r} must be a positive number or None.")
         if self.watchdog_s is not None and not _positive(self.watchdog_s):
             raise ValueError(f"watchdog_s={self.watchdog_s!r} must be a positive number of seconds or None.")
+        if self.activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"activation={self.activation!r} is not valid; choose softmax or sigmoid.")
         if self.progress_every_s is not None and not _positive(self.progress_every_s):
             raise ValueError(f"progress_every_s={self.progress_every_s!r} must be a positive number of seconds "
                              "or None.")

@@ -34,7 +34,8 @@ NOTEBOOKS = {
 }
 # What each notebook expects to find, one line each (`kagglekit list`).
 LAYOUTS = {
-    "classification": "image competitions: a labels CSV + image folder(s) + sample_submission.csv (timm, K-fold, TTA)",
+    "classification": "image competitions as Kaggle publishes them: labels CSV, class folders, labelled file names or "
+                      "pixel rows; archives; any target the sample asks for (`kagglekit inspect DIR`; timm, K-fold)",
     "glacier_pretrain": "HKH-style multispectral patches *_img_NNN.npy / *_mask_NNN.npy (U-Net encoder pretraining)",
     "glacier_finetune": "GlacierHack Train/Band1..5/*.tif + Train/labels (U-Net, code package solution.py + model.pth)",
     "isic": "ISIC 2024: train/test-metadata.csv + train/test-image.hdf5 + sample_submission.csv (embeddings + LightGBM)",

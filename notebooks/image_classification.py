@@ -14,9 +14,12 @@
 # %% [markdown]
 # # Image classification — timm + albumentations, K-fold, verified submission
 #
-# A template for Kaggle image competitions: `train.csv` (id, label), an image folder,
-# `sample_submission.csv` (one label column, or one probability column per class — the notebook
-# follows the sample), and optionally `test.csv`.
+# A template for Kaggle image competitions, read as Kaggle publishes them: a labels CSV under any name
+# (`train.csv`, `train_labels.csv`, `labels.csv`, ...), one folder per class, labels in the file names, or
+# pixels in CSV rows; images in any folder, in archives (`train.zip`, `.7z`, `.tar.gz`) or as DICOM. The
+# sample submission decides what is written: one label, P(positive), one probability per class, multi-label
+# probabilities or labels, or the top k labels. The load step prints how it read your competition and the
+# parameter that overrides each guess (`kagglekit inspect DATA_DIR` prints the same without training).
 #
 # **How to use it**
 # - *Kaggle*: fork, attach the competition (the data is found under `/kaggle/input` by itself),
@@ -44,13 +47,18 @@ WEIGHT_DECAY = 1e-4
 LABEL_SMOOTHING = 0.0
 FOLDS = 5                # stratified K-fold; the split is saved once in OUTPUT_DIR/folds.csv
 TRAIN_FOLDS = None       # train only the first N folds (None: all)
-METRIC = "accuracy"      # accuracy, balanced_accuracy, log_loss or roc_auc (selects the best epoch)
+METRIC = None            # None: the competition's metric (from `kagglekit download`), else the target's default
 HFLIP = False            # horizontal-flip augmentation (wrong for digits and text)
 TTA = "none"             # test-time augmentation: none, hflip, vflip, hvflip
 PATIENCE = None          # stop a fold after this many epochs without improvement (None: never)
 CHECKPOINT_EVERY = "3m"  # full-state checkpoint cadence (also at every epoch end and on SIGTERM)
 FOLDS_PER_SESSION = None # train at most this many unfinished folds per run (None: all)
-LABEL_COLUMN = None      # None: the sample submission's target column
+LABEL_COLUMN = None      # None: named like the sample's target, its class columns, or the column of their names
+LABELS_FILE = None       # None: the CSV with the id column and a label column (train.csv, train_labels.csv, ...)
+IMAGE_DIR = None         # None: training images found by id anywhere under DATA_DIR; or their folder
+TEST_IMAGE_DIR = None    # None: test images found by id; or their folder
+SAMPLE_FILE = None       # None: sample_submission.csv, or the one file named like it
+TARGET = None            # None: detected; label, binary_proba, class_proba, multilabel_proba, label_list or topk
 CHECK_IMAGES = False     # decode every image at load; unreadable ones are skipped (and listed) either way
 NUM_WORKERS = None       # DataLoader workers; None: automatic
 DEVICE = None            # None: CUDA when available, else CPU
@@ -97,9 +105,12 @@ run = task.start(cfg)
 
 # %% [markdown]
 # ## Load the competition's files
-# Column names come from `sample_submission.csv`: its first column is the id. Labels may be strings
-# or integers; the label encoder is saved with the run (`labels.json`) so every later session and
-# the prediction step use the very same classes.
+# The sample submission's first column is the id, the others the target. The log shows a table of how
+# the kit read this competition — labels file and column, target kind, classes, image folders and format,
+# the metric, what it will write — with the parameter that overrides each decision. Archives are extracted
+# once into a scratch folder (never into the read-only input). The sample's own values are written as
+# the emergency submission first, then the training prior: a later failure still leaves a valid file.
+# The label encoder is saved with the run (`labels.json`) so every later session uses the same classes.
 
 # %%
 data = task.load(cfg, run)

@@ -18,6 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # Tests never download: WEIGHTS = "auto" then finds nothing and starts from random weights at once
 # (the notebooks run in subprocesses, which inherit this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Extracted archives and images built from pixel rows go to a scratch folder of the test session, never
+# into the repository (notebook subprocesses inherit this).
+if "KAGGLEKIT_SCRATCH" not in os.environ:
+    import tempfile
+
+    os.environ["KAGGLEKIT_SCRATCH"] = tempfile.mkdtemp(prefix="kagglekit-scratch-")
 
 
 @pytest.fixture

@@ -150,7 +150,7 @@ def test_load_the_demo(demo, run):
     assert comp.test["id"].tolist() == sample["id"].tolist()  # the sample's rows, in its order
     assert all(Path(p) == demo / "train" / f"{i}.png" for i, p in zip(comp.train["id"], comp.train["path"]))
     assert all(Path(p) == demo / "test" / f"{i}.png" for i, p in zip(comp.test["id"], comp.test["path"]))
-    saved = json.loads((run.dir / clf.LABELS_FILE).read_text())
+    saved = json.loads((run.dir / clf.CLASSES_FILE).read_text())
     assert saved == {"classes": DIGITS_SORTED, "kind": "label", "id_col": "id", "target_cols": ["label"]}
 
 
@@ -229,7 +229,7 @@ def test_missing_data_dir(tmp_path, run):
 def test_missing_train_csv(tmp_path, run):
     data = _tiny(tmp_path / "c")
     (data / "train.csv").unlink()
-    with pytest.raises(FileNotFoundError, match=r"train.csv is missing") as info:
+    with pytest.raises(ValueError, match=r"cannot find the training labels.*LABELS_FILE") as info:
         load(_cfg(data), run)
     assert str(data) in str(info.value)
 
@@ -237,14 +237,14 @@ def test_missing_train_csv(tmp_path, run):
 def test_missing_sample_submission(tmp_path, run):
     data = _tiny(tmp_path / "c")
     (data / "sample_submission.csv").unlink()
-    with pytest.raises(FileNotFoundError, match=r"sample_submission.csv is missing"):
+    with pytest.raises(FileNotFoundError, match=r"no sample submission in .*train\.csv.*SAMPLE_FILE"):
         load(_cfg(data), run)
 
 
 def test_train_csv_without_the_sample_id_column(tmp_path, run):
     data = _tiny(tmp_path / "c")
     pd.read_csv(data / "train.csv").rename(columns={"id": "image"}).to_csv(data / "train.csv", index=False)
-    with pytest.raises(ValueError, match=r"train.csv has no column 'id'.*\['image', 'label'\]"):
+    with pytest.raises(ValueError, match=r"train.csv: no column 'id'.*\['image', 'label'\]"):
         load(_cfg(data), run)
 
 

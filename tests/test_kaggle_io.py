@@ -279,6 +279,26 @@ def test_download_unzips_into_the_folder_the_notebooks_search(tmp_path, monkeypa
     assert env.find_competition_dir(["train.csv", "sample_submission.csv"], environ=environ) == folder
 
 
+def test_download_saves_the_evaluation_metric_the_notebook_reads(tmp_path):
+    from kagglekit_nb.metrics import from_kaggle
+
+    class ListingApi(FakeApi):
+        def competitions_list(self, search=None):
+            return [SimpleNamespace(ref="https://www.kaggle.com/competitions/aptos2019-blindness-detection-x",
+                                    evaluation_metric="Categorization Accuracy"),
+                    SimpleNamespace(ref="https://www.kaggle.com/competitions/aptos2019-blindness-detection",
+                                    evaluation_metric="Quadratic Weighted Kappa")]
+
+    folder = kaggle_io.download("aptos2019-blindness-detection", tmp_path / "d", api_factory=factory(ListingApi()),
+                                log=lambda m: None)
+    info = json.loads((folder / kaggle_io.INFO_FILE).read_text())
+    assert info == {"competition": "aptos2019-blindness-detection", "evaluation_metric": "Quadratic Weighted Kappa"}
+    assert from_kaggle(info["evaluation_metric"]) == "qwk"
+    # an API without the listing downloads all the same, without the file
+    other = kaggle_io.download("digit-recognizer", tmp_path / "e", api_factory=factory(FakeApi()), log=lambda m: None)
+    assert (other / "train.csv").is_file() and not (other / kaggle_io.INFO_FILE).exists()
+
+
 def test_download_leaves_an_earlier_download_alone_unless_forced(tmp_path):
     out = tmp_path / "comp"
     out.mkdir()

@@ -555,7 +555,7 @@ def test_pitfall_model_not_learning_vs_ln_c():
 
 def test_pitfall_label_encoder_differs_between_train_and_predict(tmp_path):
     """Classes re-derived from other data shift every index; the saved encoder (labels.json) refuses that."""
-    from kagglekit_nb.tasks.classification import LABELS_FILE, Competition, _save_labels
+    from kagglekit_nb.tasks.classification import CLASSES_FILE, Competition, _save_labels
 
     def comp(classes):
         empty = pd.DataFrame()
@@ -564,7 +564,7 @@ def test_pitfall_label_encoder_differs_between_train_and_predict(tmp_path):
 
     run = SimpleNamespace(dir=tmp_path)
     _save_labels(comp(["cat", "dog", "fox"]), run)
-    assert json.loads((tmp_path / LABELS_FILE).read_text())["classes"] == ["cat", "dog", "fox"]
+    assert json.loads((tmp_path / CLASSES_FILE).read_text())["classes"] == ["cat", "dog", "fox"]
     _save_labels(comp(["cat", "dog", "fox"]), run)  # the same classes later: fine
     later = sorted({"cat", "fox"})  # naive: re-derive the classes from data that lacks one
     assert later[1] == "fox"  # the model's class 1 ("dog") would be written as "fox"

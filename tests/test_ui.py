@@ -105,8 +105,8 @@ def test_form_builds_one_widget_per_parameter_by_type(live):
     assert list(fields) == [f.name for f in dataclasses.fields(Config)]  # the parameters cell's order
     assert isinstance(fields["HFLIP"], w.Checkbox) and fields["HFLIP"].value is False
     assert isinstance(fields["TTA"], w.Dropdown) and [v for _, v in fields["TTA"].options] == list(TTA_CHOICES)
-    assert isinstance(fields["METRIC"], w.Dropdown) and fields["METRIC"].value == "accuracy"
-    assert ("pauc80", "pauc80") in fields["METRIC"].options
+    assert isinstance(fields["METRIC"], w.Dropdown) and fields["METRIC"].value is None  # None: the competition's
+    assert ("pauc80", "pauc80") in fields["METRIC"].options and ("None", None) in fields["METRIC"].options
     for name in ("EPOCHS", "LR", "MODEL", "BUDGET", "TRAIN_FOLDS"):
         assert type(fields[name]) is w.Text, name
     assert fields["EPOCHS"].value == "" and fields["LR"].value == "0.003"   # EPOCHS = None: what fits

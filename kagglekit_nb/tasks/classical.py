@@ -83,15 +83,20 @@ def pixel_features(paths: Sequence[str], read: Callable[[str], np.ndarray], *, s
     return out, bad
 
 
-def make_model(n_rows: int, seed: int = 0) -> Any:
+def make_model(n_rows: int, seed: int = 0, *, multilabel: bool = False) -> Any:
     """The stage's scikit-learn pipeline: standardise, then an RBF SVM with calibrated probabilities
-    (small data) or a multinomial logistic regression (more than SVM_MAX_ROWS rows)."""
+    (small data) or a multinomial logistic regression (more than SVM_MAX_ROWS rows). Multi-label
+    targets (a 0/1 column per label): one logistic regression per label (one-vs-rest), which copes
+    with labels too rare for the SVM's internal calibration splits."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
+    if multilabel:
+        return make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(C=0.1, max_iter=300)))
     if n_rows <= SVM_MAX_ROWS:  # Platt-scaled probabilities from 3 internal splits (SVC(probability=True))
         return make_pipeline(StandardScaler(), CalibratedClassifierCV(SVC(C=10.0, random_state=seed),
                                                                       cv=3, ensemble=False))
@@ -110,7 +115,7 @@ def estimate_s(X: np.ndarray, y: np.ndarray, n_folds: int, seed: int = 0) -> flo
     rows = np.random.default_rng(seed).permutation(len(X))[:min(_PROBE_ROWS, len(X))]
     if len(np.unique(y[rows])) < 2:
         return 0.0
-    model = make_model(n_fit, seed)
+    model = make_model(n_fit, seed, multilabel=np.ndim(y) == 2)
     t0 = time.monotonic()
     model.fit(X[rows], y[rows])
     probe = time.monotonic() - t0
@@ -136,16 +141,17 @@ def fit_predict(X: np.ndarray, y: np.ndarray, folds: np.ndarray, X_test: np.ndar
     probabilities. Rows in `skip` (unreadable images) are not trained on and get the fold's class
     prior; so do the test rows in `skip_test`. With a `budget`, each fold first asks its
     `stop_reason` for the fold's need (`fold_s` estimated, then measured); a refused fold and the
-    ones after it stay NaN in `oof`."""
+    ones after it stay NaN in `oof`. `y`: class indices, or a 0/1 matrix (multi-label)."""
     t0 = time.monotonic()
     y, folds = np.asarray(y), np.asarray(folds)
+    multilabel = y.ndim == 2
     usable = np.ones(len(y), bool)
     usable[list(skip)] = False
     oof = np.full((len(y), n_classes), np.nan)
     test_sum = None
     done: list[int] = []
     reason = "completed"
-    model = make_model(int(usable.sum()), seed)
+    model = make_model(int(usable.sum()), seed, multilabel=multilabel)
     if budget is not None:
         budget.plan_pace(PACE, fold_s)
     for k in sorted(int(f) for f in np.unique(folds[folds >= 0])):
@@ -156,15 +162,13 @@ def fit_predict(X: np.ndarray, y: np.ndarray, folds: np.ndarray, X_test: np.ndar
                 reason = why
                 break
         t_fold = time.monotonic()
-        model = make_model(int(fit.sum()), seed)
+        model = make_model(int(fit.sum()), seed, multilabel=multilabel)
         model.fit(X[fit], y[fit])
-        probs = np.zeros((int(val.sum()), n_classes))
-        probs[:, model.classes_] = model.predict_proba(X[val])
+        probs = _proba(model, X[val], n_classes, multilabel)
         probs[~usable[val]] = _frequencies(y[fit], n_classes)
         oof[val] = probs
         if X_test is not None:
-            p = np.zeros((len(X_test), n_classes))
-            p[:, model.classes_] = model.predict_proba(X_test)
+            p = _proba(model, X_test, n_classes, multilabel)
             test_sum = p if test_sum is None else test_sum + p
         done.append(k)
         if budget is not None:
@@ -184,6 +188,18 @@ def fit_predict(X: np.ndarray, y: np.ndarray, folds: np.ndarray, X_test: np.ndar
                            seconds=time.monotonic() - t0, folds_done=done, stop_reason=reason)
 
 
+def _proba(model: Any, X: np.ndarray, n_classes: int, multilabel: bool) -> np.ndarray:
+    """(rows, n_classes) probabilities; a class missing from the fit rows gets 0."""
+    if multilabel:
+        return np.asarray(model.predict_proba(X), dtype=float)
+    p = np.zeros((len(X), n_classes))
+    p[:, model.classes_] = model.predict_proba(X)
+    return p
+
+
 def _frequencies(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class frequencies (multi-label: each label's positive rate)."""
+    if np.ndim(y) == 2:
+        return y.mean(0) if len(y) else np.zeros(n_classes)
     counts = np.bincount(y, minlength=n_classes)[:n_classes].astype(float)
     return counts / max(1.0, counts.sum())

@@ -45,13 +45,14 @@ from .. import checkpoint as _ckpt
 from ..cv import CVResult, FoldSetup, fold_dir, fold_models, load_fold_model, time_setup, train_folds
 from ..loaders import make_loader
 from ..loop import predict as _predict_loader
+from ..options import LoopOptions
 from ..metrics import get_metric
 from ..run import Run
 from ..ui import progress
 from . import classical
 from .classical import ClassicalResult
-from .images import (IMAGE_EXTENSIONS, UNREADABLE_FILE, ImageDataset, _channels, _image_index, _resolve_images,
-                     _journal, _tta, normalization, read_image, scan_images, transforms)
+from .competition import IMAGE_EXTENSIONS, Competition, Overrides, probe_channels, read, read_sample
+from .images import UNREADABLE_FILE, ImageDataset, _channels, _journal, _tta, normalization, read_image, scan_images, transforms
 from ._config import (Demo, RunConfig, early_baseline, find_data, start, timm_model, training_plots, verify_csv,
                       weights_for)
 
@@ -78,10 +79,9 @@ __all__ = [
     "write_submission",
 ]
 
-REQUIRED_FILES = ("train.csv", "sample_submission.csv")
-LABELS_FILE = "labels.json"
+SAMPLE_GLOB = "[sS]ample*[sS]ubmission*"  # how a competition folder under /kaggle/input is recognised
+CLASSES_FILE = "labels.json"  # the classes and format, saved once; every later session must match
 TTA_CHOICES = ("none", "hflip", "vflip", "hvflip")
-CSV_ENCODINGS = ("utf-8", "utf-8-sig", "cp1252", "latin-1")  # tried in this order; latin-1 reads any bytes
 MAX_UNREADABLE = 0.005    # more than this share of unreadable images is an error (before training)
 CLASSICAL_FILE = "classical.npz"           # the classical stage's out-of-fold and test probabilities
 # MODEL = "auto": (timm model, image size) from small and fast to larger; the budget takes the
@@ -109,13 +109,18 @@ class Config(RunConfig):
     LABEL_SMOOTHING: float = 0.0
     FOLDS: int = 5
     TRAIN_FOLDS: int | None = None     # train only the first N folds (None = all)
-    METRIC: str = "accuracy"
+    METRIC: str | None = None          # None: the competition's (kagglekit download), else the target's default
     HFLIP: bool = False                # horizontal flips in augmentation (wrong for digits/text)
     TTA: str = "none"                  # "none", "hflip", "vflip", "hvflip"
     PATIENCE: int | None = None        # stop a fold after this many epochs without improvement (None = never)
     CHECKPOINT_EVERY: str = "3m"       # full-state checkpoint cadence (also at every epoch end and on SIGTERM)
     FOLDS_PER_SESSION: int | None = None  # train at most this many unfinished folds per run (None = all)
-    LABEL_COLUMN: str | None = None    # None = the sample submission's target column
+    LABEL_COLUMN: str | None = None    # None: named like the sample's target, its class columns, or their names
+    LABELS_FILE: str | None = None     # the labels CSV (None: found: train.csv, train_labels.csv, labels.csv, ...)
+    IMAGE_DIR: str | None = None       # the training images' folder (None: found by id anywhere under DATA_DIR)
+    TEST_IMAGE_DIR: str | None = None  # the test images' folder (None: found by id)
+    SAMPLE_FILE: str | None = None     # None: sample_submission.csv or the one file named like it
+    TARGET: str | None = None          # None: detected; label, binary_proba, class_proba, multilabel_proba, label_list, topk
     CHECK_IMAGES: bool = False         # decode every image at load (slow on big data); unreadable ones are skipped anyway
     NUM_WORKERS: int | None = None     # None = automatic
     DEVICE: str | None = None          # None = CUDA when available
@@ -133,55 +138,12 @@ class Config(RunConfig):
             raise ValueError(f"LR={self.LR!r} must be positive.")
         if self.TTA not in TTA_CHOICES:
             raise ValueError(f"TTA={self.TTA!r} is not valid; choose one of {', '.join(TTA_CHOICES)}.")
-        get_metric(self.METRIC)
-
-
-@dataclass
-class Competition:
-    """What a run needs to know about the competition's files."""
-
-    data_dir: Path
-    train: pd.DataFrame                 # columns: id, label (class index), path
-    test: pd.DataFrame                  # columns: id, path (the sample submission's rows, in order)
-    sample: pd.DataFrame                # the sample submission as text
-    sample_path: Path
-    id_col: str
-    target_cols: list[str]
-    kind: str                           # "label" or "class_proba"
-    classes: list[str]
-    in_chans: int
-    unreadable: dict[str, str] = dataclasses.field(default_factory=dict)  # image path -> why it cannot be read
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.classes)
+        if self.METRIC is not None:
+            get_metric(self.METRIC)
+        Overrides.from_config(self).check()
 
 
 # ----------------------------------------------------------------------------- setup
-
-
-def _read_csv(path: Path, log: Any = None) -> pd.DataFrame:
-    """A CSV as text cells; a file that is not UTF-8 is read in the first of CSV_ENCODINGS that
-    decodes it (said in the log, kept in `df.attrs["encoding"]`)."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the classification notebook needs {path.name} "
-                                f"in DATA_DIR ({path.parent}).")
-    for encoding in CSV_ENCODINGS:
-        try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise ValueError(f"{path} is not a readable CSV file ({e}).") from e
-    if df.empty:
-        raise ValueError(f"{path} has no rows.")
-    if encoding != CSV_ENCODINGS[0]:
-        df.columns = [c.lstrip("\ufeff") for c in df.columns]
-        if log is not None:
-            log(f"{path.name} is not UTF-8: read it as {encoding}")
-    df.attrs["encoding"] = encoding
-    return df
 
 
 def check_unreadable(comp: Competition, run: Run, *, limit: float = MAX_UNREADABLE) -> None:
@@ -204,101 +166,87 @@ def check_unreadable(comp: Competition, run: Run, *, limit: float = MAX_UNREADAB
 
 
 def load(cfg: Config, run: Run) -> Competition:
-    """Read train.csv, the sample submission (and test.csv), find every image, encode labels."""
-    data_dir = find_data(cfg, run, required=REQUIRED_FILES, what=f"competition folder ({', '.join(REQUIRED_FILES)})",
-                         demo=DEMO)
-    sample_path = data_dir / "sample_submission.csv"
-    sample = _read_csv(sample_path, run.log)
-    id_col, target_cols = sample.columns[0], list(sample.columns[1:])
-    if not target_cols:
-        raise ValueError(f"{sample_path} has only the column {id_col!r}: a sample submission needs the "
-                         "id column and at least one target column.")
-    train_df = _read_csv(data_dir / "train.csv", run.log)
-    _early_baseline(sample, train_df, cfg, run)
-    if id_col not in train_df.columns:
-        raise ValueError(
-            f"train.csv has no column {id_col!r} (the id column of sample_submission.csv); its columns are "
-            f"{list(train_df.columns)}. Rename the id column of train.csv to {id_col!r}."
-        )
-    kind = "label" if len(target_cols) == 1 else "class_proba"
-    label_col = cfg.LABEL_COLUMN or (target_cols[0] if kind == "label" else None)
-    if kind == "class_proba" and label_col is None:
-        if all(c in train_df.columns for c in target_cols):  # one-hot training labels
-            onehot = train_df[target_cols].astype(float).to_numpy()
-            train_df["_label"] = np.asarray(target_cols)[onehot.argmax(1)]
-            label_col = "_label"
-        else:
-            others = [c for c in train_df.columns if c != id_col]
-            if len(others) != 1:
-                raise ValueError(f"cannot tell the label column of train.csv among {others}: set LABEL_COLUMN.")
-            label_col = others[0]
-    if label_col not in train_df.columns:
-        raise ValueError(f"train.csv has no label column {label_col!r}; its columns are "
-                         f"{list(train_df.columns)}. Set LABEL_COLUMN to the right one.")
-    labels = train_df[label_col].str.strip()
-    if (labels == "").any():
-        raise ValueError(f"train.csv has {int((labels == '').sum())} rows with an empty {label_col!r}: "
-                         "drop or label them.")
-    if kind == "class_proba":
-        classes = list(target_cols)
-        unknown = sorted(set(labels) - set(classes))
-        if unknown:
-            raise ValueError(f"train.csv labels {unknown[:5]} are not columns of sample_submission.csv "
-                             f"({classes}).")
-    else:
-        classes = sorted(set(labels), key=lambda c: (0, int(c)) if c.lstrip("-").isdigit() else (1, c))
-    if len(classes) < 2:
-        raise ValueError(f"train.csv has a single class {classes}: nothing to classify.")
-    if train_df[id_col].duplicated().any():
-        dup = train_df.loc[train_df[id_col].duplicated(), id_col].head(3).tolist()
-        raise ValueError(f"train.csv repeats ids (e.g. {dup}); each id must appear once.")
+    """Read the competition as Kaggle publishes it (`tasks.competition.read`: the sample, the labels under any
+    layout, the target kind, the metric, every image) and show how it was read, each decision with the
+    parameter that overrides it. The sample's own values are written as the emergency baseline as soon as
+    the sample is read, then the training prior once the labels are: a cell failing on bad data still
+    leaves a valid file."""
+    from .. import env
 
-    index = _image_index(data_dir)
-    train = pd.DataFrame({"id": train_df[id_col].to_numpy(),
-                          "label": pd.Categorical(labels, categories=classes).codes.astype(np.int64)})
-    train["path"] = _resolve_images(train["id"], index, "train", "train.csv", data_dir)
-    test = pd.DataFrame({"id": sample[id_col].to_numpy()})
-    test["path"] = _resolve_images(test["id"], index, "test", "sample_submission.csv", data_dir)
-    if (data_dir / "test.csv").exists():
-        test_ids = _read_csv(data_dir / "test.csv")
-        if id_col in test_ids.columns and set(test_ids[id_col]) != set(test["id"]):
-            run.log("WARNING: test.csv and sample_submission.csv list different ids; "
-                    "the submission follows sample_submission.csv.")
-    unreadable: dict[str, str] = {}
-    in_chans = _channels(train["path"].tolist(), unreadable)
-    comp = Competition(data_dir=data_dir, train=train, test=test, sample=sample, sample_path=sample_path,
-                       id_col=id_col, target_cols=target_cols, kind=kind, classes=classes, in_chans=in_chans,
-                       unreadable=unreadable)
+    data_dir = find_data(cfg, run, required=(SAMPLE_GLOB,), what="competition folder (with a sample submission)",
+                         demo=DEMO)
+    overrides = Overrides.from_config(cfg)
+    scratch = env.make_scratch_dir(run.platform, log=run.log)
+    sample = read_sample(data_dir, overrides, scratch=scratch, log=run.log)
+    before = _stamp(run.dir / "submission.csv")
+    early_baseline(run, _sample_arg(*sample[:2]), train_labels=None, kind=None)  # unless a valid one is there
+    sample_values = _stamp(run.dir / "submission.csv") != before
+    def prior_baseline(comp: Competition) -> None:
+        if sample_values:  # the sample's own values written just now: the training prior replaces them
+            _early_baseline(comp, run)
+
+    try:
+        comp = read(data_dir, overrides, scratch=scratch, log=run.log, sample=sample, on_labels=prior_baseline)
+    except (ValueError, FileNotFoundError) as e:
+        run.record["load_error"] = str(e)[:2000]
+        run.save()
+        raise type(e)(f"{e}\n(submission.csv holds {run.record.get('submission', 'a valid file')} meanwhile.)") from None
+    probe_channels(comp, _channels)
     if cfg.CHECK_IMAGES:
         with run.budget.timed("check images"):
-            comp.unreadable.update(scan_images(train["path"].tolist() + test["path"].tolist(),
-                                               "L" if in_chans == 1 else "RGB"))
-        run.log(f"CHECK_IMAGES: decoded all {len(train) + len(test)} images, {len(comp.unreadable)} unreadable")
+            comp.unreadable.update(scan_images(comp.train["path"].tolist() + comp.test["path"].tolist(),
+                                               "L" if comp.in_chans == 1 else "RGB"))
+        run.log(f"CHECK_IMAGES: decoded all {len(comp.train) + len(comp.test)} images, {len(comp.unreadable)} unreadable")
     check_unreadable(comp, run)
     _save_labels(comp, run)
-    counts = train["label"].value_counts().sort_index()
-    run.log(f"{len(train)} train / {len(test)} test images, {comp.n_classes} classes "
-            f"({'one label column' if kind == 'label' else 'one probability column per class'}), "
-            f"{comp.in_chans} channel(s); rarest class {comp.classes[counts.idxmin()]!r} has {counts.min()} images")
+    run.record["reading"] = {d.what: d.value for d in comp.decisions}
+    run.record["metric"] = comp.metric  # the metric the run picks epochs and candidates by (and blends use)
+    run.log(f"how the kit reads {comp.data_dir.name}:\n{comp.describe()}")
     return comp
 
 
-def _early_baseline(sample: pd.DataFrame, train_df: pd.DataFrame, cfg: Config, run: Run) -> None:
-    """The emergency baseline from the training prior, written before any image is read."""
-    kind = "label" if len(sample.columns) == 2 else "class_proba"
-    column = cfg.LABEL_COLUMN or (sample.columns[1] if kind == "label" else None)
-    labels = None
-    if column in train_df.columns:
-        labels = [v for v in train_df[column].str.strip() if v]
-    elif kind == "class_proba" and all(c in train_df.columns for c in sample.columns[1:]):
-        labels = list(np.asarray(sample.columns[1:])[train_df[list(sample.columns[1:])].apply(
-            pd.to_numeric, errors="coerce").fillna(0).to_numpy().argmax(1)])
-    early_baseline(run, sample, train_labels=labels or None, kind=kind)
+def _stamp(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+def _sample_arg(path: Path, sample: pd.DataFrame) -> Any:
+    """The sample to verify against: its file, or the frame read from it when it is not UTF-8."""
+    return path if sample.attrs.get("encoding", "utf-8") == "utf-8" else sample
+
+
+def _train_labels(comp: Competition) -> Any:
+    """The training targets as `submission.baseline` takes them for this submission format."""
+    y = comp.y
+    if comp.kind == "binary_proba":
+        return (np.asarray(comp.classes)[y] == comp.positive).astype(int).tolist()
+    if comp.kind == "multilabel_proba":
+        return pd.DataFrame(y, columns=comp.target_cols)
+    if comp.kind == "label_list":
+        names = np.asarray(comp.classes, dtype=object)
+        return [" ".join(names[row > 0]) for row in y]
+    return list(np.asarray(comp.classes, dtype=object)[y])
+
+
+def _early_baseline(comp: Competition, run: Run) -> None:
+    """The emergency baseline from the training prior (it replaces the sample's own values)."""
+    from ..submission import baseline, write_verified
+
+    sub = baseline(_sample(comp), _train_labels(comp), kind=comp.submission_kind, labels=_legal(comp))
+    report = write_verified(sub, run.dir / "submission.csv", _sample(comp), labels=_legal(comp),
+                            kind=comp.submission_kind)
+    if report.valid:
+        run.record["submission"] = f"emergency baseline ({sub.attrs.get('note', 'training prior')})"
+        run.save()
+
+
+def _legal(comp: Competition) -> list[str] | None:
+    """The labels a submission cell may hold (label and label-list formats), else None."""
+    return comp.classes if comp.submission_kind in ("label", "label_list") else None
 
 
 def _save_labels(comp: Competition, run: Run) -> None:
     """The label encoder is saved once; a later session must see the very same classes."""
-    path = run.dir / LABELS_FILE
+    path = run.dir / CLASSES_FILE
     data = {"classes": comp.classes, "kind": comp.kind, "id_col": comp.id_col, "target_cols": comp.target_cols}
     if path.exists():
         saved = json.loads(path.read_text())
@@ -358,9 +306,10 @@ def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: i
     built = dataclasses.replace(cfg, WEIGHTS=None) if timing else cfg
     model = build_model(built, comp.n_classes, comp.in_chans, None if timing else run).to(run.device)
     mean, std = normalization(model, comp.in_chans)
-    train_ds = _dataset(tr["path"].tolist(), tr["label"].to_numpy(),
+    y = comp.y
+    train_ds = _dataset(tr["path"].tolist(), y[~val_mask],
                         transforms(cfg.IMG_SIZE, mean, std, train=True, hflip=cfg.HFLIP), comp.in_chans, comp, run)
-    val_ds = _dataset(va["path"].tolist(), va["label"].to_numpy(),
+    val_ds = _dataset(va["path"].tolist(), y[val_mask],
                       transforms(cfg.IMG_SIZE, mean, std, train=False), comp.in_chans, comp, run)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.LR, weight_decay=cfg.WEIGHT_DECAY)
     meta = {**_fold_meta(cfg, comp, k), "mean": mean, "std": std}
@@ -370,8 +319,8 @@ def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: i
                                  num_workers=cfg.NUM_WORKERS),
         val_loader=make_loader(val_ds, cfg.BATCH_SIZE * 2, train=False, device=run.device,
                                num_workers=cfg.NUM_WORKERS),
-        loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.LABEL_SMOOTHING),
-        val_ids=va["id"].tolist(), val_targets=va["label"].to_numpy(),
+        loss_fn=nn.BCEWithLogitsLoss() if comp.multilabel else nn.CrossEntropyLoss(label_smoothing=cfg.LABEL_SMOOTHING),
+        val_ids=va["id"].tolist(), val_targets=y[val_mask],
         make_scheduler=lambda opt, total: torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.LR, total_steps=total, pct_start=0.2),
         meta=meta)
@@ -397,7 +346,8 @@ def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained
     n_tta = len(_tta(cfg.TTA))
     cv = train_folds(
         run, n_folds=n_folds, setup=lambda k: _setup_fold(data, folds, cfg, run, k),
-        metric=get_metric(cfg.METRIC), max_epochs=cfg.EPOCHS, min_epochs=cfg.MIN_EPOCHS,
+        metric=get_metric(data.metric), max_epochs=cfg.EPOCHS, min_epochs=cfg.MIN_EPOCHS,
+        options=LoopOptions(activation="sigmoid" if data.multilabel else "softmax"),
         max_new_folds=cfg.FOLDS_PER_SESSION, patience=cfg.PATIENCE, checkpoint_every=cfg.CHECKPOINT_EVERY,
         predict_items=len(data.test) * n_folds * (1 + n_tta), predict_models=n_folds,
         expected_meta=lambda k: _fold_meta(cfg, data, k),
@@ -513,7 +463,7 @@ def classical_stage(data: Competition, folds: pd.Series, cfg: Config, run: Run) 
     Skipped (None) when the budget cannot fit it."""
     path = run.dir / CLASSICAL_FILE
     key = _classical_key(data, folds)
-    metric = get_metric(cfg.METRIC)
+    metric = get_metric(data.metric)
     if path.is_file():
         saved = np.load(path, allow_pickle=False)
         if str(saved["key"]) == key:
@@ -540,7 +490,7 @@ def classical_stage(data: Competition, folds: pd.Series, cfg: Config, run: Run) 
         check_unreadable(data, run)
         n = len(data.train)
         X, X_test = X_all[:n], X_all[n:]
-        y = data.train["label"].to_numpy()
+        y = data.y
         fold_s = classical.estimate_s(X, y, cfg.FOLDS, cfg.SEED)
         result = classical.fit_predict(X, y, folds.to_numpy(), X_test, n_classes=data.n_classes, metric=metric,
                                        seed=cfg.SEED, skip=[i for i in bad if i < n],
@@ -582,10 +532,10 @@ def predict(data: Competition, models: CVResult | None, cfg: Config, run: Run) -
     from ..blend import choose
     from ..ensemble import save_predictions
 
-    metric = get_metric(cfg.METRIC)
-    y = data.train["label"].to_numpy()
+    metric = get_metric(data.metric)
+    y = data.y
     fold_of = _saved_folds(data, run)
-    prior = np.bincount(y, minlength=data.n_classes) / len(y)
+    prior = _prior(data)
     oofs: dict[str, np.ndarray | None] = {"baseline": classical.prior_oof(y, fold_of, data.n_classes)}
     tests: dict[str, np.ndarray] = {"baseline": np.tile(prior, (len(data.test), 1))}
     stage = models.classical if isinstance(models, Trained) else None
@@ -617,6 +567,9 @@ def predict(data: Competition, models: CVResult | None, cfg: Config, run: Run) -
     run.save()
     save_predictions(run.dir, train_ids=data.train["id"], targets=y, oof=choice.mix(oofs), test_ids=data.test["id"],
                      test=choice.mix(tests), candidate=choice.name, sample=data.sample_path)  # for blends of runs
+    if data.kind == "label_list":  # the decision threshold that scores best out of fold
+        run.record["threshold"] = _threshold(choice.mix(oofs), y, metric)
+        run.save()
     if choice.name == "baseline":
         return None
     return choice.mix(tests)
@@ -694,7 +647,8 @@ def _predict_deep(data: Competition, cfg: Config, run: Run) -> tuple[np.ndarray,
                           transforms(meta["img_size"], meta["mean"], meta["std"], train=False), meta["in_chans"],
                           data, run)
             loader = make_loader(ds, cfg.BATCH_SIZE * 2, train=False, device=run.device, num_workers=cfg.NUM_WORKERS)
-            probs = _predict_loader(model, bar.wrap(loader), device=run.device, tta=_tta(cfg.TTA))
+            probs = _predict_loader(model, bar.wrap(loader), device=run.device, tta=_tta(cfg.TTA),
+                                    activation="sigmoid" if data.multilabel else "softmax")
             total = probs if total is None else total + probs
     used = [f"{k} ({which})" for k, _, which in found]
     run.log(f"predicted {len(data.test)} test images with fold models {', '.join(used)}, TTA {cfg.TTA}")
@@ -713,25 +667,61 @@ def write_submission(data: Competition, preds: np.ndarray | None, cfg: Config, r
     from ..submission import baseline
 
     if preds is None:
-        prior = data.train["label"].map(dict(enumerate(data.classes)))
-        sub = baseline(data.sample, train_labels=prior.tolist(), kind=data.kind)
+        sub = baseline(_sample(data), train_labels=_train_labels(data), kind=data.submission_kind, labels=_legal(data))
         return _write_verified(data, sub, run, "emergency baseline (training prior)")
-    return _write_verified(data, _frame(data, preds), run, "model")
+    return _write_verified(data, _frame(data, preds, run.record.get("threshold", 0.5)), run, "model")
 
 
-def _frame(data: Competition, preds: np.ndarray) -> pd.DataFrame:
+def _frame(data: Competition, preds: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
+    """The submission in the sample's format (TARGETS says what each kind writes)."""
+    from ..metrics import decide
+
     sub = data.sample[[data.id_col]].copy()
+    names = np.asarray(data.classes, dtype=object)
+    col = data.target_cols[0]
     if data.kind == "label":
-        sub[data.target_cols[0]] = np.asarray(data.classes, dtype=object)[preds.argmax(1)]
-        return sub
-    for j, c in enumerate(data.classes):
-        sub[c] = preds[:, j]
-    return sub[[data.id_col, *data.target_cols]]
+        sub[col] = names[preds.argmax(1)]
+    elif data.kind == "binary_proba":
+        sub[col] = preds[:, data.classes.index(data.positive)]
+    elif data.kind == "topk":
+        top = np.argsort(-preds, axis=1, kind="stable")[:, : data.topk]
+        sub[col] = [" ".join(names[row]) for row in top]
+    elif data.kind == "label_list":
+        on = decide(preds, threshold)
+        order = np.argsort(-preds, axis=1, kind="stable")
+        sub[col] = [" ".join(names[[j for j in row if on[i, j]]]) for i, row in enumerate(order)]
+    else:  # one probability column per class or label, in the sample's order
+        for j, c in enumerate(data.classes):
+            sub[c] = preds[:, j]
+        sub = sub[[data.id_col, *data.target_cols]]
+    return sub
+
+
+def _prior(data: Competition) -> np.ndarray:
+    """The training prior: class frequencies (multi-label: each label's positive rate)."""
+    y = data.y
+    return y.mean(0) if data.multilabel else np.bincount(y, minlength=data.n_classes) / len(y)
+
+
+def _threshold(oof: np.ndarray, y: np.ndarray, metric: Any) -> float:
+    """The one decision threshold of multi-label labels that scores best out of fold (0.5 when none)."""
+    from ..metrics import decide
+
+    rows = np.isfinite(oof).all(1)
+    best, best_t = None, 0.5
+    for t in np.round(np.arange(0.05, 0.96, 0.05), 2):
+        try:
+            score = metric(y[rows], decide(oof[rows], float(t)).astype(float))
+        except ValueError:
+            continue
+        if best is None or metric.better(score, best):
+            best, best_t = score, float(t)
+    return best_t
 
 
 def _sample(data: Competition) -> Any:
     """The sample to verify against: its file, or the frame read from it when it is not UTF-8."""
-    return data.sample_path if data.sample.attrs.get("encoding", "utf-8") == "utf-8" else data.sample
+    return _sample_arg(data.sample_path, data.sample)
 
 
 def _write_verified(data: Competition, sub: pd.DataFrame, run: Run, what: str) -> Path:
@@ -739,8 +729,7 @@ def _write_verified(data: Competition, sub: pd.DataFrame, run: Run, what: str) -
 
     path = run.dir / "submission.csv"
     with run.budget.timed("write"):
-        report = write_verified(sub, path, _sample(data), labels=data.classes if data.kind == "label" else None,
-                                kind=data.kind)
+        report = write_verified(sub, path, _sample(data), labels=_legal(data), kind=data.submission_kind)
     if report.valid:
         run.record["submission"] = what
     else:
@@ -757,16 +746,17 @@ def _submit_classical(data: Competition, folds: pd.Series, result: ClassicalResu
     out-of-fold score beats the class prior's: the run's first real submission."""
     from ..blend import choose
 
-    y = data.train["label"].to_numpy()
+    y = data.y
+    metric = get_metric(data.metric)
     choice = choose({"baseline": classical.prior_oof(y, folds.to_numpy(), data.n_classes),
-                     "classical": result.oof}, y, get_metric(cfg.METRIC))
+                     "classical": result.oof}, y, metric)
     if choice.name != "classical":
         run.log(f"the classical stage ({_fmt(choice.scores.get('classical'))}) does not beat the class prior "
                 f"({_fmt(choice.scores.get('baseline'))}) out of fold: the baseline stays")
         return
-    test = np.where(data.test["path"].isin(list(data.unreadable)).to_numpy()[:, None],
-                    np.bincount(y, minlength=data.n_classes) / len(y), result.test)
-    path = _write_verified(data, _frame(data, test), run, "classical stage")
+    test = np.where(data.test["path"].isin(list(data.unreadable)).to_numpy()[:, None], _prior(data), result.test)
+    threshold = _threshold(result.oof, y, metric) if data.kind == "label_list" else 0.5
+    path = _write_verified(data, _frame(data, test, threshold), run, "classical stage")
     if run.record.get("submission") == "classical stage":
         run.log(f"{path} now holds the classical stage's predictions (verified)")
 
@@ -775,11 +765,10 @@ def finish(data: Competition, path: Path, cfg: Config, run: Run) -> Any:
     """Verify the submission against the sample (columns, ids, values, and labels among the classes),
     write verification.json and run.json; an invalid file is replaced by the emergency baseline (the
     training prior) and the cell fails with the reasons. The log shows each candidate's OOF score."""
-    prior = data.train["label"].map(dict(enumerate(data.classes))).tolist()
-    labels = data.classes if data.kind == "label" else None
     if run.record.get("candidates"):
         run.log("out-of-fold scores of the candidates:\n" + candidates(run).to_string())
-    return verify_csv(run, path, _sample(data), labels=labels, train_labels=prior)
+    return verify_csv(run, path, _sample(data), labels=_legal(data), train_labels=_train_labels(data),
+                      kind=data.submission_kind)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -793,7 +782,7 @@ def out_of_fold(run: Run | str | Path) -> tuple[pd.DataFrame, list[str]]:
     from ..cv import OOF_FILE
 
     folder = Path(run.dir if isinstance(run, Run) else run)
-    labels_path = folder / LABELS_FILE
+    labels_path = folder / CLASSES_FILE
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path} is missing: load() writes it when a classification run "
                                 "reads its data. Pass the Run, or the folder of a classification run.")
@@ -826,7 +815,7 @@ def plot_results(run: Run, data: Competition | None = None, models: CVResult | N
 
     out = training_plots(run)
     oof, classes = out_of_fold(run)
-    if len(oof):
+    if len(oof) and "target" in oof.columns:
         out["confusion_matrix"] = plots.confusion_matrix(oof["target"].to_numpy(), oof["pred"].to_numpy(),
                                                          classes, run)
     else:

@@ -13,63 +13,23 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "UNREADABLE_FILE", "ImageDataset", "normalization", "read_image", "scan_images",
+from .competition import DICOM_HINT, IMAGE_EXTENSIONS
+
+__all__ = ["DICOM_HINT", "IMAGE_EXTENSIONS", "UNREADABLE_FILE", "ImageDataset", "normalization", "read_image", "scan_images",
            "transforms"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 UNREADABLE_FILE = "unreadable_images.txt"  # one "path<TAB>reason" line per image a loader had to skip
-
-
-def _image_index(root: Path) -> dict[str, list[Path]]:
-    """Every file under `root` by file name and by stem (one scan, reused for train and test)."""
-    index: dict[str, list[Path]] = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            if name.endswith(".csv"):
-                continue
-            p = Path(dirpath) / name
-            index.setdefault(name, []).append(p)
-            stem = name.rsplit(".", 1)[0]
-            if stem != name:
-                index.setdefault(stem, []).append(p)
-    return index
-
-
-def _resolve_images(ids: pd.Series, index: dict[str, list[Path]], split: str, csv_name: str,
-                    data_dir: Path) -> list[str]:
-    paths, missing, unknown = [], [], []
-    for i in ids:
-        cands = index.get(i, [])
-        if len(cands) > 1:  # the same name in train/ and test/: prefer the folder of this split
-            cands = [p for p in cands if split in p.relative_to(data_dir).as_posix().lower()] or cands
-        if not cands:
-            missing.append(i)
-            paths.append("")
-            continue
-        p = cands[0]
-        if p.suffix.lower() not in IMAGE_EXTENSIONS:
-            unknown.append(f"{p.name}")
-        paths.append(str(p))
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(ids)} images listed in {csv_name} were not found under {data_dir} "
-            f"(e.g. {', '.join(repr(m) for m in missing[:5])}; looked for '<id>' and '<id>.<ext>'). "
-            "Check DATA_DIR, or that the image folder of this split is attached."
-        )
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} {split} images have an unknown format (e.g. {', '.join(unknown[:5])}); "
-            f"supported: {', '.join(IMAGE_EXTENSIONS)}. Convert them, e.g. with PIL, to PNG."
-        )
-    return paths
 
 
 def read_image(path: str, mode: str = "L") -> np.ndarray:
     """HWC (mode "RGB") or HW (mode "L") pixels of the image at `path`: the one decoder of training,
     prediction, the scan and the classical stage. 16-bit greyscale keeps every level (as float).
-    ValueError naming the file if it cannot be decoded (corrupt, truncated, empty)."""
+    ValueError naming the file if it cannot be decoded (corrupt, truncated, empty). DICOM files (.dcm)
+    are read with pydicom and scaled to 0-255."""
     from PIL import Image
 
+    if str(path).lower().endswith(".dcm"):
+        return _read_dicom(path, mode)
     try:
         with Image.open(path) as img:
             if mode == "L" and img.mode.startswith("I"):
@@ -77,6 +37,29 @@ def read_image(path: str, mode: str = "L") -> np.ndarray:
             return np.asarray(img.convert(mode))
     except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated file, bad chunk
         raise ValueError(f"cannot read image {path}: {e}. Replace or remove the file.") from None
+
+
+def _read_dicom(path: str, mode: str) -> np.ndarray:
+    """A DICOM image's pixels as uint8 (min-max scaled; MONOCHROME1 inverted), grey or RGB."""
+    try:
+        import pydicom
+    except ImportError:
+        raise ValueError(f"cannot read image {path}: it is DICOM and pydicom is not installed; "
+                         f"{DICOM_HINT}.") from None
+    try:
+        ds = pydicom.dcmread(path)
+        arr = np.asarray(ds.pixel_array, dtype=np.float32)
+    except Exception as e:  # pydicom raises many types for a broken file
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}. Replace or remove the file.") from None
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        arr = arr[0]  # a multi-frame file: its first frame
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        arr = arr.max() - arr
+    low, high = float(arr.min()), float(arr.max())
+    arr = ((arr - low) * (255.0 / (high - low)) if high > low else np.zeros_like(arr)).astype(np.uint8)
+    if mode == "L":
+        return arr if arr.ndim == 2 else arr[..., :3].mean(-1).astype(np.uint8)
+    return np.repeat(arr[..., None], 3, axis=-1) if arr.ndim == 2 else arr[..., :3]
 
 
 def _channels(paths: list[str], unreadable: dict[str, str] | None = None) -> int:
@@ -87,6 +70,17 @@ def _channels(paths: list[str], unreadable: dict[str, str] | None = None) -> int
     for p in paths:
         if seen == 16:
             break
+        if str(p).lower().endswith(".dcm"):
+            try:
+                arr = read_image(p, "RGB")
+            except ValueError as e:
+                if unreadable is not None:
+                    unreadable[p] = str(e)
+                continue
+            seen += 1
+            if not (arr[..., 0] == arr[..., 1]).all():
+                return 3
+            continue
         try:
             with Image.open(p) as img:
                 img_mode = img.mode
@@ -173,6 +167,8 @@ class ImageDataset(Dataset):
         x = self.transform(image=arr)["image"]
         if self.labels is None:
             return x
+        if self.labels.ndim == 2:  # multi-label: a 0/1 vector per image, for BCE
+            return x, torch.tensor(self.labels[i], dtype=torch.float32)
         return x, torch.tensor(self.labels[i], dtype=torch.long)
 
 

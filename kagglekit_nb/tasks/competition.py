@@ -1,0 +1,892 @@
+"""How the kit reads an image competition, as Kaggle publishes it: the layout detectors and the one
+`Competition` record that training, the writer and `kagglekit inspect` use.
+
+    comp = read(data_dir, Overrides(), scratch=Path("work"), log=print)
+    print(comp.describe())     # each decision, how it was made, and the parameter that overrides it
+
+The detectors, in order (the first that applies wins, and every guess can be overridden):
+- the sample submission (`sample_submission.csv` under any of its published names, also inside an
+  archive): its first column is the id, the others the target columns;
+- archives (`train.zip`, `test.7z`, `*.tar.gz`, `train.csv.zip`) are extracted once into the scratch
+  folder, never into the read-only input (`kagglekit_nb.archives`);
+- the labels: a labels CSV under any name (`train.csv`, `train_labels.csv`, `labels.csv`,
+  `trainLabels.csv`, `train_v2.csv`, ...) holding the id column and a label column — the one named like
+  the sample's target, the class columns of the sample (one-hot), or the column whose values are the
+  sample's class columns; else pixels in CSV rows (`label,pixel0..`); else one folder per class
+  (`train/<Class Name>/*.png`); else the label in the file name (`train/cat.0.jpg`);
+- the target kind (`TARGETS`): one label, P(positive) of a binary task, one probability per class,
+  multi-label (one-hot with several 1s, or space-separated labels), or the top k labels;
+- the images, by id with or without extension, anywhere under the data (a folder per split, one shared
+  folder, nested folders); of one image in several formats the first of IMAGE_EXTENSIONS wins.
+
+This module imports no torch (`kagglekit inspect` stays light); images are only listed here, never
+decoded, except one probe of the channel count.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from ..kaggle_io import INFO_FILE  # written by `kagglekit download`: the competition's evaluation metric
+
+__all__ = ["Competition", "Overrides", "TARGETS", "IMAGE_EXTENSIONS", "read", "read_sample", "find_sample",
+           "scratch_for"]
+
+# In order of preference when one image exists in several formats (SIIM-ISIC ships every image as .jpg
+# and as .dcm): formats PIL decodes first, DICOM (pydicom, an optional package) last.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".dcm")
+DICOM_HINT = "pip install pydicom (or kagglekit_nb[formats])"
+CSV_ENCODINGS = ("utf-8", "utf-8-sig", "cp1252", "latin-1")  # tried in this order; latin-1 reads any bytes
+SAMPLE_PATTERN = "[sS]ample*[sS]ubmission*"        # sample_submission.csv, sampleSubmission.csv, ..._v2.csv(.zip)
+LABEL_FILE_NAMES = ("train.csv", "train_labels.csv", "labels.csv", "trainlabels.csv", "train_v2.csv")
+PIXEL_COLUMN = re.compile(r"pixel_?\d+", re.IGNORECASE)
+MIN_PIXEL_COLUMNS = 64           # a CSV with this many pixelN columns holds images, one per row
+
+# target kind -> (the submission format verified, the default metric, what the writer puts in each row)
+TARGETS: dict[str, tuple[str, str, str]] = {
+    "label": ("label", "accuracy", "the most probable class"),
+    "binary_proba": ("binary_proba", "roc_auc", "P(positive class)"),
+    "class_proba": ("class_proba", "log_loss", "one probability column per class"),
+    "multilabel_proba": ("multilabel_proba", "mean_column_auc", "one probability column per label (several on)"),
+    "label_list": ("label_list", "f1_samples", "the space-separated labels above the tuned threshold"),
+    "topk": ("label_list", "map@{k}", "the k most probable labels, space-separated"),
+}
+MULTILABEL = ("multilabel_proba", "label_list")     # trained with a sigmoid per label and BCE
+LABEL_METRICS = ("accuracy", "balanced_accuracy", "qwk", "f1_micro", "f1_macro")  # judge hard labels
+
+_INDEX_CACHE: dict[tuple[str, ...], "_Index"] = {}  # one walk per set of folders per process
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """The parameters for every decision the reader may guess wrong (None: detect)."""
+
+    sample_file: str | None = None     # SAMPLE_FILE
+    labels_file: str | None = None     # LABELS_FILE
+    label_column: str | None = None    # LABEL_COLUMN
+    image_dir: str | None = None       # IMAGE_DIR: the folder of the training images
+    test_image_dir: str | None = None  # TEST_IMAGE_DIR
+    target: str | None = None          # TARGET: one of TARGETS
+    metric: str | None = None          # METRIC
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Overrides":
+        return cls(**{f: getattr(cfg, f.upper(), None) for f in cls.__dataclass_fields__})
+
+    def check(self) -> None:
+        if self.target is not None and self.target not in TARGETS:
+            raise ValueError(f"TARGET={self.target!r} is not valid; choose one of {', '.join(TARGETS)} (or None: "
+                             "detected from the sample submission and the training labels).")
+
+
+@dataclass
+class Decision:
+    """One thing the reader decided, how, and the parameter that overrides it."""
+
+    what: str
+    value: str
+    how: str
+    parameter: str = ""
+
+
+@dataclass
+class Competition:
+    """What a run needs to know about the competition's files."""
+
+    data_dir: Path
+    train: pd.DataFrame                 # columns: id, label (class index; for multi-label a stratum), path
+    test: pd.DataFrame                  # columns: id, path (the sample submission's rows, in order)
+    sample: pd.DataFrame                # the sample submission as text
+    sample_path: Path
+    id_col: str
+    target_cols: list[str]
+    kind: str                           # a key of TARGETS
+    classes: list[str]
+    in_chans: int = 0                   # 1 or 3; probed from the images by `probe_channels`
+    targets: np.ndarray | None = None   # (n,) class indices, or (n, C) 0/1 for the multi-label kinds (None: train.label)
+    metric: str = ""                    # the metric's name ("": the target kind's default)
+    topk: int | None = None             # kind "topk": labels per row
+    positive: str | None = None         # kind "binary_proba": the class whose probability is written
+    decisions: list[Decision] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)  # image path -> why it cannot be read
+
+    def __post_init__(self) -> None:
+        if self.targets is None and "label" in self.train.columns:
+            self.targets = self.train["label"].to_numpy()
+        if not self.metric:
+            self.metric = TARGETS[self.kind][1].format(k=self.topk)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def y(self) -> np.ndarray:
+        """The training targets: class indices, or (n, C) 0/1 for the multi-label kinds."""
+        return self.targets
+
+    @property
+    def multilabel(self) -> bool:
+        return self.kind in MULTILABEL
+
+    @property
+    def submission_kind(self) -> str:
+        return TARGETS[self.kind][0]
+
+    def describe(self) -> str:
+        """The reading as a table: each decision, how it was made, the parameter that overrides it."""
+        rows = [("decision", "value", "how", "override")] + [(d.what, d.value, d.how, d.parameter)
+                                                             for d in self.decisions]
+        widths = [min(60, max(len(r[c]) for r in rows)) for c in range(4)]
+        return "\n".join("  ".join(v[:60].ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# ----------------------------------------------------------------------------- CSV files
+
+
+def read_csv(path: Path, log: Callable[[str], Any] | None = None, *, nrows: int | None = None) -> pd.DataFrame:
+    """A CSV as text cells; a file that is not UTF-8 is read in the first of CSV_ENCODINGS that
+    decodes it (said in the log, kept in `df.attrs["encoding"]`)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the classification notebook needs {path.name} "
+                                f"in DATA_DIR ({path.parent}).")
+    for encoding in CSV_ENCODINGS:
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, nrows=nrows)
+            break
+        except UnicodeDecodeError:
+            continue
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise ValueError(f"{path} is not a readable CSV file ({e}).") from e
+    if df.empty and nrows is None:
+        raise ValueError(f"{path} has no rows.")
+    if encoding != CSV_ENCODINGS[0]:
+        df.columns = [c.lstrip("\ufeff") for c in df.columns]
+        if log is not None and nrows is None:
+            log(f"{path.name} is not UTF-8: read it as {encoding}")
+    df.attrs["encoding"] = encoding
+    return df
+
+
+def _column(df: pd.DataFrame, name: str) -> str | None:
+    """The column of `df` called `name`, ignoring case and surrounding spaces."""
+    if name in df.columns:
+        return name
+    folded = {str(c).strip().lower(): c for c in df.columns}
+    return folded.get(str(name).strip().lower())
+
+
+def _unnamed(name: str) -> bool:
+    """A header cell pandas made up for an empty name (a saved pandas index: `,label`)."""
+    return not str(name).strip() or bool(re.fullmatch(r"Unnamed: \d+", str(name)))
+
+
+# ----------------------------------------------------------------------------- files and archives
+
+
+def scratch_for(data_dir: Path, scratch: Path) -> Path:
+    """This competition's folder inside the scratch dir (extracted archives, images built from pixels)."""
+    digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
+    return scratch / f"{data_dir.resolve().name}-{digest}"
+
+
+def _roots(data_dir: Path, scratch: Path | None, log: Callable[[str], Any]) -> list[Path]:
+    """The folders to read: the data dir, and the extraction of each archive in it."""
+    from .. import archives
+
+    if not archives.find_archives(data_dir):
+        return [data_dir]
+    if scratch is None:
+        raise ValueError(f"{data_dir} holds archives ({', '.join(p.name for p in archives.find_archives(data_dir))}) "
+                         "and no scratch folder was given to extract them into.")
+    dest = scratch_for(data_dir, scratch)
+    dest.mkdir(parents=True, exist_ok=True)
+    extracted = archives.extract_all(data_dir, dest, log=log)
+    return [data_dir, dest] if extracted else [data_dir]
+
+
+def find_sample(roots: list[Path], overrides: Overrides) -> Path:
+    """The sample submission: SAMPLE_FILE, else `sample_submission.csv`, else the one file named like it."""
+    data_dir = roots[0]
+    if overrides.sample_file:
+        path = Path(overrides.sample_file)
+        path = path if path.is_absolute() else data_dir / path
+        if not path.is_file():
+            raise FileNotFoundError(f"SAMPLE_FILE={overrides.sample_file!r}: {path} is not a file.")
+        return path
+    found: list[Path] = []
+    for root in roots:
+        for pattern in (SAMPLE_PATTERN + ".csv", "*/" + SAMPLE_PATTERN + ".csv"):
+            found.extend(p for p in sorted(root.glob(pattern)) if p.is_file())
+    exact = [p for p in found if p.name == "sample_submission.csv"]
+    if len(exact) == 1:
+        return exact[0]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        csvs = sorted(p.name for root in roots for p in root.glob("*.csv"))
+        raise FileNotFoundError(
+            f"no sample submission in {data_dir} (looked for sample_submission.csv and names like it; CSV files "
+            f"there: {csvs or 'none'}). Attach the competition's data, or set SAMPLE_FILE.")
+    raise ValueError(f"several sample submissions in {data_dir}: {[str(p.relative_to(p.parents[1])) for p in found]}; "
+                     "set SAMPLE_FILE to the one the competition scores.")
+
+
+def read_sample(data_dir: Path, overrides: Overrides = Overrides(), *, scratch: Path | None = None,
+                log: Callable[[str], Any] = print) -> tuple[Path, pd.DataFrame, list[Path]]:
+    """The sample submission's path and text cells, and the folders the competition's files are in."""
+    roots = _roots(data_dir, scratch, log)
+    path = find_sample(roots, overrides)
+    sample = read_csv(path, log)
+    if len(sample.columns) < 2:
+        raise ValueError(f"{path} has only the column {sample.columns[0]!r}: a sample submission needs the "
+                         "id column and at least one target column.")
+    return path, sample, roots
+
+
+class _Index:
+    """Every image file under some folders, by file name and by stem (one walk, reused)."""
+
+    def __init__(self, roots: list[Path]):
+        self.by_name: dict[str, list[Path]] = {}
+        self.by_stem: dict[str, list[Path]] = {}
+        self.dirs: Counter[Path] = Counter()       # folder -> images directly in it
+        self.other: dict[str, Path] = {}           # files in other formats, by name and stem (for errors)
+        self.roots = roots
+        for root in roots:
+            for dirpath, dirnames, files in os.walk(root):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                here = Path(dirpath)
+                for name in sorted(files):
+                    ext = os.path.splitext(name)[1].lower()
+                    if ext not in IMAGE_EXTENSIONS:
+                        self.other.setdefault(name, here / name)
+                        self.other.setdefault(name[: -len(ext)] if ext else name, here / name)
+                        continue
+                    p = here / name
+                    self.by_name.setdefault(name, []).append(p)
+                    self.by_stem.setdefault(name[: -len(ext)], []).append(p)
+                    self.dirs[here] += 1
+
+    @classmethod
+    def of(cls, roots: list[Path]) -> "_Index":
+        key = tuple(str(r.resolve()) for r in roots)
+        if key not in _INDEX_CACHE:
+            _INDEX_CACHE[key] = cls(roots)
+        return _INDEX_CACHE[key]
+
+    def rel(self, p: Path) -> str:
+        for root in self.roots:
+            if p.is_relative_to(root):
+                return p.relative_to(root).as_posix()
+        return p.as_posix()
+
+
+def _split_folder(rel: str, split: str) -> bool:
+    """Whether a file's folders (not its name) name the split: train/, train_images/, jpeg/test/, test-jpg/."""
+    return any(split in part.lower() for part in rel.split("/")[:-1])
+
+
+def _under(p: Path, folder: Path | None) -> bool:
+    return folder is None or p.is_relative_to(folder)
+
+
+def resolve_images(ids: pd.Series, index: _Index, split: str, source: str, data_dir: Path,
+                   folder: Path | None = None, parameter: str = "IMAGE_DIR") -> list[str]:
+    """The image file of every id (a file name, or a stem without extension). Of several files for one
+    id: those in a folder named for this split, then the preferred format; two left in different folders
+    is an ambiguity error naming them and `parameter`."""
+    rank = {e: i for i, e in enumerate(IMAGE_EXTENSIONS)}
+    paths, missing, clashes = [], [], []
+    for i in ids.astype(str):
+        cands = [p for p in (index.by_name.get(i) or index.by_stem.get(i) or []) if _under(p, folder)]
+        if not cands:
+            missing.append(i)
+            paths.append("")
+            continue
+        if len(cands) > 1:
+            cands = [p for p in cands if _split_folder(index.rel(p), split)] or cands
+            best = min(rank[p.suffix.lower()] for p in cands)
+            cands = [p for p in cands if rank[p.suffix.lower()] == best]
+            if len(cands) > 1:
+                clashes.append(cands)
+        paths.append(str(cands[0]))
+    unknown = [index.other[m].name for m in missing if m in index.other]
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} {split} images have an unknown format (e.g. {', '.join(unknown[:5])}); "
+            f"supported: {', '.join(IMAGE_EXTENSIONS)}. Convert them, e.g. with PIL, to PNG.")
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(ids)} images listed in {source} were not found under {data_dir} "
+            f"(e.g. {', '.join(repr(m) for m in missing[:5])}; looked for '<id>' and '<id>.<ext>' with ext one of "
+            f"{', '.join(IMAGE_EXTENSIONS)}). Check DATA_DIR, that the image folder of this split is attached, "
+            f"or set {parameter}.")
+    if clashes:
+        folders = sorted({str(p.parent) for c in clashes for p in c})
+        raise ValueError(
+            f"{len(clashes)} {split} images exist in several folders in the same format (e.g. "
+            f"{', '.join(index.rel(p) for p in clashes[0][:3])}): the kit cannot tell which folder holds the "
+            f"{split} images among {folders[:6]}. Set {parameter} to one of them.")
+    return paths
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+@dataclass
+class _Labels:
+    """Where the training labels come from, before encoding."""
+
+    source: str                         # csv, pixels, folders, filename
+    ids: pd.Series                      # training ids (as the images are found)
+    how: str
+    file: Path | None = None
+    column: str | None = None           # the label column, or None for one-hot columns
+    values: pd.Series | None = None     # one text label (or space-separated labels) per row
+    onehot: pd.DataFrame | None = None  # one column per sample target column
+    paths: list[str] | None = None      # when the source already knows each image (folders, file names, pixels)
+    frame: pd.DataFrame | None = None   # the whole labels CSV (pixels: the rows)
+
+
+def _label_column(df: pd.DataFrame, id_col: str | None, target_cols: list[str], name: str,
+                  label_column: str | None) -> tuple[str | None, str]:
+    """(the label column of a labels CSV, how it was found); (None, "onehot") when the CSV holds the
+    sample's class columns; raises ValueError naming the candidates when it cannot tell."""
+    if label_column:
+        col = _column(df, label_column)
+        if col is None:
+            raise ValueError(f"LABEL_COLUMN={label_column!r} is not a column of {name}; its columns are "
+                             f"{list(df.columns)[:30]}.")
+        return col, "LABEL_COLUMN"
+    others = [c for c in df.columns if c != id_col]
+    if len(target_cols) > 1:
+        if all(_column(df, t) is not None for t in target_cols):
+            return None, "the sample's class columns, one per class"
+        classes = set(target_cols)
+        named = [c for c in others if (vals := df[c].str.strip())[vals != ""].isin(classes).all() and (vals != "").any()]
+        if len(named) == 1:
+            return named[0], "its values are the sample's class columns"
+        raise ValueError(f"{name}: no single column holds the sample's class names ({target_cols[:5]}...) "
+                         f"(candidates {named or others[:10]}); set LABEL_COLUMN.")
+    col = _column(df, target_cols[0])
+    if col is not None and col != id_col:
+        return col, f"named like the sample's target {target_cols[0]!r}"
+    small = [c for c in others if 2 <= df[c].nunique() <= max(2, len(df) // 2)
+             and not PIXEL_COLUMN.fullmatch(str(c)) and not _numeric_feature(df[c])]
+    if len(small) == 1:
+        return small[0], "the only column with repeated values"
+    raise ValueError(f"{name} has no column named like the sample's target {target_cols[0]!r}; candidates: "
+                     f"{small or others[:10]}. Set LABEL_COLUMN to the label column.")
+
+
+def _numeric_feature(cells: pd.Series) -> bool:
+    """Continuous numbers (a metadata or feature column, not a label)."""
+    numbers = pd.to_numeric(cells, errors="coerce")
+    return bool(numbers.notna().all() and (numbers != numbers.round()).any())
+
+
+def _id_column(df: pd.DataFrame, id_col: str) -> str | None:
+    col = _column(df, id_col)
+    if col is None and _unnamed(id_col) and len(df.columns) and _unnamed(df.columns[0]):
+        col = df.columns[0]
+    return col
+
+
+def _label_files(roots: list[Path], sample_path: Path) -> list[Path]:
+    out = []
+    for root in roots:
+        for p in sorted(root.glob("*.csv")) + sorted(root.glob("*/*.csv")):
+            if p == sample_path or p.name.lower().startswith(("test", "sample")):
+                continue
+            out.append(p)
+    return out
+
+
+def _file_rank(p: Path) -> int:
+    low = p.name.lower()
+    if low in LABEL_FILE_NAMES:
+        return 0
+    return 1 if low.startswith("train") or "label" in low else 2
+
+
+def _labels_from_csv(roots: list[Path], sample_path: Path, id_col: str, target_cols: list[str],
+                     ov: Overrides, log: Callable[[str], Any]) -> tuple[_Labels | None, dict[str, str]]:
+    """The labels CSV: LABELS_FILE, else the one best-named CSV with the id column and a label column;
+    None when no CSV is one, and why each CSV is not. A CSV with the id column whose label column is
+    unclear is an error naming the candidates (the best-named such CSV's)."""
+    data_dir = roots[0]
+    if ov.labels_file:
+        path = Path(ov.labels_file)
+        path = path if path.is_absolute() else data_dir / path
+        if not path.is_file():
+            raise FileNotFoundError(f"LABELS_FILE={ov.labels_file!r}: {path} is not a file; CSV files there: "
+                                    f"{[p.name for p in _label_files(roots, sample_path)]}.")
+        candidates = [path]
+    else:
+        candidates = _label_files(roots, sample_path)
+    usable: list[tuple[int, Path, str | None, str]] = []
+    why_not: dict[str, str] = {}
+    unclear: list[tuple[int, ValueError]] = []  # CSVs with the id column whose label column is unclear
+    for path in candidates:
+        head = read_csv(path, nrows=2000)
+        pixels = sum(bool(PIXEL_COLUMN.fullmatch(str(c))) for c in head.columns)
+        if pixels >= MIN_PIXEL_COLUMNS:
+            usable.append((_file_rank(path), path, None, "pixels"))
+            continue
+        ic = _id_column(head, id_col)
+        if ic is None:
+            why_not[path.name] = f"no column {id_col!r} (the sample's id column; its columns are {list(head.columns)[:12]})"
+            continue
+        try:
+            col, how = _label_column(head, ic, target_cols, path.name, ov.label_column)
+        except ValueError as e:
+            if ov.labels_file:
+                raise
+            why_not[path.name] = str(e)
+            unclear.append((_file_rank(path), e))
+            continue
+        usable.append((_file_rank(path), path, col, how))
+    if not usable:
+        if ov.labels_file:
+            raise ValueError(f"LABELS_FILE={ov.labels_file!r} has no id column {id_col!r}.")
+        if unclear:  # a CSV with the id column whose label column is unclear: say which to set
+            raise min(unclear, key=lambda r: r[0])[1]
+        return None, why_not
+    usable.sort(key=lambda u: (u[0], str(u[1])))
+    best = [u for u in usable if u[0] == usable[0][0]]
+    if len(best) > 1:
+        raise ValueError(f"several CSV files could be the training labels: {[str(u[1].name) for u in best]}; "
+                         "set LABELS_FILE to the right one (and LABEL_COLUMN if needed).")
+    _, path, col, how = usable[0]
+    df = read_csv(path, log)
+    if how == "pixels":
+        return _Labels(source="pixels", ids=pd.Series(dtype=str), how="pixel columns, one image per row", file=path,
+                       frame=df), why_not
+    ic = _id_column(df, id_col)
+    ids = df[ic].str.strip()
+    if ids.duplicated().any():
+        raise ValueError(f"{path.name} repeats ids (e.g. {ids[ids.duplicated()].head(3).tolist()}); each id must "
+                         "appear once.")
+    if col is None:
+        onehot = df[[_column(df, t) for t in target_cols]]
+        onehot.columns = target_cols
+        return _Labels(source="csv", ids=ids, how=how, file=path, onehot=onehot, frame=df), why_not
+    return _Labels(source="csv", ids=ids, how=how, file=path, column=col, values=df[col].str.strip(), frame=df), why_not
+
+
+def _train_folder(index: _Index, image_dir: Path | None) -> tuple[Path | None, str]:
+    """(the folder of the training images, "folders" or "filename") for layouts without a labels CSV."""
+    dirs = [d for d in {*index.dirs} if _under(d, image_dir)]
+    parents: Counter[Path] = Counter(d.parent for d in dirs)
+    per_class = sorted(p for p, n in parents.items() if n >= 2 and index.dirs.get(p, 0) == 0
+                       and (image_dir is not None and p == image_dir or "train" in p.name.lower()))
+    if per_class:
+        return per_class[0], "folders"
+    flat = sorted(d for d in dirs if image_dir is not None and d == image_dir or "train" in d.name.lower())
+    return (flat[0], "filename") if flat else (None, "")
+
+
+def _labels_from_files(index: _Index, data_dir: Path, ov: Overrides) -> _Labels | None:
+    image_dir = _dir(data_dir, ov.image_dir, index)
+    folder, source = _train_folder(index, image_dir)
+    if folder is None:
+        return None
+    if source == "folders":
+        files = sorted(p for d in index.dirs if d.parent == folder for p in _images_in(index, d))
+        labels = pd.Series([p.parent.name for p in files])
+        names = pd.Series([p.name for p in files])
+        ids = names if not names.duplicated().any() else pd.Series([f"{p.parent.name}/{p.name}" for p in files])
+        return _Labels(source="folders", ids=ids, values=labels, paths=[str(p) for p in files],
+                       how=f"one folder per class in {index.rel(folder / 'x')[:-2] or folder.name}")
+    files = sorted(_images_in(index, folder))
+    stems = [p.name[: -len(p.suffix)] for p in files]
+    labels = pd.Series([re.split(r"[._-]", s, maxsplit=1)[0] for s in stems])
+    counts = labels.value_counts()
+    if not (2 <= len(counts) <= max(2, len(files) // 5) and counts.min() >= 2) or labels.str.isdigit().all():
+        return None
+    return _Labels(source="filename", ids=pd.Series(stems), values=labels, paths=[str(p) for p in files],
+                   how=f"the file names in {folder.name}/ ('<label>.<n>')")
+
+
+def _images_in(index: _Index, folder: Path) -> list[Path]:
+    return [p for ps in index.by_name.values() for p in ps if p.parent == folder] if index.dirs.get(folder) else []
+
+
+def _dir(data_dir: Path, value: str | None, index: _Index | None = None) -> Path | None:
+    """IMAGE_DIR / TEST_IMAGE_DIR as a folder: absolute, relative to DATA_DIR, or to an extracted archive."""
+    if not value:
+        return None
+    p = Path(value)
+    for base in ([Path("/")] if p.is_absolute() else [data_dir, *(index.roots[1:] if index else [])]):
+        if (base / p).is_dir():
+            return base / p
+    raise FileNotFoundError(f"IMAGE_DIR/TEST_IMAGE_DIR {value!r} is not a folder under {data_dir}.")
+
+
+# ----------------------------------------------------------------------------- pixels in CSV rows
+
+
+def _pixel_images(frame: pd.DataFrame, out: Path, log: Callable[[str], Any]) -> list[str]:
+    """One PNG per row of pixel columns (square, grey), written once into `out` (marker file last)."""
+    from PIL import Image
+
+    cols = [c for c in frame.columns if PIXEL_COLUMN.fullmatch(str(c))]
+    side = int(math.isqrt(len(cols)))
+    if side * side != len(cols):
+        raise ValueError(f"{len(cols)} pixel columns do not make a square image; the kit reads square grey "
+                         "images from pixel columns.")
+    paths = [str(out / f"{i}.png") for i in range(len(frame))]
+    marker = out / ".complete"
+    if marker.is_file() and marker.read_text() == str(len(frame)):
+        return paths
+    out.mkdir(parents=True, exist_ok=True)
+    pixels = frame[cols].apply(pd.to_numeric, errors="coerce").fillna(0).clip(0, 255).to_numpy(np.uint8)
+    for p, row in zip(paths, pixels):
+        Image.fromarray(row.reshape(side, side)).save(p)
+    marker.write_text(str(len(frame)))
+    log(f"built {len(paths)} {side}x{side} images from the pixel columns in {out}")
+    return paths
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def _sorted_classes(labels: Any) -> list[str]:
+    return sorted(set(labels), key=lambda c: (0, float(c), c) if _is_number(c) else (1, 0.0, c))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _kind(lab: _Labels, sample: pd.DataFrame, target_cols: list[str], metric: str | None) -> tuple[str, str]:
+    """The target kind of the task and why."""
+    if lab.onehot is not None:
+        numbers = lab.onehot.apply(pd.to_numeric, errors="coerce")
+        if numbers.isna().any().any():
+            raise ValueError(f"the class columns of {lab.file.name if lab.file else 'the labels'} hold non-numbers; "
+                             "set LABEL_COLUMN or TARGET.")
+        binary = numbers.isin([0, 1]).all().all()
+        sums = numbers.sum(axis=1)
+        if binary and ((sums != 1).any()):
+            return "multilabel_proba", "0/1 class columns with several (or no) 1s per row"
+        return "class_proba", "one class column per class in the sample"
+    if len(target_cols) > 1:
+        return "class_proba", "the sample has one column per class"
+    values = lab.values
+    if lab.source in ("csv", "pixels") and _several_labels(values):
+        return "label_list", "training rows hold several space-separated labels"
+    cells = sample[target_cols[0]].str.strip()
+    k = cells.str.split().str.len().fillna(0)
+    if len(k) and k.max() > 1 and not cells[k > 1].isin(set(values)).all():  # not a class name with a space
+        return "topk", f"the sample lists {int(k.max())} labels per row"
+    classes = set(values[values != ""])
+    if len(classes) == 2 and metric not in LABEL_METRICS:
+        numbers = pd.to_numeric(cells, errors="coerce")
+        fractional = bool(((numbers > 0) & (numbers < 1)).any())
+        if fractional:
+            return "binary_proba", "two classes, and the sample holds probabilities"
+        if classes == {"0", "1"} and ((cells == "").all() or numbers.notna().all()):
+            return "binary_proba", "labels 0/1: a probability scores at least as well under AUC or log loss"
+        if numbers.notna().all() and len(cells):
+            return "binary_proba", "two classes, and the sample holds numbers"
+    return "label", "one label column"
+
+
+def _several_labels(values: pd.Series) -> bool:
+    """Whether cells hold space-separated labels (multi-label) rather than class names with spaces: the
+    labels combine into more distinct cells than there are labels, or a cell lists labels that also stand
+    alone ("scab frog_eye_leaf_spot" next to "scab" and "frog_eye_leaf_spot"; never "Sugar beet")."""
+    cells = set(values[values != ""])
+    multi = {c for c in cells if len(c.split()) > 1}
+    if not multi:
+        return False
+    tokens = {t for c in cells for t in c.split()}
+    return len(cells) > len(tokens) or any(all(t in cells for t in c.split()) for c in multi)
+
+
+def _positive(classes: list[str]) -> str:
+    """The class whose probability a binary submission holds: 1, True, yes, else the second in order."""
+    for name in ("1", "True", "true", "yes", "Yes", "positive", "malignant"):
+        if name in classes:
+            return name
+    return classes[1]
+
+
+def _encode(lab: _Labels, kind: str, target_cols: list[str], name: str
+            ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(classes, targets, strata for the folds) of the training labels."""
+    if kind == "multilabel_proba":
+        targets = lab.onehot.apply(pd.to_numeric).to_numpy(np.float32)
+        return list(target_cols), targets, _strata(targets)
+    if kind == "class_proba" and lab.onehot is not None:
+        onehot = lab.onehot.apply(pd.to_numeric).to_numpy(float)
+        codes = onehot.argmax(1)
+        return list(target_cols), codes.astype(np.int64), codes.astype(np.int64)
+    values = lab.values
+    empty = values == ""
+    if empty.any():
+        raise ValueError(f"{name} has {int(empty.sum())} rows with an empty {lab.column or 'label'!r} (e.g. ids "
+                         f"{lab.ids[empty].head(3).tolist()}): drop or label them.")
+    if kind == "label_list":
+        tokens = values.str.split()
+        classes = _sorted_classes({t for ts in tokens for t in ts})
+        pos = {c: j for j, c in enumerate(classes)}
+        targets = np.zeros((len(values), len(classes)), np.float32)
+        for i, ts in enumerate(tokens):
+            targets[i, [pos[t] for t in ts]] = 1
+        return classes, targets, _strata(targets)
+    if kind == "class_proba":
+        classes = list(target_cols)
+        unknown = sorted(set(values) - set(classes))
+        if unknown:
+            raise ValueError(f"{name} labels {unknown[:5]} are not columns of the sample submission ({classes[:10]}).")
+    else:
+        classes = _sorted_classes(values)
+    codes = pd.Categorical(values, categories=classes).codes.astype(np.int64)
+    return classes, codes, codes
+
+
+def _strata(targets: np.ndarray) -> np.ndarray:
+    """A fold stratum per multi-label row: its rarest label (rows without any: their own stratum)."""
+    freq = targets.sum(0)
+    rarest = np.where(targets > 0, freq[None, :], np.inf).argmin(1)
+    return np.where(targets.sum(1) > 0, rarest, targets.shape[1]).astype(np.int64)
+
+
+def _metric(ov: Overrides, roots: list[Path], kind: str, topk: int | None) -> tuple[str, str]:
+    from ..metrics import from_kaggle, get_metric
+
+    if ov.metric:
+        get_metric(ov.metric)
+        return ov.metric, "METRIC"
+    for root in roots:
+        info = root / INFO_FILE
+        if info.is_file():
+            text = str(json.loads(info.read_text()).get("evaluation_metric") or "")
+            name = from_kaggle(text)
+            if name:
+                return name, f"the competition's evaluation metric ({text!r}, from {INFO_FILE})"
+    default = TARGETS[kind][1].format(k=topk)
+    return default, "the default for this target; set METRIC if your competition uses another"
+
+
+# ----------------------------------------------------------------------------- the reader
+
+
+def read(data_dir: Path, ov: Overrides = Overrides(), *, scratch: Path | None = None,
+         log: Callable[[str], Any] = print, sample: tuple[Path, pd.DataFrame, list[Path]] | None = None,
+         on_labels: Callable[[Competition], Any] | None = None) -> Competition:
+    """Read a competition folder: the sample, the labels, the target kind, the metric, every image path.
+    `sample` is `read_sample`'s answer when the caller already has it; `on_labels(comp)` is called as soon
+    as the labels are read, before the images are looked for (the training prior can be written then,
+    whatever the images do). No image is decoded."""
+    ov.check()
+    data_dir = Path(data_dir)
+    sample_path, sample_df, roots = sample or read_sample(data_dir, ov, scratch=scratch, log=log)
+    id_col, target_cols = sample_df.columns[0], list(sample_df.columns[1:])
+    decisions = [Decision("sample submission", sample_path.name, "found by name", "SAMPLE_FILE"),
+                 Decision("id column", id_col, "the sample's first column"),
+                 Decision("target columns", ", ".join(target_cols[:6]) + (" ..." if len(target_cols) > 6 else ""),
+                          "the sample's other columns")]
+    from .. import archives
+
+    found = archives.find_archives(data_dir)
+    if found:
+        decisions.append(Decision("archives", ", ".join(p.name for p in found), f"extracted into {roots[-1]}"))
+    index = _Index.of(roots)
+    lab, why_not = _labels_from_csv(roots, sample_path, id_col, target_cols, ov, log)
+    if lab is None:
+        lab = _labels_from_files(index, data_dir, ov)
+    if lab is None:
+        csvs = "; ".join(f"{n}: {w}" for n, w in why_not.items()) or "no CSV file besides the sample"
+        raise ValueError(
+            f"cannot find the training labels in {data_dir}: no CSV holds the id column {id_col!r} and a label "
+            f"column ({csvs}), and no train folder holds one folder per class or labelled file names. Set "
+            "LABELS_FILE (and LABEL_COLUMN), or IMAGE_DIR for a folder per class.")
+    test_dir = _dir(data_dir, ov.test_image_dir, index)
+    if lab.source == "pixels":
+        return _read_pixels(data_dir, lab, sample_path, sample_df, roots, ov, scratch, decisions, log, on_labels)
+    decisions.append(Decision("labels", f"{lab.file.name if lab.file else lab.source}"
+                              + (f" column {lab.column!r}" if lab.column else ""), lab.how,
+                              "LABELS_FILE, LABEL_COLUMN" if lab.file else "IMAGE_DIR"))
+    metric_hint = ov.metric
+    kind, why = (ov.target, "TARGET") if ov.target else _kind(lab, sample_df, target_cols, metric_hint)
+    name = lab.file.name if lab.file else "the training folder"
+    try:
+        classes, targets, strata = _encode(lab, kind, target_cols, name)
+    except ValueError:
+        if on_labels is not None and lab.values is not None and (lab.values != "").sum() > 0:
+            _prior_of_labelled(lab, kind, target_cols, name, sample_path, sample_df, data_dir, on_labels)
+        raise
+    if len(classes) < 2:
+        raise ValueError(f"{name} has a single class {classes}: nothing to classify.")
+    topk = None
+    if kind == "topk":
+        topk = int(sample_df[target_cols[0]].str.split().str.len().max() or 1)
+    positive = _positive(classes) if kind == "binary_proba" else None
+    metric, metric_how = _metric(ov, roots, kind, topk)
+    if kind == "binary_proba" and len(classes) != 2:
+        raise ValueError(f"TARGET='binary_proba' needs two classes; the labels hold {len(classes)}.")
+    train = pd.DataFrame({"id": lab.ids.to_numpy(), "label": strata, "path": ""})
+    test = pd.DataFrame({"id": sample_df[id_col].to_numpy(), "path": ""})
+    comp = Competition(data_dir=data_dir, train=train, test=test, sample=sample_df, sample_path=sample_path,
+                       id_col=id_col, target_cols=target_cols, kind=kind, classes=classes, targets=targets,
+                       metric=metric, topk=topk, positive=positive, decisions=decisions)
+    if on_labels is not None:
+        on_labels(comp)
+    train["path"] = lab.paths if lab.paths is not None else resolve_images(
+        lab.ids, index, "train", name, data_dir, _dir(data_dir, ov.image_dir, index))
+    test["path"] = resolve_images(test["id"], index, "test", sample_path.name, data_dir, test_dir, "TEST_IMAGE_DIR")
+    if set(train["path"]) & set(test["path"]):
+        shared = sorted(set(train["path"]) & set(test["path"]))
+        raise ValueError(f"{len(shared)} test images are also training images (e.g. {shared[0]}); set IMAGE_DIR "
+                         "and TEST_IMAGE_DIR to the folders of each split.")
+    ext = Counter(Path(p).suffix.lower() for p in train["path"]).most_common(1)[0][0]
+    if ext == ".dcm":
+        import importlib.util
+        if importlib.util.find_spec("pydicom") is None:
+            raise ValueError(f"the images of {data_dir} are DICOM (.dcm) only; {DICOM_HINT} to read them.")
+    folders = sorted({index.rel(Path(p)).rsplit("/", 1)[0] if "/" in index.rel(Path(p)) else "." for p in
+                      train["path"].iloc[:: max(1, len(train) // 50)]})
+    test_folders = sorted({index.rel(Path(p)).rsplit("/", 1)[0] if "/" in index.rel(Path(p)) else "." for p in
+                           test["path"].iloc[:: max(1, len(test) // 50)]})
+    decisions += [
+        Decision("target", kind, why, "TARGET"),
+        Decision("classes", f"{len(classes)}: " + ", ".join(classes[:8]) + (" ..." if len(classes) > 8 else ""),
+                 "sorted" if lab.onehot is None and kind != "class_proba" else "the sample's class columns"),
+        Decision("train images", f"{len(train)} {ext} in {', '.join(folders[:3])}", "found by id", "IMAGE_DIR"),
+        Decision("test images", f"{len(test)} in {', '.join(test_folders[:3])}", "the sample's ids",
+                 "TEST_IMAGE_DIR"),
+        Decision("metric", metric, metric_how, "METRIC"),
+        Decision("writes", _writes(kind, classes, positive, topk), TARGETS[kind][2]),
+    ]
+    _report_unseen(kind, sample_df, target_cols, classes, targets, decisions, log)
+    return comp
+
+
+def _prior_of_labelled(lab: _Labels, kind: str, target_cols: list[str], name: str, sample_path: Path,
+                       sample: pd.DataFrame, data_dir: Path, on_labels: Callable[[Competition], Any]) -> None:
+    """`on_labels` with the rows that have a label, when some have none (the run then fails, its
+    emergency baseline made from the labelled rows' prior)."""
+    keep = (lab.values != "").to_numpy()
+    part = _Labels(source=lab.source, ids=lab.ids[keep].reset_index(drop=True), how=lab.how, file=lab.file,
+                   column=lab.column, values=lab.values[keep].reset_index(drop=True))
+    try:
+        classes, targets, strata = _encode(part, kind, target_cols, name)
+    except ValueError:
+        return
+    if len(classes) < 2 and kind != "label":
+        return
+    on_labels(Competition(data_dir=data_dir, train=pd.DataFrame({"id": part.ids, "label": strata, "path": ""}),
+                          test=pd.DataFrame({"id": sample[sample.columns[0]], "path": ""}), sample=sample,
+                          sample_path=sample_path, id_col=sample.columns[0], target_cols=target_cols, kind=kind,
+                          classes=classes, targets=targets, positive=_positive(classes) if kind == "binary_proba"
+                          else None, topk=int(sample[target_cols[0]].str.split().str.len().max() or 1)
+                          if kind == "topk" else None))
+
+
+def _writes(kind: str, classes: list[str], positive: str | None, topk: int | None) -> str:
+    if kind == "binary_proba":
+        return f"P({positive})"
+    if kind == "topk":
+        return f"top {topk} labels"
+    return {"label": "one class name per row", "class_proba": f"{len(classes)} probability columns",
+            "multilabel_proba": f"{len(classes)} probability columns", "label_list": "space-separated labels"}[kind]
+
+
+def _report_unseen(kind: str, sample: pd.DataFrame, target_cols: list[str], classes: list[str], targets: np.ndarray,
+                   decisions: list[Decision], log: Callable[[str], Any]) -> None:
+    """Classes the sample names that no training row has (they are predicted from nothing)."""
+    if kind in ("class_proba", "multilabel_proba"):
+        seen = targets.sum(0) > 0 if targets.ndim == 2 else np.bincount(targets, minlength=len(classes)) > 0
+        unseen = [c for c, s in zip(classes, seen) if not s]
+    elif kind == "label":
+        cells = set(sample[target_cols[0]].str.strip()) - {""}
+        unseen = sorted(cells - set(classes)) if cells and len(cells) <= 50 else []
+        unseen = [] if all(_is_number(c) for c in unseen) and all(_is_number(c) for c in classes) else unseen
+    else:
+        unseen = []
+    if unseen:
+        decisions.append(Decision("never in training", ", ".join(unseen[:8]), "named by the sample, no training row"))
+        log(f"WARNING: the sample submission names classes no training row has: {unseen[:8]}")
+
+
+def _read_pixels(data_dir: Path, lab: _Labels, sample_path: Path, sample: pd.DataFrame, roots: list[Path],
+                 ov: Overrides, scratch: Path | None, decisions: list[Decision], log: Callable[[str], Any],
+                 on_labels: Callable[[Competition], Any] | None) -> Competition:
+    """The digit-recognizer layout: `label,pixel0..` rows for training, `pixel0..` rows in test.csv."""
+    id_col, target_cols = sample.columns[0], list(sample.columns[1:])
+    frame = lab.frame
+    col = _column(frame, ov.label_column or target_cols[0]) or _column(frame, "label")
+    if col is None:
+        raise ValueError(f"{lab.file.name} holds pixel columns but no label column {target_cols[0]!r}; set LABEL_COLUMN.")
+    if scratch is None:
+        raise ValueError("images in CSV rows need a scratch folder to be written into.")
+    test_csv = next((p for root in roots for p in sorted(root.glob("test*.csv"))), None)
+    if test_csv is None:
+        raise FileNotFoundError(f"{data_dir} has training images in CSV rows but no test.csv with the test rows.")
+    lab = _Labels(source="pixels", ids=pd.Series([str(i) for i in range(len(frame))]), how=lab.how, file=lab.file,
+                  column=col, values=frame[col].str.strip())
+    kind, why = (ov.target, "TARGET") if ov.target else _kind(lab, sample, target_cols, ov.metric)
+    classes, targets, strata = _encode(lab, kind, target_cols, lab.file.name)
+    metric, metric_how = _metric(ov, roots, kind, None)
+    train = pd.DataFrame({"id": lab.ids.to_numpy(), "label": strata, "path": ""})
+    test = pd.DataFrame({"id": sample[id_col].to_numpy(), "path": ""})
+    comp = Competition(data_dir=data_dir, train=train, test=test, sample=sample, sample_path=sample_path,
+                       id_col=id_col, target_cols=target_cols, kind=kind, classes=classes, targets=targets,
+                       metric=metric, positive=_positive(classes) if kind == "binary_proba" else None,
+                       decisions=decisions)
+    if on_labels is not None:
+        on_labels(comp)
+    test_frame = read_csv(test_csv, log)
+    ids = sample[id_col].str.strip()
+    tc = _column(test_frame, id_col)
+    if tc is not None:
+        row = pd.Series(np.arange(len(test_frame)), index=test_frame[tc].str.strip())
+        at = row.reindex(ids).to_numpy()
+        how = f"test.csv's {tc!r} column"
+    else:
+        numbers = pd.to_numeric(ids, errors="coerce")
+        if numbers.isna().any():
+            raise ValueError(f"the sample's ids {ids.head(3).tolist()} are not row numbers of {test_csv.name}.")
+        base = 1 if numbers.min() == 1 else 0
+        at = (numbers - base).to_numpy()
+        how = f"{base}-based row numbers of {test_csv.name}"
+    if np.isnan(at.astype(float)).any() or at.max() >= len(test_frame) or at.min() < 0:
+        raise ValueError(f"the sample's ids do not match the {len(test_frame)} rows of {test_csv.name}.")
+    out = scratch_for(data_dir, scratch) / "pixels"
+    train["path"] = _pixel_images(frame, out / "train", log)
+    test_paths = _pixel_images(test_frame, out / "test", log)
+    test["path"] = [test_paths[int(i)] for i in at]
+    decisions += [
+        Decision("labels", f"{lab.file.name} column {col!r}", lab.how, "LABEL_COLUMN"),
+        Decision("target", kind, why, "TARGET"),
+        Decision("classes", f"{len(classes)}: " + ", ".join(classes[:8]), "sorted"),
+        Decision("train images", f"{len(train)} built from pixel rows", f"written to {out}"),
+        Decision("test images", f"{len(test)} from {test_csv.name}", how),
+        Decision("metric", metric, metric_how, "METRIC"),
+        Decision("writes", _writes(kind, classes, comp.positive, None), TARGETS[kind][2]),
+    ]
+    return comp
+
+
+def probe_channels(comp: Competition, read_mode: Callable[[list[str], dict[str, str]], int]) -> None:
+    """Fill `comp.in_chans` from the first readable training images (`read_mode` decodes a few)."""
+    comp.in_chans = read_mode(comp.train["path"].tolist(), comp.unreadable)
+    comp.decisions.append(Decision("channels", str(comp.in_chans), "from the first readable images"))
