@@ -147,3 +147,23 @@ def test_no_labels_anywhere_is_an_error_saying_what_was_looked_for(tmp_path):
 def test_a_bad_target_parameter_lists_the_kinds(tmp_path):
     with pytest.raises(ValueError, match=r"TARGET='multi'.*label, binary_proba, class_proba"):
         _read(_comp(tmp_path), tmp_path, target="multi")
+
+
+def test_dicom_only_images_are_read_with_pydicom_or_a_clear_message(tmp_path, monkeypatch):
+    import importlib.util
+    import shutil
+
+    from layouts import make
+
+    from kagglekit_nb.tasks.images import read_image
+
+    layout = make("siim-isic-melanoma-classification", tmp_path / "data", n_train=60, n_test=10)
+    shutil.rmtree(layout.data_dir / "jpeg")  # the .dcm copies are all that is left
+    comp = _read(layout.data_dir, tmp_path)
+    assert all(p.endswith(".dcm") for p in comp.train["path"])
+    pixels = read_image(comp.train["path"][0], "RGB")
+    assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.max() > pixels.min()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pydicom" else real(name, *a))
+    with pytest.raises(ValueError, match=r"DICOM \(\.dcm\) only; pip install pydicom"):
+        _read(layout.data_dir, tmp_path)

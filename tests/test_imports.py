@@ -50,7 +50,8 @@ def test_verify_command_imports_no_torch(tmp_path):
     assert not modules & {"torch", "timm", "matplotlib", "sklearn", "lightgbm", "papermill"}
 
 
-@pytest.mark.parametrize("args", [["env", "--json"], ["--help"], ["demo", "--help"], ["verify", "--help"]])
+@pytest.mark.parametrize("args", [["env", "--json"], ["--help"], ["demo", "--help"], ["verify", "--help"],
+                                  ["inspect", "--help"]])
 def test_light_commands_import_neither_torch_nor_pandas(args):
     done, modules = _imported_modules("-m", "kagglekit_nb", *args)
     assert done.returncode == 0, done.stderr
@@ -80,3 +81,22 @@ def test_submodules_load_on_attribute_access_and_unknown_names_fail():
     with pytest.raises(AttributeError, match="has no attribute 'no_such_thing'"):
         kk.no_such_thing  # noqa: B018
 
+
+
+def test_inspect_command_imports_no_torch(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "comp"
+    (data / "train").mkdir(parents=True)
+    (data / "test").mkdir()
+    rows = []
+    for i in range(6):
+        Image.new("L", (4, 4), i * 40).save(data / "train" / f"a{i}.png")
+        rows.append(f"a{i},{'cat' if i % 2 else 'dog'}")
+    Image.new("L", (4, 4)).save(data / "test" / "b0.png")
+    (data / "train.csv").write_text("id,label\n" + "\n".join(rows) + "\n")
+    (data / "sample_submission.csv").write_text("id,label\nb0,cat\n")
+    done, modules = _imported_modules("-m", "kagglekit_nb", "inspect", str(data), "--scratch", str(tmp_path / "s"))
+    assert done.returncode == 0, done.stderr
+    assert "train.csv column 'label'" in done.stdout and "accuracy" in done.stdout
+    assert not modules & {"torch", "timm", "matplotlib", "lightgbm", "papermill"}, modules & set(HEAVY)

@@ -177,7 +177,7 @@ def load(cfg: Config, run: Run) -> Competition:
                          demo=DEMO)
     overrides = Overrides.from_config(cfg)
     scratch = env.make_scratch_dir(run.platform, log=run.log)
-    sample = read_sample(data_dir, overrides, scratch=scratch, log=run.log)
+    sample = read_sample(data_dir, overrides.sample_file, scratch=scratch, log=run.log)
     before = _stamp(run.dir / "submission.csv")
     early_baseline(run, _sample_arg(*sample[:2]), train_labels=None, kind=None)  # unless a valid one is there
     sample_values = _stamp(run.dir / "submission.csv") != before
