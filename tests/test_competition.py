@@ -167,3 +167,31 @@ def test_dicom_only_images_are_read_with_pydicom_or_a_clear_message(tmp_path, mo
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pydicom" else real(name, *a))
     with pytest.raises(ValueError, match=r"DICOM \(\.dcm\) only; pip install pydicom"):
         _read(layout.data_dir, tmp_path)
+
+
+def test_a_sample_with_a_subset_of_the_training_label_columns_trains_those(tmp_path):
+    d = _comp(tmp_path, n=12)
+    df = pd.read_csv(d / "train.csv")
+    table = pd.DataFrame({"id": df["id"], "a": [1, 0, 1, 0] * 3, "b": [1, 1, 0, 0] * 3, "c": [0, 1, 1, 0] * 3,
+                          "site": ["x", "y", "z"] * 4})  # c and site are not in the sample
+    table.to_csv(d / "train.csv", index=False)
+    pd.DataFrame({"id": [f"s{i}" for i in range(4)], "b": 0, "a": 0}).to_csv(d / "sample_submission.csv", index=False)
+    comp = _read(d, tmp_path)
+    assert comp.kind == "multilabel_proba" and comp.classes == ["b", "a"]
+    assert comp.y.tolist()[:4] == [[1, 1], [1, 0], [0, 1], [0, 0]]
+
+
+def test_the_image_index_is_walked_again_after_a_fix_but_not_otherwise(tmp_path, monkeypatch):
+    from kagglekit_nb.tasks import layout
+
+    d = _comp(tmp_path)
+    (d / "train" / "t3.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"'t3'"):
+        _read(d, tmp_path)
+    walks = []
+    real = layout._Index.__init__
+    monkeypatch.setattr(layout._Index, "__init__", lambda self, roots: (walks.append(roots), real(self, roots))[1])
+    _png(d / "train" / "t3.png")  # the competitor puts the missing image back and reruns the cell
+    assert len(_read(d, tmp_path).train) == 12 and len(walks) == 1
+    _read(d, tmp_path)
+    assert len(walks) == 1  # nothing changed: the index of the first walk is reused

@@ -60,7 +60,7 @@ def test_inspect_prints_the_reading_with_the_overrides(tmp_path):
 
 def _tiny_run(data_dir, out, **params):
     cfg = clf.Config(DATA_DIR=str(data_dir), OUTPUT_DIR=str(out), BUDGET="5m", MODEL="resnet18", IMG_SIZE=32,
-                     EPOCHS=2, FOLDS=3, BATCH_SIZE=32, WEIGHTS=None, NUM_WORKERS=0, SEED=0, **params)
+                     EPOCHS=1, FOLDS=2, BATCH_SIZE=32, WEIGHTS=None, NUM_WORKERS=0, SEED=0, **params)
     run = clf.start(cfg, environ={"KAGGLEKIT_START": repr(time.monotonic())})  # the budget starts now
     data = clf.load(cfg, run)
     folds = clf.make_folds(data, cfg, run)

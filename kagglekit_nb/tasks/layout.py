@@ -32,7 +32,7 @@ SAMPLE_PATTERN = "[sS]ample*[sS]ubmission*"        # sample_submission.csv, samp
 LABEL_FILE_NAMES = ("train.csv", "train_labels.csv", "labels.csv", "trainlabels.csv", "train_v2.csv")
 PIXEL_COLUMN = re.compile(r"pixel_?\d+", re.IGNORECASE)
 MIN_PIXEL_COLUMNS = 64           # a CSV with this many pixelN columns holds images, one per row
-_INDEX_CACHE: dict[tuple[str, ...], "_Index"] = {}  # one walk per set of folders per process
+_INDEX_CACHE: dict[tuple[str, ...], tuple[tuple, "_Index"]] = {}  # one walk per set of folders per process
 
 
 def read_csv(path: Path, log: Callable[[str], Any] | None = None, *, nrows: int | None = None) -> pd.DataFrame:
@@ -160,16 +160,40 @@ class _Index:
 
     @classmethod
     def of(cls, roots: list[Path]) -> "_Index":
+        """The index of `roots`, walked once per process and walked again only when a folder within two
+        levels of a root changed (a file added or removed there, e.g. a fixed image before a rerun)."""
         key = tuple(str(r.resolve()) for r in roots)
-        if key not in _INDEX_CACHE:
-            _INDEX_CACHE[key] = cls(roots)
-        return _INDEX_CACHE[key]
+        stamp = _stamp(roots)
+        cached = _INDEX_CACHE.get(key)
+        if cached is None or cached[0] != stamp:
+            _INDEX_CACHE[key] = (stamp, cls(roots))
+        return _INDEX_CACHE[key][1]
 
     def rel(self, p: Path) -> str:
         for root in self.roots:
             if p.is_relative_to(root):
                 return p.relative_to(root).as_posix()
         return p.as_posix()
+
+
+def _stamp(roots: list[Path]) -> tuple[tuple[str, int], ...]:
+    """The modification times of the roots and the folders one and two levels inside them."""
+    def subdirs(folder: str) -> list[str]:
+        try:  # scandir's entry types need no stat per file: cheap even next to 300k images
+            with os.scandir(folder) as entries:
+                return sorted(e.path for e in entries if e.is_dir() and not e.name.startswith("."))
+        except OSError:
+            return []
+
+    out = []
+    for root in map(str, roots):
+        level1 = subdirs(root)
+        for d in [root, *level1, *(d2 for d1 in level1 for d2 in subdirs(d1))]:
+            try:
+                out.append((d, os.stat(d).st_mtime_ns))
+            except OSError:
+                continue
+    return tuple(out)
 
 
 def _split_folder(rel: str, split: str) -> bool:
