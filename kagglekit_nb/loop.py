@@ -70,6 +70,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+# --------------------------------------------------------------------------- schedules
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, pct_start: float = 0.2) -> Any:
+    """`OneCycleLR` for `total_steps` steps. torch divides by zero when the warm-up ends exactly at step 0
+    (pct_start x total_steps == 1, e.g. 5 steps at 0.2, which a tight budget plans): the warm-up then
+    takes one step more."""
+    if abs(pct_start * total_steps - 1) < 1e-9:
+        pct_start = min(1.0, 2 / total_steps)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps,
+                                               pct_start=pct_start)
+
+
 # --------------------------------------------------------------------------- evaluation
 
 # Logits -> probabilities: one class per row (softmax over the classes) or multi-label (each column a

@@ -865,3 +865,20 @@ def test_a_run_with_shuffled_labels_is_told_once_after_two_epochs():
     said = _not_learning(broken)
     assert len(said) == 1 and "after 2 epochs, and not improving" in said[0] and "ln(2) = 0.6931" in said[0]
     assert sum("not learning" in line for line in logged) == 1
+
+
+@pytest.mark.parametrize("total,pct", [(5, 0.2), (10, 0.1), (2, 0.5), (1, 0.2), (7, 0.2)])
+def test_one_cycle_runs_every_planned_step_count(total, pct):
+    from kagglekit_nb.loop import one_cycle
+
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = one_cycle(opt, 0.1, total, pct_start=pct)  # torch's own OneCycleLR divides by zero at 5 x 0.2
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step() if len(lrs) < total else None
+    assert len(lrs) == total and max(lrs) <= 0.1 + 1e-12 and all(np.isfinite(lrs))
+    if total >= 5:
+        assert max(lrs) > 0.09 and lrs[-1] < lrs[0]  # warmed up to near the peak, annealed below the start

@@ -44,7 +44,7 @@ from .._atomic import write_atomic, write_json
 from .. import checkpoint as _ckpt
 from ..cv import CVResult, FoldSetup, fold_dir, fold_models, load_fold_model, time_setup, train_folds
 from ..loaders import make_loader
-from ..loop import predict as _predict_loader
+from ..loop import one_cycle, predict as _predict_loader
 from ..options import LoopOptions
 from ..metrics import get_metric
 from ..run import Run
@@ -321,8 +321,7 @@ def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: i
                                num_workers=cfg.NUM_WORKERS),
         loss_fn=nn.BCEWithLogitsLoss() if comp.multilabel else nn.CrossEntropyLoss(label_smoothing=cfg.LABEL_SMOOTHING),
         val_ids=va["id"].tolist(), val_targets=y[val_mask],
-        make_scheduler=lambda opt, total: torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.LR, total_steps=total, pct_start=0.2),
+        make_scheduler=lambda opt, total: one_cycle(opt, cfg.LR, total, pct_start=0.2),
         meta=meta)
 
 

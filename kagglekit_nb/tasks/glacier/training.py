@@ -21,6 +21,7 @@ from torch import nn
 from ... import folds as _folds
 from ...cv import CVResult, FoldSetup, fold_models, train_folds
 from ...loaders import make_loader
+from ...loop import one_cycle
 from ...run import Run
 from .._config import RunConfig, weights_for
 from .._config import training_plots as training_plots
@@ -224,8 +225,7 @@ def _setup(data: TileData, folds: pd.Series, cfg: SegConfig, run: Run, v: int,
         val_loader=make_loader(val_ds, 1, train=False, device=run.device, num_workers=cfg.NUM_WORKERS),
         loss_fn=loss, val_ids=[data.names[i] for i in val_idx],
         val_targets=np.stack([val_ds.target(j) for j in range(len(val_ds))]),
-        make_scheduler=lambda opt, total: torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.LR, total_steps=total, pct_start=0.1),
+        make_scheduler=lambda opt, total: one_cycle(opt, cfg.LR, total, pct_start=0.1),
         meta=meta)
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from ...loop import one_cycle
 from ...metrics import get_metric
 from ...run import Run
 from ._time import declare_reserves
@@ -103,8 +104,7 @@ def finetune(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> Imag
             val_loader=make_loader(val_ds, cfg.BATCH_SIZE, train=False, device=run.device,
                                    num_workers=cfg.NUM_WORKERS),
             loss_fn=torch.nn.CrossEntropyLoss(), val_ids=ids[val].tolist(), val_targets=y[val],
-            make_scheduler=lambda opt, total: torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=cfg.FINETUNE_LR, total_steps=total, pct_start=0.2),
+            make_scheduler=lambda opt, total: one_cycle(opt, cfg.FINETUNE_LR, total, pct_start=0.2),
             meta={**_finetune_meta(cfg, k), "train_rows": len(rows)})
 
     n_test = len(comp.test)
