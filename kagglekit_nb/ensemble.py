@@ -166,20 +166,18 @@ def _sample_path(runs: Sequence[_Run], sample: str | Path | None) -> Path:
                             "pass --sample (sample=) with the competition's sample_submission.csv.")
 
 
-def _frame(labels: dict[str, Any], sample: pd.DataFrame, test_ids: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
-    """The submission in the sample's format: one label column, or one probability column per class."""
+def _frame(labels: dict[str, Any], sample: pd.DataFrame, test_ids: np.ndarray, probs: np.ndarray,
+           threshold: float = 0.5) -> pd.DataFrame:
+    """The submission in the sample's format, by the runs' own writer (`competition.submission_frame`)."""
+    from .tasks.competition import submission_frame
+
     id_col, classes = labels["id_col"], list(labels["classes"])
     row = pd.Series(np.arange(len(test_ids)), index=test_ids).reindex(sample[id_col].astype(str)).to_numpy()
     if np.isnan(row.astype(float)).any():
-        raise ValueError(f"the sample submission lists ids the runs did not predict: blend runs of this competition.")
-    probs = probs[row.astype(int)]
-    sub = sample[[id_col]].copy()
-    if labels["kind"] == "label":
-        sub[labels["target_cols"][0]] = np.asarray(classes, dtype=object)[probs.argmax(1)]
-        return sub
-    for j, c in enumerate(classes):
-        sub[c] = probs[:, j]
-    return sub[[id_col, *labels["target_cols"]]]
+        raise ValueError("the sample submission lists ids the runs did not predict: blend runs of this competition.")
+    return submission_frame(sample, probs[row.astype(int)], kind=labels["kind"], classes=classes, id_col=id_col,
+                            target_cols=list(labels["target_cols"]), positive=labels.get("positive"),
+                            topk=labels.get("topk"), threshold=threshold)
 
 
 @dataclass
@@ -210,6 +208,7 @@ def blend_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metric: str |
     from .blend import BLEND, choose
     from .metrics import get_metric
     from .submission import finalize, write_verified
+    from .tasks.competition import TARGETS
 
     if len(run_dirs) < 2:
         raise ValueError(f"blend needs at least two run folders, got {len(run_dirs)}.")
@@ -231,12 +230,18 @@ def blend_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metric: str |
     out.mkdir(parents=True, exist_ok=True)
     sample_path = _sample_path(runs, sample)
     labels = first.labels
-    label_list = list(labels["classes"]) if labels["kind"] == "label" else None
+    kind = TARGETS[labels["kind"]][0] if labels["kind"] in TARGETS else labels["kind"]  # the format verified
+    label_list = list(labels["classes"]) if kind in ("label", "label_list") else None
+    threshold = 0.5
+    if labels["kind"] == "label_list":  # the one decision threshold that scores the blend best out of fold
+        from .tasks.competition import best_threshold
+
+        threshold = best_threshold(choice.mix(oofs), first.targets, m)
     path = out / "submission.csv"
-    sub = _frame(labels, pd.read_csv(sample_path, dtype=str, keep_default_na=False), first.test_ids, probs)
-    report = write_verified(sub, path, sample_path, labels=label_list, kind=labels["kind"])
+    sub = _frame(labels, pd.read_csv(sample_path, dtype=str, keep_default_na=False), first.test_ids, probs, threshold)
+    report = write_verified(sub, path, sample_path, labels=label_list, kind=kind)
     if report.valid:
-        report = finalize(path, sample_path, out, labels=label_list, kind=labels["kind"])
+        report = finalize(path, sample_path, out, labels=label_list, kind=kind)
     result = Blended(submission=path, metric=metric_name, score=choice.scores.get(choice.name),
                      scores={n: choice.scores.get(n) for n in names}, weights=weights, rows=choice.rows,
                      valid=bool(report.valid))

@@ -59,8 +59,9 @@ def test_inspect_prints_the_reading_with_the_overrides(tmp_path):
 
 
 def _tiny_run(data_dir, out, **params):
-    cfg = clf.Config(DATA_DIR=str(data_dir), OUTPUT_DIR=str(out), BUDGET="5m", MODEL="resnet18", IMG_SIZE=32,
-                     EPOCHS=1, FOLDS=2, BATCH_SIZE=32, WEIGHTS=None, NUM_WORKERS=0, SEED=0, **params)
+    params = {"MODEL": "resnet18", "IMG_SIZE": 32, **params}
+    cfg = clf.Config(DATA_DIR=str(data_dir), OUTPUT_DIR=str(out), BUDGET="5m", EPOCHS=1, FOLDS=2, BATCH_SIZE=32,
+                     WEIGHTS=None, NUM_WORKERS=0, SEED=0, **params)
     run = clf.start(cfg, environ={"KAGGLEKIT_START": repr(time.monotonic())})  # the budget starts now
     data = clf.load(cfg, run)
     folds = clf.make_folds(data, cfg, run)
@@ -81,3 +82,16 @@ def test_a_tiny_run_submits_a_valid_file_that_beats_the_baseline(name, tmp_path)
     record = json.loads((run.dir / "run.json").read_text())
     assert record["submitted"] in ("classical", "deep", "blend"), record.get("candidates")
     assert is_better(layout.metric, score, base), (score, base, record.get("candidates"))
+
+
+@pytest.mark.parametrize("name", ["plant-pathology-2021-fgvc8", "aerial-cactus-identification"])
+def test_two_runs_of_a_layout_blend_into_a_valid_submission(name, tmp_path):
+    from kagglekit_nb.ensemble import blend_runs
+
+    layout = make(name, tmp_path / "data", n_train=90, n_test=30)
+    for size in (24, 32):
+        _tiny_run(layout.data_dir, tmp_path / f"px{size}", IMG_SIZE=size)
+    result = blend_runs([tmp_path / "px24", tmp_path / "px32"], tmp_path / "blend")
+    assert result.valid and layout.validate(result.submission) == []
+    assert result.metric == layout.metric  # the metric the runs used, read from their run.json
+    assert is_better(layout.metric, layout.score(result.submission), layout.baseline_score())

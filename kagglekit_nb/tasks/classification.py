@@ -51,7 +51,8 @@ from ..run import Run
 from ..ui import progress
 from . import classical
 from .classical import ClassicalResult
-from .competition import IMAGE_EXTENSIONS, Competition, Overrides, probe_channels, read, read_sample
+from .competition import (IMAGE_EXTENSIONS, Competition, Overrides, best_threshold, probe_channels, read,
+                          read_sample, submission_frame)
 from .images import UNREADABLE_FILE, ImageDataset, _channels, _journal, _tta, normalization, read_image, scan_images, transforms
 from ._config import (Demo, RunConfig, early_baseline, find_data, start, timm_model, training_plots, verify_csv,
                       weights_for)
@@ -247,7 +248,8 @@ def _legal(comp: Competition) -> list[str] | None:
 def _save_labels(comp: Competition, run: Run) -> None:
     """The label encoder is saved once; a later session must see the very same classes."""
     path = run.dir / CLASSES_FILE
-    data = {"classes": comp.classes, "kind": comp.kind, "id_col": comp.id_col, "target_cols": comp.target_cols}
+    data = {"classes": comp.classes, "kind": comp.kind, "id_col": comp.id_col, "target_cols": comp.target_cols,
+            "positive": comp.positive, "topk": comp.topk}
     if path.exists():
         saved = json.loads(path.read_text())
         if saved["classes"] != comp.classes:
@@ -567,7 +569,7 @@ def predict(data: Competition, models: CVResult | None, cfg: Config, run: Run) -
     save_predictions(run.dir, train_ids=data.train["id"], targets=y, oof=choice.mix(oofs), test_ids=data.test["id"],
                      test=choice.mix(tests), candidate=choice.name, sample=data.sample_path)  # for blends of runs
     if data.kind == "label_list":  # the decision threshold that scores best out of fold
-        run.record["threshold"] = _threshold(choice.mix(oofs), y, metric)
+        run.record["threshold"] = best_threshold(choice.mix(oofs), y, metric)
         run.save()
     if choice.name == "baseline":
         return None
@@ -672,50 +674,16 @@ def write_submission(data: Competition, preds: np.ndarray | None, cfg: Config, r
 
 
 def _frame(data: Competition, preds: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
-    """The submission in the sample's format (TARGETS says what each kind writes)."""
-    from ..metrics import decide
-
-    sub = data.sample[[data.id_col]].copy()
-    names = np.asarray(data.classes, dtype=object)
-    col = data.target_cols[0]
-    if data.kind == "label":
-        sub[col] = names[preds.argmax(1)]
-    elif data.kind == "binary_proba":
-        sub[col] = preds[:, data.classes.index(data.positive)]
-    elif data.kind == "topk":
-        top = np.argsort(-preds, axis=1, kind="stable")[:, : data.topk]
-        sub[col] = [" ".join(names[row]) for row in top]
-    elif data.kind == "label_list":
-        on = decide(preds, threshold)
-        order = np.argsort(-preds, axis=1, kind="stable")
-        sub[col] = [" ".join(names[[j for j in row if on[i, j]]]) for i, row in enumerate(order)]
-    else:  # one probability column per class or label, in the sample's order
-        for j, c in enumerate(data.classes):
-            sub[c] = preds[:, j]
-        sub = sub[[data.id_col, *data.target_cols]]
-    return sub
+    """The submission in the sample's format (`competition.submission_frame`, shared with blends)."""
+    return submission_frame(data.sample, preds, kind=data.kind, classes=data.classes, id_col=data.id_col,
+                            target_cols=data.target_cols, positive=data.positive, topk=data.topk,
+                            threshold=threshold)
 
 
 def _prior(data: Competition) -> np.ndarray:
     """The training prior: class frequencies (multi-label: each label's positive rate)."""
     y = data.y
     return y.mean(0) if data.multilabel else np.bincount(y, minlength=data.n_classes) / len(y)
-
-
-def _threshold(oof: np.ndarray, y: np.ndarray, metric: Any) -> float:
-    """The one decision threshold of multi-label labels that scores best out of fold (0.5 when none)."""
-    from ..metrics import decide
-
-    rows = np.isfinite(oof).all(1)
-    best, best_t = None, 0.5
-    for t in np.round(np.arange(0.05, 0.96, 0.05), 2):
-        try:
-            score = metric(y[rows], decide(oof[rows], float(t)).astype(float))
-        except ValueError:
-            continue
-        if best is None or metric.better(score, best):
-            best, best_t = score, float(t)
-    return best_t
 
 
 def _sample(data: Competition) -> Any:
@@ -754,7 +722,7 @@ def _submit_classical(data: Competition, folds: pd.Series, result: ClassicalResu
                 f"({_fmt(choice.scores.get('baseline'))}) out of fold: the baseline stays")
         return
     test = np.where(data.test["path"].isin(list(data.unreadable)).to_numpy()[:, None], _prior(data), result.test)
-    threshold = _threshold(result.oof, y, metric) if data.kind == "label_list" else 0.5
+    threshold = best_threshold(result.oof, y, metric) if data.kind == "label_list" else 0.5
     path = _write_verified(data, _frame(data, test, threshold), run, "classical stage")
     if run.record.get("submission") == "classical stage":
         run.log(f"{path} now holds the classical stage's predictions (verified)")

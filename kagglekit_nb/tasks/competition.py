@@ -39,7 +39,7 @@ from .layout import (DICOM_HINT, IMAGE_EXTENSIONS, _dir, _Index, _Labels,
                      resolve_images, scratch_for)
 
 __all__ = ["Competition", "Decision", "Overrides", "TARGETS", "IMAGE_EXTENSIONS", "probe_channels", "read",
-           "read_sample"]
+           "read_sample", "best_threshold", "submission_frame"]
 
 
 # target kind -> (the submission format verified, the default metric, what the writer puts in each row)
@@ -380,6 +380,50 @@ def _prior_of_labelled(lab: _Labels, kind: str, target_cols: list[str], name: st
                           classes=classes, targets=targets, positive=_positive(classes) if kind == "binary_proba"
                           else None, topk=int(sample[target_cols[0]].str.split().str.len().max() or 1)
                           if kind == "topk" else None))
+
+
+def submission_frame(sample: pd.DataFrame, probs: np.ndarray, *, kind: str, classes: list[str], id_col: str,
+                     target_cols: list[str], positive: str | None = None, topk: int | None = None,
+                     threshold: float = 0.5) -> pd.DataFrame:
+    """The submission in the sample's format from probabilities in the sample's row order (TARGETS says
+    what each kind writes): the one writer of a run and of a blend of runs."""
+    from ..metrics import decide
+
+    sub = sample[[id_col]].copy()
+    names = np.asarray(classes, dtype=object)
+    col = target_cols[0]
+    if kind == "label":
+        sub[col] = names[probs.argmax(1)]
+    elif kind == "binary_proba":
+        sub[col] = probs[:, classes.index(positive if positive is not None else _positive(classes))]
+    elif kind == "topk":
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
+        sub[col] = [" ".join(names[row]) for row in top]
+    elif kind == "label_list":
+        on = decide(probs, threshold)
+        order = np.argsort(-probs, axis=1, kind="stable")
+        sub[col] = [" ".join(names[[j for j in row if on[i, j]]]) for i, row in enumerate(order)]
+    else:  # one probability column per class or label, in the sample's order
+        for j, c in enumerate(classes):
+            sub[c] = probs[:, j]
+        sub = sub[[id_col, *target_cols]]
+    return sub
+
+
+def best_threshold(oof: np.ndarray, y: np.ndarray, metric: Any) -> float:
+    """The one decision threshold of multi-label labels that scores best out of fold (0.5 when none)."""
+    from ..metrics import decide
+
+    rows = np.isfinite(oof).all(1)
+    best, best_t = None, 0.5
+    for t in np.round(np.arange(0.05, 0.96, 0.05), 2):
+        try:
+            score = metric(y[rows], decide(oof[rows], float(t)).astype(float))
+        except ValueError:
+            continue
+        if best is None or metric.better(score, best):
+            best, best_t = score, float(t)
+    return best_t
 
 
 def _writes(kind: str, classes: list[str], positive: str | None, topk: int | None) -> str:
