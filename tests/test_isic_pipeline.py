@@ -551,3 +551,24 @@ def test_a_load_failing_after_the_sample_leaves_the_baseline(demo, tmp_path, cop
     train = pd.read_csv(data / "train-metadata.csv", usecols=["target"])
     assert pd.read_csv(path)["target"].unique().tolist() == pytest.approx([train["target"].mean()])
     assert run.record["submission"].startswith("emergency baseline")
+
+
+def test_two_isic_runs_blend_by_out_of_fold_pauc(demo, tmp_path):
+    from kagglekit_nb.ensemble import blend_runs
+    from kagglekit_nb.submission import verify
+
+    for name, rounds in (("short", 20), ("long", 60)):
+        cfg = make_cfg(demo, IMAGE_PCA=0, LGBM_SEEDS=1, MAX_ROUNDS=rounds)
+        run = make_run(tmp_path / name)
+        comp = task.load(cfg, run)
+        folds = task.make_folds(comp, cfg, run)
+        trained = task.train(comp, folds, cfg, run)
+        task.write_submission(comp, task.predict(comp, trained, cfg, run), cfg, run)
+        run.save()
+    result = blend_runs([tmp_path / "short", tmp_path / "long"], tmp_path / "blend")
+    assert result.metric == "pauc80" and result.valid
+    assert verify(result.submission, comp.sample_path).valid
+    best = max(s for s in result.scores.values() if s is not None)
+    assert result.score >= best - 1e-12  # the weights never score below the better run out of fold
+    sub = pd.read_csv(result.submission)
+    assert list(sub.columns) == ["isic_id", "target"] and sub["target"].between(0, 1).all()

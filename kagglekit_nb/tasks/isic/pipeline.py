@@ -244,11 +244,28 @@ def predict(data: Competition, models: Trained, cfg: Config, run: Run) -> np.nda
         probs = total / len(chosen.fits)
     run.record["submitted_model"] = chosen.name
     run.record["cv_score"] = chosen.score
+    _save_for_blends(data, chosen, probs, run)
     run.record["predicted_with"] = [f"seed{s}_fold{k}" for s, k, _ in chosen.fits]
     score = "n/a" if chosen.score is None else f"{chosen.score:.4f}"
     run.log(f"predicted {len(X)} test lesions with the {chosen.name} model: mean of {len(chosen.fits)} fits "
             f"(OOF pAUC {score})")
     return probs
+
+
+def _save_for_blends(data: Competition, chosen: ModelResult, probs: np.ndarray, run: Run) -> None:
+    """What `kagglekit blend` reads (`ensemble`): the submitted model's out-of-fold and test probabilities
+    as two classes, the submission format (labels.json) and the metric (pauc80), so runs of other seeds,
+    backbones or feature sets blend by out-of-fold pAUC."""
+    from ..._atomic import write_json
+    from ...ensemble import LABELS_FILE, save_predictions
+
+    oof = np.full(len(data.y), np.nan) if chosen.oof is None else np.asarray(chosen.oof, dtype=float)
+    save_predictions(run.dir, train_ids=data.train["isic_id"], targets=data.y, oof=np.c_[1 - oof, oof],
+                     test_ids=data.sample["isic_id"], test=np.c_[1 - probs, probs], candidate=chosen.name,
+                     sample=data.sample_path)
+    write_json(run.dir / LABELS_FILE, {"classes": ["0", "1"], "kind": "binary_proba", "id_col": "isic_id",
+                                       "target_cols": ["target"], "positive": "1", "topk": None})
+    run.record["metric"] = "pauc80"
 
 
 def write_submission(data: Competition, preds: np.ndarray | None, cfg: Config, run: Run) -> Path:
