@@ -59,6 +59,7 @@ IMAGE_DIR = None         # None: training images found by id anywhere under DATA
 TEST_IMAGE_DIR = None    # None: test images found by id; or their folder
 SAMPLE_FILE = None       # None: sample_submission.csv, or the one file named like it
 TARGET = None            # None: detected; label, binary_proba, class_proba, multilabel_proba, label_list or topk
+TEST_ROWS = None         # code competitions: the hidden test set's size, so prediction time is kept for all of it
 CHECK_IMAGES = False     # decode every image at load; unreadable ones are skipped (and listed) either way
 NUM_WORKERS = None       # DataLoader workers; None: automatic
 DEVICE = None            # None: CUDA when available, else CPU

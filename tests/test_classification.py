@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 import json
+import time
 import shutil
 from pathlib import Path
 
@@ -717,3 +718,23 @@ def test_a_resumed_run_keeps_its_model(tmp_path, ladder):
                                            "chosen_by": "checkpoints of fold 0"}
     assert again.plan == {} and again.folds[0]["status"] == "done"   # the finished fold is kept
     assert timed == []
+
+
+def test_a_hidden_test_set_too_large_for_the_budget_keeps_its_prediction_time(tmp_path):
+    # A code competition reruns the notebook on a hidden test set far larger than the sample's 6 rows:
+    # TEST_ROWS sizes the prediction reserve for it, so the deep model is not trained into that time.
+    data = _tiny(tmp_path / "c", per_class=8, n_test=6)
+    lines = []
+    cfg = Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="10m", SEED=0, IMG_SIZE=16,
+                 MODEL="test_resnet", EPOCHS=2, MIN_EPOCHS=1, FOLDS=2, BATCH_SIZE=4, NUM_WORKERS=0, DEVICE="cpu",
+                 TEST_ROWS=10**9)
+    run = clf.start(cfg, environ={"KAGGLEKIT_START": repr(time.monotonic())}, echo=lines.append)
+    comp = clf.load(cfg, run)
+    result = clf.train(comp, clf.make_folds(comp, cfg, run), cfg, run)
+    assert run.record["test_rows"] == 10**9
+    assert any("sized for 1000000000 test images (TEST_ROWS), not the 6" in m for m in lines)
+    assert not any(info.get("epochs_done") for info in result.folds.values())  # no epoch took prediction's time
+    path = clf.write_submission(comp, clf.predict(comp, result, cfg, run), cfg, run)
+    assert clf.finish(comp, path, cfg, run).valid
+    with pytest.raises(ValueError, match=r"TEST_ROWS=0 must be at least 1"):
+        Config(TEST_ROWS=0)
