@@ -152,7 +152,8 @@ def test_load_the_demo(demo, run):
     assert all(Path(p) == demo / "train" / f"{i}.png" for i, p in zip(comp.train["id"], comp.train["path"]))
     assert all(Path(p) == demo / "test" / f"{i}.png" for i, p in zip(comp.test["id"], comp.test["path"]))
     saved = json.loads((run.dir / clf.CLASSES_FILE).read_text())
-    assert saved == {"classes": DIGITS_SORTED, "kind": "label", "id_col": "id", "target_cols": ["label"]}
+    assert saved == {"classes": DIGITS_SORTED, "kind": "label", "id_col": "id", "target_cols": ["label"],
+                     "positive": None, "topk": None}
 
 
 def test_load_again_with_the_same_classes_is_fine(demo, run):
