@@ -328,6 +328,35 @@ def test_features_have_image_columns_for_two_models_and_no_train_only_column(dem
     assert feats.train[feats.columns["image"]].notna().all(axis=None)
 
 
+def test_image_pca_is_fitted_on_at_most_pca_fit_rows_and_projects_every_row(demo, tmp_path, monkeypatch):
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    cfg, lines = make_cfg(demo), []
+    run = make_run(tmp_path / "out", lines=lines)
+    comp = task.load(cfg, run)
+    rng = np.random.default_rng(0)
+    emb = E.Embeddings(key="made-up", train=rng.normal(size=(200, 24)).astype(np.float32),
+                       test=rng.normal(size=(40, 24)).astype(np.float32))
+    emb.train[7] = np.nan  # an image not extracted
+    monkeypatch.setattr(F, "PCA_FIT_ROWS", 60)
+    monkeypatch.setattr(F, "_TRANSFORM_ROWS", 16)  # projected 16 rows at a time
+    feats = F.features(comp, emb, None, cfg, run)
+
+    z = F.patient_normalise(emb.train, comp.train["patient_id"])
+    extracted = np.delete(np.arange(200), 7)
+    rows = np.sort(np.random.default_rng(cfg.SEED).choice(extracted, 60, replace=False))
+    scaler = StandardScaler().fit(z[rows])
+    pca = PCA(8, random_state=cfg.SEED).fit(scaler.transform(z[rows]))
+    got = feats.train[feats.columns["image"]].to_numpy()
+    np.testing.assert_allclose(got[extracted], pca.transform(scaler.transform(z[extracted])), rtol=1e-4, atol=1e-4)
+    assert np.isnan(got[7]).all()
+    z_test = F.patient_normalise(emb.test, comp.test["patient_id"])
+    np.testing.assert_allclose(feats.test[feats.columns["image"]].to_numpy(),
+                               pca.transform(scaler.transform(z_test)), rtol=1e-4, atol=1e-4)
+    assert any("fitted on 60 rows" in line and "199/200 train rows have them" in line for line in lines)
+
+
 # --- LightGBM ---------------------------------------------------------------------------------
 
 @pytest.fixture
