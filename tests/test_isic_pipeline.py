@@ -228,6 +228,26 @@ def test_an_interrupted_extraction_resumes_from_the_last_chunk_with_identical_em
     np.testing.assert_array_equal(again.train, straight.train)
 
 
+def test_extraction_batches_are_row_ranges_that_never_cross_a_chunk(demo, tmp_path, monkeypatch):
+    comp = task.load(make_cfg(demo), make_run(tmp_path / "out"))
+    quiet_embeddings(comp, make_cfg(demo), make_run(tmp_path / "out"))  # every chunk cached
+    (tmp_path / "out" / "embeddings" / "test_resnet-32px-random-seed0" / "train" / "chunks64" /
+     "chunk_00001.npz").unlink()
+    samplers, real_loader = [], E.DataLoader
+
+    def spy(dataset, batch_sampler, **kwargs):
+        samplers.append(batch_sampler)
+        return real_loader(dataset, batch_sampler=batch_sampler, **kwargs)
+
+    monkeypatch.setattr(E, "DataLoader", spy)
+    run = make_run(tmp_path / "out")
+    quiet_embeddings(comp, make_cfg(demo), run)
+    # only train chunk 1 (rows 64..127) is computed again, in batches of 16: 48 bytes each, not a list of rows
+    assert samplers == [[range(64, 80), range(80, 96), range(96, 112), range(112, 128)]]
+    assert all(type(b) is range for b in samplers[0])
+    assert run.record["embeddings"]["computed"] == 64
+
+
 def test_a_chunk_file_appears_whole_or_not_at_all(demo, tmp_path, monkeypatch):
     comp = task.load(make_cfg(demo), make_run(tmp_path / "out"))
 
