@@ -144,7 +144,8 @@ def _infer_kind(table: _Table, labels: list[str] | None) -> str:
     if len(values) == 1:
         col = values[0]
         whole_labels = labels is not None and frame[col].str.strip().isin(labels).all()
-        if (_token_counts(frame[col]) > 1).any() and not whole_labels:  # 'Pop Rock' may be one
+        words = frame[col][numbers[col].isna()]  # a cell that reads as a number holds one token
+        if (_token_counts(words) > 1).any() and not whole_labels:  # 'Pop Rock' may be one
             return "label_list"
         if labels is not None or not numeric[col]:
             return "label"

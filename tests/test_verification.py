@@ -311,6 +311,32 @@ def test_infer_kind_space_separated_sample_is_label_list(tmp_path):
     assert infer_kind(_write(tmp_path / "multi.csv", MULTI_SAMPLE)) == "class_proba"
 
 
+def test_infer_kind_counts_labels_only_in_cells_that_are_not_numbers(monkeypatch):
+    """A cell that reads as a number holds one token: a 500k-row probability sample is not split
+    cell by cell, and a few text cells among numbers are still seen."""
+    seen = []
+    real = verification._token_counts
+
+    def spy(cells):
+        seen.append(cells.tolist())
+        return real(cells)
+
+    monkeypatch.setattr(verification, "_token_counts", spy)
+    probs = pd.DataFrame({"id": [f"i{k}" for k in range(1000)], "target": 0.3})
+    assert infer_kind(probs) == "binary_proba" and seen == [[]]
+    mixed = pd.DataFrame({"id": range(5), "tags": ["1", " 2 ", "haze clear", "3.5", "primary"]})
+    assert infer_kind(mixed) == "label_list" and seen[-1] == ["haze clear", "primary"]
+
+
+def test_all_int_is_decided_by_the_first_cell_or_by_every_cell():
+    from kagglekit_nb._table import _all_int
+
+    assert _all_int(pd.Series(["1", " -2 ", "+30"])) is True
+    assert _all_int(pd.Series(["ISIC_0000001", "2"])) is False  # the first cell decides
+    assert _all_int(pd.Series(["1", "2", "3.0"])) is False      # a later cell decides
+    assert _all_int(pd.Series([], dtype=str)) is True
+
+
 def test_label_list_valid_files_pass(tmp_path):
     report = verify(_write(tmp_path / "w.csv", WHALE_OK), _write(tmp_path / "ws.csv", WHALE_SAMPLE),
                     labels=WHALE_LABELS)
