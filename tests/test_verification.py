@@ -233,6 +233,23 @@ def test_stats_count_ids_with_examples(tmp_path):
                == e for e in report.errors)
 
 
+def test_missing_extra_and_repeated_ids_are_counted_from_one_pass(tmp_path):
+    sample = _write(tmp_path / "sample.csv", "id,label\n1,cat\n2,cat\n3,cat\n4,cat\n5,cat\n")
+    text = "id,label\n1,dog\n2,cat\n2,cat\n2,cat\n5,dog\n7,cat\n7,cat\n"
+    report = verify(_write(tmp_path / "s.csv", text), sample, labels=LABELS)
+    assert (report.stats["missing_ids"], report.stats["extra_ids"], report.stats["duplicate_ids"]) == (2, 1, 2)
+    assert report.stats["examples"] == {"missing_ids": ["3", "4"], "extra_ids": ["7"],
+                                        "duplicate_ids": ["2", "7"]}
+    assert "2 ids appear more than once (3 surplus rows, e.g. 2, 7): keep one row per id " \
+           "(df.drop_duplicates('id'))" in report.errors
+    assert "the submission has 7 rows but the sample has 5: write exactly one row per sample id" in report.errors
+    same_ids_other_order = verify(_write(tmp_path / "o.csv", "id,label\n2,cat\n1,dog\n3,cat\n4,cat\n5,cat\n"),
+                                  sample, labels=LABELS)
+    assert same_ids_other_order.valid and "different order" in same_ids_other_order.warnings[0]
+    assert verify(_write(tmp_path / "k.csv", "id,label\n1,dog\n2,cat\n3,cat\n4,cat\n5,cat\n"), sample,
+                  labels=LABELS).warnings == []
+
+
 # ------------------------------------------------------------------------------------------------
 # The report.
 
