@@ -3,26 +3,27 @@ measurement in a fresh process, through the kit's own functions on generated dat
 
     python benchmarks/scale.py [--quick] [--isic-rows 401059] [--retries 2] [--only STAGE ...]
 
-| stage | the kit's call | what grows (1x, 4x, 16x) |
+| stage | the kit's call | what grows (N at 1x, 4x, 16x) |
 |---|---|---|
-| classification read | `tasks.competition.read` | train.csv + N 8x8 PNGs (N/4 more in test/) + sample_submission.csv |
-| classification read folders | `tasks.competition.read` | N PNGs in one folder per class (N/100 classes, as in fine-grained competitions), N/4 in test/ |
+| classification read | `tasks.competition.read` | train.csv + N 8x8 PNGs, N/4 in test/, the sample |
+| classification read folders | `tasks.competition.read` | N PNGs in a folder per class (N/100 classes), N/4 in test/ |
 | isic load | `tasks.isic.pipeline.load` | train-metadata.csv of N rows (55 columns), test N/4, the early baseline |
-| isic features | `tasks.isic.features.features` | the same N rows: tabular, engineered, patient-normalised features |
-| isic image features | `tasks.isic.features.features` | the same, plus 512-d embeddings of every row (made up, as resnet18's): patient-normalised, PCA to 32 |
-| isic embeddings | `tasks.isic.embeddings.embeddings` | 1,024 images computed from HDF5 files of N + N/4 tiny JPEGs (`test_resnet`, random weights, 32 px) |
-| isic embeddings resume | `tasks.isic.embeddings.embeddings` | N + N/4 rows with every chunk cached but the last 1,024 train images |
+| isic features | `tasks.isic.features.features` | those rows: tabular, engineered, patient-normalised features |
+| isic image features | `tasks.isic.features.features` | the same plus made-up 512-d embeddings of every row, PCA to 32 |
+| isic embeddings | `tasks.isic.embeddings.embeddings` | 1,024 images out of HDF5 files of N + N/4 tiny JPEGs |
+| isic embeddings resume | `tasks.isic.embeddings.embeddings` | N + N/4 rows, all cached but 1,024 train images |
 | lightgbm | `tasks.isic.lgbm.train_lgbm` | the N rows' features: 2 folds x 1 seed x 50 rounds |
-| glacier load | `tasks.glacier.pretrain.load` | N HKH patches (128 px, 15 channels; the masks differ, the images are hard links to one file) |
+| glacier load | `tasks.glacier.pretrain.load` | N HKH patches of 128 px (the images hard links to one file) |
 | glacier crops | `tasks.glacier.data.CropDataset` | built over the N patches, then 256 crops of 64 px drawn |
 | submission write | `submission.write_csv` | R rows of isic_id,target (R = 500,000 at 16x) |
-| verify | `verification.verify` | the same R rows against a sample of R rows |
+| verify | `verification.verify` | those R rows against a sample of R rows |
 
-Memory is the peak resident set (RSS) of the measuring process during the stage minus its RSS when
-the stage started (the C heap's free pages handed back first, so that memory reused from the setup
-counts; the peak reset through /proc/self/clear_refs), so numpy, pandas, torch, HDF5 and LightGBM
-allocations all count (tracemalloc would see only the Python and numpy ones). A stage's own data (a frame of N rows, an (N, dim) array of
-embeddings) grows with N by nature; what must stay flat is the rest. `--isic-rows N` puts the ISIC
+The embeddings come from `test_resnet` (random weights) at 32 px. Memory is the peak resident set
+(RSS) of the measuring process during the stage minus its RSS when the stage started (the C heap's
+free pages handed back first, so that memory reused from the setup counts; the peak reset through
+/proc/self/clear_refs), so numpy, pandas, torch, HDF5 and LightGBM allocations all count (tracemalloc
+would see only the Python and numpy ones). A stage's own data (a frame of N rows, an (N, dim) array
+of embeddings) grows with N by nature; what must stay flat is the rest. `--isic-rows N` puts the ISIC
 stages' largest size at N rows (401,059: the real training set) and their base at N / 16.
 
 Each size runs once in a fresh process; the two sizes of a step that grows faster than 4.4x run
@@ -46,7 +47,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MIB = 1024 * 1024
 SCALES = (1, 4, 16)
 ISIC_ROWS = 100_000           # the ISIC stages' 16x size (N); --isic-rows changes it
 EMBED_IMAGES = 1024           # images the embedding stages compute, whatever the file holds
@@ -55,20 +55,20 @@ GLACIER_PATCH = 128           # pixels per side of a generated HKH patch
 GLACIER_CROP, GLACIER_DRAWS = 64, 256
 LGBM_ROUNDS = 50
 LINEAR = 4.4                  # time growth per 4x above which a step is taken for more than linear
-# stage -> (what its size counts, its 1x size; None: the ISIC rows / 16)
-STAGES: dict[str, tuple[str, int | None]] = {
-    "classification read": ("images", 2_000),
-    "classification read folders": ("images", 1_000),
-    "isic load": ("rows", None),
-    "isic features": ("rows", None),
-    "isic image features": ("rows", None),
-    "isic embeddings": ("rows", None),
-    "isic embeddings resume": ("rows", None),
-    "lightgbm": ("rows", None),
-    "glacier load": ("patches", 100),
-    "glacier crops": ("patches", 100),
-    "submission write": ("rows", 31_250),
-    "verify": ("rows", 31_250),
+# stage -> (what its size counts, its 1x size (None: the ISIC rows / 16), the data it reads)
+STAGES: dict[str, tuple[str, int | None, str]] = {
+    "classification read": ("images", 2_000, "classification"),
+    "classification read folders": ("images", 1_000, "class_folders"),
+    "isic load": ("rows", None, "isic"),
+    "isic features": ("rows", None, "isic"),
+    "isic image features": ("rows", None, "isic"),
+    "isic embeddings": ("rows", None, "isic"),
+    "isic embeddings resume": ("rows", None, "isic"),
+    "lightgbm": ("rows", None, "isic"),
+    "glacier load": ("patches", 100, "glacier"),
+    "glacier crops": ("patches", 100, "glacier"),
+    "submission write": ("rows", 31_250, "sample"),
+    "verify": ("rows", 31_250, "sample"),
 }
 
 
@@ -422,6 +422,8 @@ def stage_verify(data: Path, work: Path) -> Callable[[], object]:
 
 
 stage_classification_read_folders = stage_classification_read
+MAKERS = {"classification": make_classification, "class_folders": make_class_folders, "glacier": make_glacier,
+          "sample": make_sample}
 
 SETUPS = {name: globals()["stage_" + name.replace(" ", "_")] for name in STAGES}
 
@@ -456,28 +458,18 @@ class Data:
         return self._isic_base
 
     def folder(self, stage: str, scale: int) -> Path:
-        n = self.size(stage, scale)
-        kind = ("class_folders" if stage == "classification read folders" else
-                "classification" if stage.startswith("classification") else "isic" if stage.startswith(("isic", "lightgbm"))
-                else "glacier" if stage.startswith("glacier") else "sample")
-        key = (kind, n)
-        if key not in self.made:
+        n, kind = self.size(stage, scale), STAGES[stage][2]
+        if (kind, n) not in self.made:
             out = self.root / f"{kind}_{n}"
             t0 = time.perf_counter()
-            if kind == "classification":
-                make_classification(out, n)
-            elif kind == "class_folders":
-                make_class_folders(out, n)
-            elif kind == "isic":
+            if kind == "isic":
                 make_isic(out, n, self.isic_base())
-            elif kind == "glacier":
-                make_glacier(out, n)
             else:
-                make_sample(out, n)
+                MAKERS[kind](out, n)
             print(f"  (generated {kind} data of {n:,} {STAGES[stage][0]} in {time.perf_counter() - t0:.1f} s)",
                   flush=True)
-            self.made[key] = out
-        return self.made[key]
+            self.made[(kind, n)] = out
+        return self.made[(kind, n)]
 
 
 def run_child(stage: str, data: Path, work: Path) -> dict[str, float]:
@@ -511,7 +503,8 @@ def main() -> int:
         parser.error(f"--isic-rows {args.isic_rows}: use at least 1600 (the 1x size is a sixteenth of it)")
     scales = SCALES[:2] if args.quick else SCALES
     stages = args.only or list(STAGES)
-    print(f"sizes {', '.join(f'{s}x' for s in scales)}; ISIC stages up to {round(args.isic_rows * scales[-1] / 16):,} rows; "
+    largest = round(args.isic_rows * scales[-1] / SCALES[-1])
+    print(f"sizes {', '.join(f'{s}x' for s in scales)}; ISIC stages up to {largest:,} rows; "
           f"{os.cpu_count()} CPUs; each run in a fresh process; memory = peak RSS growth during the stage (MiB), "
           f"the largest of the runs; sizes of a step above {LINEAR} per 4x run again (up to {args.retries} more "
           "times, the fastest kept; runs per size in the last column)")
