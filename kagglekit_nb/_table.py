@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,10 @@ def _non_numeric(cells: pd.Series, numbers: pd.Series | None = None) -> pd.Serie
 
 
 def _all_int(cells: pd.Series) -> bool:
+    """Every cell is an integer ('7', ' -3 '); the first cell decides most columns without a scan."""
+    first = cells.iloc[0] if len(cells) else None
+    if isinstance(first, str) and re.fullmatch(_INT_RE, first.strip()) is None:
+        return False
     return bool(cells.str.strip().str.fullmatch(_INT_RE).all())
 
 

@@ -268,6 +268,69 @@ def test_balanced_sampler_crops_stay_inside_and_resume_exactly():
         G.BalancedCropSampler([np.zeros((10, 12), np.uint8)], crop=11)
 
 
+class _MapsOnDemand:
+    """A lazy sequence of class maps, made when indexed (as `MaskFiles` reads them), counting the reads."""
+
+    def __init__(self, n, size, seed=0):
+        self.n, self.size, self.seed, self.reads = n, size, seed, 0
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        self.reads += 1
+        rng = np.random.default_rng([self.seed, i])
+        lab = np.zeros((self.size, self.size), np.uint8)
+        lab[: self.size // 3] = 1
+        lab[rng.integers(self.size), : self.size // 4] = 2  # one short debris row
+        if i % 7 == 3:
+            lab[-2:, -2:] = 3  # a few lake pixels in some tiles
+        return lab
+
+
+def test_balanced_sampler_draws_each_pixel_of_the_drawn_class_alike():
+    """The crop centre is the k-th pixel of the drawn class over all tiles (tile by tile, row-major),
+    k uniform: the same draws as an index of every class position would give."""
+    labels = _MapsOnDemand(9, 24)
+    maps = [labels[i] for i in range(len(labels))]
+    flat = np.concatenate([m.reshape(-1) for m in maps])
+    where = [np.flatnonzero(flat == c) for c in range(4)]  # reference: every position of every class
+    sampler = G.BalancedCropSampler(labels, crop=1, seed=3)
+    np.testing.assert_array_equal(sampler.counts, [[np.sum(m == c) for m in maps] for c in range(4)])
+    np.testing.assert_allclose(sampler.class_probs, [0.25] * 4)
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        c = int(rng.choice(4, p=sampler.class_probs))
+        pos = int(where[c][int(rng.integers(len(where[c])))])
+        tile, rest = divmod(pos, 24 * 24)
+        assert sampler.sample() == (tile, *divmod(rest, 24))
+
+
+def test_balanced_sampler_keeps_no_class_map_and_reads_each_once_to_start():
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        labels = _MapsOnDemand(400, 128)  # 6.5 MB of uint8 maps, 26 MB as an int32 index of positions
+        sampler = G.BalancedCropSampler(labels, crop=32, seed=0)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert labels.reads == 400  # counted once, one map at a time
+    assert held < 100_000  # counts and shapes: a few numbers per tile, no map
+    first = [sampler.sample() for _ in range(20)]
+    assert labels.reads == 420  # each draw reads only its own tile's map
+    assert all(0 <= top <= 96 and 0 <= left <= 96 for _, top, left in first)
+
+
+def test_balanced_sampler_rejects_a_class_map_of_floats():
+    with pytest.raises(ValueError, match=r"labels\[0\] holds float64 values; a class map holds integer"):
+        G.BalancedCropSampler([np.zeros((8, 8))], crop=4)
+
+
 # ---------------------------------------------------------------------------------------- inference
 # The sliding-window inference of the shipped solution.py (self-contained, so it has its own copy).
 

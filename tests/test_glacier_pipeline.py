@@ -15,7 +15,8 @@ from kagglekit_nb.demo.glacier import make_glacier_demo
 from kagglekit_nb.loaders import make_loader
 from kagglekit_nb.run import start_run
 from kagglekit_nb.tasks.glacier import BandStats, finetune, pretrain, training
-from kagglekit_nb.tasks.glacier.data import CropDataset, TileData, TileDataset
+from kagglekit_nb.tasks.glacier.bands import read_hkh_patch
+from kagglekit_nb.tasks.glacier.data import CropDataset, MaskFiles, TileData, TileDataset
 from kagglekit_nb.tasks.glacier.metrics import IGNORE, PIXEL_MCC
 from kagglekit_nb.tasks.glacier.model import SegLoss, boundary_distance
 
@@ -236,6 +237,41 @@ def test_hkh_patches_load_by_band_name_and_group_by_scene(demo, tmp_path):
     folds = pretrain.make_folds(data, cfg, run)
     by_scene = pd.DataFrame({"scene": data.groups, "fold": folds}).groupby("scene")["fold"].nunique()
     assert (by_scene == 1).all()
+
+
+def test_hkh_class_maps_are_read_from_disk_when_used_not_held(demo, tmp_path):
+    cfg = pretrain.Config(DATA_DIR=str(demo / "hkh"), FOLDS=2)
+    data = pretrain.load(cfg, _run(tmp_path, cfg))
+    assert isinstance(data.labels, MaskFiles) and len(data.labels) == len(data) == 16
+    for i, (image, mask) in enumerate(zip(data.patch_files, data.labels.paths)):
+        np.testing.assert_array_equal(data.labels[i], read_hkh_patch(image, mask)[1])
+        assert data.shape(i) == data.labels[i].shape == (64, 64)
+    np.testing.assert_array_equal(data.labels[-1], data.labels[15])
+    with pytest.raises(IndexError):
+        data.labels[16]
+    with pytest.raises(ValueError, match="read-only"):
+        data.labels[0][0, 0] = 1  # the kept map is shared: nobody may change it
+    # Nothing is cached beyond the map read last: a changed mask file is what the next read sees.
+    copy = tmp_path / "mask.npy"
+    np.save(copy, np.ones((64, 64, 2), np.uint8))
+    data.labels.paths[3] = copy
+    assert data.labels[3].max() == 2 and data.labels[4].shape == (64, 64)
+
+
+def test_hkh_crops_from_maps_on_disk_equal_those_from_maps_in_memory(demo, tmp_path):
+    cfg = pretrain.Config(DATA_DIR=str(demo / "hkh"), FOLDS=2)
+    data = pretrain.load(cfg, _run(tmp_path, cfg))
+    in_memory = dataclasses.replace(data, labels=[data.labels[i].copy() for i in range(len(data))])
+    stats = BandStats.fit([data.read(0)], data.bands)
+    tiles = [1, 2, 5, 8, 13]
+    lazy = make_loader(CropDataset(data, tiles, stats, 32, 24, power=1.0), 8, train=True, seed=2)
+    held = make_loader(CropDataset(in_memory, tiles, stats, 32, 24, power=1.0), 8, train=True, seed=2)
+    pairs = list(zip(lazy, held))
+    assert len(pairs) == 3
+    for (x1, y1), (x2, y2) in pairs:
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    seen = torch.cat([y for (_, y), _ in pairs])
+    assert set(torch.unique(seen).tolist()) == {0, 1, 2}  # background, clean ice and debris all drawn
 
 
 def test_fewer_scenes_than_folds_splits_patches_and_warns(demo, tmp_path):

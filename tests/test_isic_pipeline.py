@@ -228,6 +228,26 @@ def test_an_interrupted_extraction_resumes_from_the_last_chunk_with_identical_em
     np.testing.assert_array_equal(again.train, straight.train)
 
 
+def test_extraction_batches_are_row_ranges_that_never_cross_a_chunk(demo, tmp_path, monkeypatch):
+    comp = task.load(make_cfg(demo), make_run(tmp_path / "out"))
+    quiet_embeddings(comp, make_cfg(demo), make_run(tmp_path / "out"))  # every chunk cached
+    (tmp_path / "out" / "embeddings" / "test_resnet-32px-random-seed0" / "train" / "chunks64" /
+     "chunk_00001.npz").unlink()
+    samplers, real_loader = [], E.DataLoader
+
+    def spy(dataset, batch_sampler, **kwargs):
+        samplers.append(batch_sampler)
+        return real_loader(dataset, batch_sampler=batch_sampler, **kwargs)
+
+    monkeypatch.setattr(E, "DataLoader", spy)
+    run = make_run(tmp_path / "out")
+    quiet_embeddings(comp, make_cfg(demo), run)
+    # only train chunk 1 (rows 64..127) is computed again, in batches of 16: 48 bytes each, not a list of rows
+    assert samplers == [[range(64, 80), range(80, 96), range(96, 112), range(112, 128)]]
+    assert all(type(b) is range for b in samplers[0])
+    assert run.record["embeddings"]["computed"] == 64
+
+
 def test_a_chunk_file_appears_whole_or_not_at_all(demo, tmp_path, monkeypatch):
     comp = task.load(make_cfg(demo), make_run(tmp_path / "out"))
 
@@ -326,6 +346,35 @@ def test_features_have_image_columns_for_two_models_and_no_train_only_column(dem
         assert not set(cols) & (set(TRAIN_ONLY_COLUMNS) | set(ID_COLUMNS))
     assert list(feats.test.columns) == list(feats.train.columns)
     assert feats.train[feats.columns["image"]].notna().all(axis=None)
+
+
+def test_image_pca_is_fitted_on_at_most_pca_fit_rows_and_projects_every_row(demo, tmp_path, monkeypatch):
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    cfg, lines = make_cfg(demo), []
+    run = make_run(tmp_path / "out", lines=lines)
+    comp = task.load(cfg, run)
+    rng = np.random.default_rng(0)
+    emb = E.Embeddings(key="made-up", train=rng.normal(size=(200, 24)).astype(np.float32),
+                       test=rng.normal(size=(40, 24)).astype(np.float32))
+    emb.train[7] = np.nan  # an image not extracted
+    monkeypatch.setattr(F, "PCA_FIT_ROWS", 60)
+    monkeypatch.setattr(F, "_TRANSFORM_ROWS", 16)  # projected 16 rows at a time
+    feats = F.features(comp, emb, None, cfg, run)
+
+    z = F.patient_normalise(emb.train, comp.train["patient_id"])
+    extracted = np.delete(np.arange(200), 7)
+    rows = np.sort(np.random.default_rng(cfg.SEED).choice(extracted, 60, replace=False))
+    scaler = StandardScaler().fit(z[rows])
+    pca = PCA(8, random_state=cfg.SEED).fit(scaler.transform(z[rows]))
+    got = feats.train[feats.columns["image"]].to_numpy()
+    np.testing.assert_allclose(got[extracted], pca.transform(scaler.transform(z[extracted])), rtol=1e-4, atol=1e-4)
+    assert np.isnan(got[7]).all()
+    z_test = F.patient_normalise(emb.test, comp.test["patient_id"])
+    np.testing.assert_allclose(feats.test[feats.columns["image"]].to_numpy(),
+                               pca.transform(scaler.transform(z_test)), rtol=1e-4, atol=1e-4)
+    assert any("fitted on 60 rows" in line and "199/200 train rows have them" in line for line in lines)
 
 
 # --- LightGBM ---------------------------------------------------------------------------------

@@ -233,6 +233,23 @@ def test_stats_count_ids_with_examples(tmp_path):
                == e for e in report.errors)
 
 
+def test_missing_extra_and_repeated_ids_are_counted_from_one_pass(tmp_path):
+    sample = _write(tmp_path / "sample.csv", "id,label\n1,cat\n2,cat\n3,cat\n4,cat\n5,cat\n")
+    text = "id,label\n1,dog\n2,cat\n2,cat\n2,cat\n5,dog\n7,cat\n7,cat\n"
+    report = verify(_write(tmp_path / "s.csv", text), sample, labels=LABELS)
+    assert (report.stats["missing_ids"], report.stats["extra_ids"], report.stats["duplicate_ids"]) == (2, 1, 2)
+    assert report.stats["examples"] == {"missing_ids": ["3", "4"], "extra_ids": ["7"],
+                                        "duplicate_ids": ["2", "7"]}
+    assert "2 ids appear more than once (3 surplus rows, e.g. 2, 7): keep one row per id " \
+           "(df.drop_duplicates('id'))" in report.errors
+    assert "the submission has 7 rows but the sample has 5: write exactly one row per sample id" in report.errors
+    same_ids_other_order = verify(_write(tmp_path / "o.csv", "id,label\n2,cat\n1,dog\n3,cat\n4,cat\n5,cat\n"),
+                                  sample, labels=LABELS)
+    assert same_ids_other_order.valid and "different order" in same_ids_other_order.warnings[0]
+    assert verify(_write(tmp_path / "k.csv", "id,label\n1,dog\n2,cat\n3,cat\n4,cat\n5,cat\n"), sample,
+                  labels=LABELS).warnings == []
+
+
 # ------------------------------------------------------------------------------------------------
 # The report.
 
@@ -309,6 +326,32 @@ def test_infer_kind_space_separated_sample_is_label_list(tmp_path):
     assert infer_kind(_write(tmp_path / "plant.csv", PLANT_SAMPLE), PLANT_LABELS) == "label"
     # a probability per label cannot be told from class_proba: pass kind="multilabel_proba"
     assert infer_kind(_write(tmp_path / "multi.csv", MULTI_SAMPLE)) == "class_proba"
+
+
+def test_infer_kind_counts_labels_only_in_cells_that_are_not_numbers(monkeypatch):
+    """A cell that reads as a number holds one token: a 500k-row probability sample is not split
+    cell by cell, and a few text cells among numbers are still seen."""
+    seen = []
+    real = verification._token_counts
+
+    def spy(cells):
+        seen.append(cells.tolist())
+        return real(cells)
+
+    monkeypatch.setattr(verification, "_token_counts", spy)
+    probs = pd.DataFrame({"id": [f"i{k}" for k in range(1000)], "target": 0.3})
+    assert infer_kind(probs) == "binary_proba" and seen == [[]]
+    mixed = pd.DataFrame({"id": range(5), "tags": ["1", " 2 ", "haze clear", "3.5", "primary"]})
+    assert infer_kind(mixed) == "label_list" and seen[-1] == ["haze clear", "primary"]
+
+
+def test_all_int_is_decided_by_the_first_cell_or_by_every_cell():
+    from kagglekit_nb._table import _all_int
+
+    assert _all_int(pd.Series(["1", " -2 ", "+30"])) is True
+    assert _all_int(pd.Series(["ISIC_0000001", "2"])) is False  # the first cell decides
+    assert _all_int(pd.Series(["1", "2", "3.0"])) is False      # a later cell decides
+    assert _all_int(pd.Series([], dtype=str)) is True
 
 
 def test_label_list_valid_files_pass(tmp_path):

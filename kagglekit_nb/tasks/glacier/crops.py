@@ -27,6 +27,11 @@ class BalancedCropSampler:
     debris are seen as often as background; power=0 is uniform over pixels. Deterministic given seed;
     `state_dict`/`load_state_dict` carry the position of the random stream across a resume.
 
+    Only each tile's class counts and shape are kept (a few numbers per tile); a crop's centre is found
+    in its tile's class map when it is drawn. So `labels` may be a sequence that reads each map from
+    disk when indexed: memory stays flat however many tiles there are (a class-position index of every
+    pixel takes 4 bytes a pixel, 0.5 GB for 500 HKH patches).
+
         sampler = BalancedCropSampler(labels, crop=256, seed=0)
         tile, top, left = sampler.sample()
     """
@@ -37,24 +42,20 @@ class BalancedCropSampler:
             raise ValueError("labels is empty: pass one HW class map per training tile.")
         if not 0.0 <= float(power) <= 1.0:
             raise ValueError(f"power={power!r} must be between 0 (uniform) and 1 (fully balanced).")
-        self.crop, self.n_classes, self.power = crop, n_classes, float(power)
-        self.shapes = []
-        # positions[c][i]: flat indices of class-c pixels in tile i (int32 keeps 25 real tiles ~ 26 MB)
-        self.positions: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
-        for i, lab in enumerate(labels):
-            lab = np.asarray(lab)
+        self.labels, self.crop, self.n_classes, self.power = labels, crop, n_classes, float(power)
+        self.shapes = np.zeros((len(labels), 2), np.int64)
+        self.counts = np.zeros((n_classes, len(labels)), np.int64)  # (class, tile): pixels of each class
+        for i in range(len(labels)):  # one map at a time: a lazy `labels` is read once, never held
+            lab = np.asarray(labels[i])
             if lab.ndim != 2:
                 raise ValueError(f"labels[{i}] has shape {lab.shape}; expected an HW class map.")
+            if lab.dtype.kind not in "biu":
+                raise ValueError(f"labels[{i}] holds {lab.dtype} values; a class map holds integer class indices.")
             _check_crop(crop, lab.shape)
             if lab.size and (lab.min() < 0 or lab.max() >= n_classes):
                 raise ValueError(f"labels[{i}] holds class {int(lab.max())}; valid are 0..{n_classes - 1}.")
-            self.shapes.append(lab.shape)
-            flat = lab.reshape(-1)
-            order = np.argsort(flat, kind="stable").astype(np.int32)
-            bounds = np.searchsorted(flat[order], np.arange(n_classes + 1))
-            for c in range(n_classes):
-                self.positions[c].append(order[bounds[c]:bounds[c + 1]])
-        self.counts = np.array([[len(p) for p in per] for per in self.positions], np.int64)  # (class, tile)
+            self.shapes[i] = lab.shape
+            self.counts[:, i] = np.bincount(lab.reshape(-1), minlength=n_classes)
         totals = self.counts.sum(1).astype(np.float64)
         weight = np.where(totals > 0, totals ** (1.0 - self.power), 0.0)
         self.class_probs = weight / weight.sum()
@@ -70,8 +71,9 @@ class BalancedCropSampler:
         k = int(rng.integers(cumulative[-1]))
         tile = int(np.searchsorted(cumulative, k, side="right"))
         k -= int(cumulative[tile - 1]) if tile else 0
-        h, w = self.shapes[tile]
-        y, x = divmod(int(self.positions[c][tile][k]), w)
+        h, w = (int(v) for v in self.shapes[tile])
+        # the k-th class-c pixel of the tile in row-major order
+        y, x = divmod(int(np.flatnonzero(np.asarray(self.labels[tile]).reshape(-1) == c)[k]), w)
         half = self.crop // 2
         return tile, min(max(y - half, 0), h - self.crop), min(max(x - half, 0), w - self.crop)
 

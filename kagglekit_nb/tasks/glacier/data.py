@@ -1,12 +1,13 @@
 """The tiles (or patches) a glacier run trains on, and the datasets made from them.
 
-`TileData` holds the class maps in memory and reads images lazily (GlacierHack tiles in memory, HKH
-patches through a memory map, window by window); `CropDataset` draws class-balanced training crops,
-`TileDataset` serves whole validation tiles padded to a multiple of 32.
+`TileData` reads images lazily (GlacierHack tiles in memory, HKH patches through a memory map, window
+by window) and holds the class maps as a sequence: a list for the 25 GlacierHack tiles, `MaskFiles`
+(read from disk when indexed) for the thousands of HKH patches; `CropDataset` draws class-balanced
+training crops, `TileDataset` serves whole validation tiles padded to a multiple of 32.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,41 @@ from .bands import BandStats
 from .crops import BalancedCropSampler
 from .metrics import IGNORE
 
-__all__ = ["CropDataset", "TileData", "TileDataset", "demo"]
+__all__ = ["CropDataset", "MaskFiles", "TileData", "TileDataset", "demo"]
+
+
+class MaskFiles(Sequence):
+    """HW uint8 class maps read from mask files when indexed (`read(path)` makes one), never all held:
+    14,000 HKH patches of 512x512 would hold 3.6 GB of class maps. The map read last is kept (read-only),
+    since a training crop asks for its tile's map twice: to place its centre, then for its window."""
+
+    def __init__(self, paths: Sequence[Path], read: Callable[[Path], np.ndarray]):
+        self.paths, self.read = list(paths), read
+        self._last: tuple[int, np.ndarray | None] = (-1, None)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        i = range(len(self.paths))[i]  # an int; negative counts from the end, out of range is IndexError
+        if self._last[0] != i:
+            lab = self.read(self.paths[i])
+            lab.flags.writeable = False  # shared by every caller until the next read
+            self._last = (i, lab)
+        return self._last[1]
+
+
+class _Subset(Sequence):
+    """`items[indices[j]]` for each j, without reading any item in advance."""
+
+    def __init__(self, items: Sequence, indices: Sequence[int]):
+        self.items, self.indices = items, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int):
+        return self.items[self.indices[j]]
 
 
 @dataclass
@@ -27,7 +62,7 @@ class TileData:
     """Tiles (or patches) with their class maps; images are read lazily, window by window."""
 
     names: list[str]
-    labels: list[np.ndarray]            # HW uint8 class indices
+    labels: Sequence[np.ndarray]        # HW uint8 class indices (a list, or `MaskFiles` read when indexed)
     bands: list[str]                    # physical band names, in channel order
     classes: tuple[str, ...]
     groups: list[str]                   # tiles of one group stay in one fold (a scene)
@@ -39,6 +74,12 @@ class TileData:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def shape(self, i: int) -> tuple[int, int]:
+        """(height, width) of tile `i`, without reading its pixels."""
+        if self.patch_files is not None:
+            return tuple(np.load(self.patch_files[i], mmap_mode="r").shape[:2])  # the .npy header only
+        return tuple(np.shape(self.labels[i])[:2])
 
     def read(self, i: int, window: tuple[int, int, int] | None = None) -> np.ndarray:
         """Tile `i` (or the square `window` = (top, left, size) of it) as raw CHW float32."""
@@ -77,7 +118,7 @@ class CropDataset(Dataset):
     def __init__(self, data: TileData, tiles: Sequence[int], stats: BandStats, crop: int, length: int,
                  power: float):
         self.data, self.tiles, self.stats, self.crop, self.length = data, list(tiles), stats, crop, length
-        self.sampler = BalancedCropSampler([data.labels[i] for i in self.tiles], crop,
+        self.sampler = BalancedCropSampler(_Subset(data.labels, self.tiles), crop,
                                            n_classes=len(data.classes), power=power)
 
     def __len__(self) -> int:
@@ -97,8 +138,8 @@ class CropDataset(Dataset):
 
 
 def _padded_size(data: TileData, tiles: Sequence[int]) -> tuple[int, int]:
-    h = max(data.labels[i].shape[0] for i in tiles)
-    w = max(data.labels[i].shape[1] for i in tiles)
+    h = max(data.shape(i)[0] for i in tiles)
+    w = max(data.shape(i)[1] for i in tiles)
     return -(-h // 32) * 32, -(-w // 32) * 32
 
 

@@ -27,7 +27,7 @@ from ...cv import CVResult, load_fold_model
 from ...run import Run
 from .._config import find_data, start
 from .bands import HACK_BANDS, HKH_CHANNELS, find_hkh_patches, read_hkh_patch
-from .data import TileData, _class_shares, demo
+from .data import MaskFiles, TileData, _class_shares, demo
 from .model import build_unet, transfer_first_layer
 from .training import FINETUNE_CLASSES, PRETRAIN_CLASSES, SegConfig, split_folds, train_members, trained_models
 from .training import training_plots as _training_plots
@@ -90,7 +90,7 @@ def load(cfg: Config, run: Run) -> TileData:
         pairs = pairs[:cfg.MAX_PATCHES]
     bands = _parse_bands(cfg.BANDS) if cfg.BANDS else list(HKH_CHANNELS)
     read_hkh_patch(*pairs[0])  # checks the layout (15 channels, a two-channel mask) once
-    labels = [_read_hkh_mask(mask) for _, mask in pairs]
+    labels = MaskFiles([mask for _, mask in pairs], _read_hkh_mask)  # read when used: memory stays flat
     names = [img.stem for img, _ in pairs]
     groups = [img.name.split("_img_")[0] for img, _ in pairs]  # patches of one scene overlap in space
     data = TileData(names=names, labels=labels, bands=bands, classes=PRETRAIN_CLASSES, groups=groups,

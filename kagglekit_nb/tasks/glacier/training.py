@@ -148,7 +148,7 @@ def split_folds(data: TileData, cfg: SegConfig, run: Run, holdout: int = 0) -> p
 
 
 def _crop_size(cfg: SegConfig, data: TileData, tiles: Sequence[int]) -> int:
-    side = min(min(data.labels[i].shape) for i in tiles)
+    side = min(min(data.shape(i)) for i in tiles)
     crop = min(cfg.CROP, side) // 32 * 32
     if crop < 32:
         raise ValueError(f"training tiles are only {side}px on their short side; the U-Net needs crops of at "

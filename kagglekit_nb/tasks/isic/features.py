@@ -18,7 +18,13 @@ from .finetune import ImageScores
 if TYPE_CHECKING:
     from .pipeline import Config
 
-__all__ = ["Features", "features", "patient_normalise"]
+__all__ = ["PCA_FIT_ROWS", "Features", "features", "patient_normalise"]
+
+# The scaler and PCA of the image features are fitted on at most this many train rows (drawn with SEED):
+# 32 components of a 512-d embedding are as well estimated from 50,000 rows as from 400,000, and the
+# fit's float copies stay the same size however many rows there are (all 401,059 rows: ~4 GB).
+PCA_FIT_ROWS = 50_000
+_TRANSFORM_ROWS = 32_768  # rows projected at a time: the float copies of a transform stay this size
 
 
 def patient_normalise(values: np.ndarray, patients: Sequence[Any]) -> np.ndarray:
@@ -43,6 +49,18 @@ def patient_normalise(values: np.ndarray, patients: Sequence[Any]) -> np.ndarray
     return out
 
 
+def _project(z: np.ndarray, scaler: Any, pca: Any) -> np.ndarray:
+    """The PCA components (float32) of each row of `z` with no NaN, NaN elsewhere; a block of rows at
+    a time."""
+    out = np.full((len(z), pca.n_components_), np.nan, np.float32)
+    for lo in range(0, len(z), _TRANSFORM_ROWS):
+        block = z[lo:lo + _TRANSFORM_ROWS]
+        ok = ~np.isnan(block).any(1)
+        if ok.any():
+            out[lo:lo + _TRANSFORM_ROWS][ok] = pca.transform(scaler.transform(block[ok]))
+    return out
+
+
 @dataclass
 class Features:
     """The feature tables of both splits and which columns each model uses."""
@@ -57,8 +75,8 @@ class Features:
 def features(comp: Competition, emb: Embeddings | None, ft: ImageScores | None, cfg: Config,
              run: Run) -> Features:
     """Tabular features (`isic.make_features`) plus image features: the PCA of the patient-normalised
-    embeddings (fitted on train rows) and, with fine-tuning, the out-of-fold image score and its
-    per-patient z-score. Never a train-only column."""
+    embeddings (fitted on train rows, at most PCA_FIT_ROWS of them) and, with fine-tuning, the
+    out-of-fold image score and its per-patient z-score. Never a train-only column."""
     declare_reserves(run, len(comp.test))
     with run.budget.timed("features"):
         X_train, X_test, tab = make_features(comp.train, comp.test)
@@ -69,21 +87,21 @@ def features(comp: Competition, emb: Embeddings | None, ft: ImageScores | None, 
 
             z_train = patient_normalise(emb.train, comp.train["patient_id"])
             z_test = patient_normalise(emb.test, comp.test["patient_id"])
-            fit_rows = ~np.isnan(z_train).any(1)
-            n = min(cfg.IMAGE_PCA, int(fit_rows.sum()) - 1, z_train.shape[1])
+            fit_rows = np.flatnonzero(~np.isnan(z_train).any(1))
+            n_fit = len(fit_rows)
+            if n_fit > PCA_FIT_ROWS:
+                fit_rows = np.sort(np.random.default_rng(cfg.SEED).choice(fit_rows, PCA_FIT_ROWS, replace=False))
+            n = min(cfg.IMAGE_PCA, len(fit_rows) - 1, z_train.shape[1])
             scaler = StandardScaler().fit(z_train[fit_rows])
             pca = PCA(n, random_state=cfg.SEED).fit(scaler.transform(z_train[fit_rows]))
             names = [f"img_pc{i}" for i in range(n)]
             for X, z in ((X_train, z_train), (X_test, z_test)):
-                block = np.full((len(z), n), np.nan, np.float32)
-                ok = ~np.isnan(z).any(1)
-                if ok.any():
-                    block[ok] = pca.transform(scaler.transform(z[ok]))
-                X[names] = block
+                X[names] = _project(z, scaler, pca)
             image += names
             run.log(f"image features: {n} PCA components of the patient-normalised {emb.train.shape[1]}-d "
-                    f"embeddings ({pca.explained_variance_ratio_.sum():.0%} of their variance); "
-                    f"{int(fit_rows.sum())}/{len(fit_rows)} train rows have them")
+                    f"embeddings ({pca.explained_variance_ratio_.sum():.0%} of their variance"
+                    f"{f', fitted on {len(fit_rows)} rows' if len(fit_rows) < n_fit else ''}); "
+                    f"{n_fit}/{len(z_train)} train rows have them")
         if ft is not None and np.isfinite(ft.train).any():
             for X, scores, frame in ((X_train, ft.train, comp.train), (X_test, ft.test, comp.test)):
                 X["img_finetune"] = scores
