@@ -42,7 +42,7 @@ from .budget import WORKER_GRACE_S
 
 __all__ = ["COLLECTIVE_TIMEOUT_S", "World", "WorkersFailed", "agree", "barrier", "broadcast_object",
            "gather_objects", "is_main", "join", "launch", "leave", "main_first", "parse_devices", "plan_world",
-           "rank", "total", "visible_gpus", "world_size", "wrap"]
+           "rank", "total", "visible_gpus", "world_size", "wrap", "write_spec"]
 
 # The longest a rank waits at a collective: longer than anything rank 0 does alone while the others
 # wait (the model ladder's timing, a whole validation pass, a checkpoint copied to Google Drive).
@@ -343,20 +343,29 @@ def _forwarding(proc: subprocess.Popen, echo: Callable[[str], Any]) -> Iterator[
             signal.signal(sig, prev)
 
 
-def launch(spec: Mapping[str, Any], world: World, *, folder: Path, echo: Callable[[str], Any] = print,
-           environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Start `world.processes` workers with torchrun on `spec` (written to `<folder>/workers/spec.json`),
-    stream their output through `echo` as it comes (rank 0 speaks; any rank's traceback comes in full),
-    and return what rank 0 wrote when they finished (`result.json`: a stop by signal or budget is a finish).
-    Raises WorkersFailed, naming the failing rank and its error, when they end without finishing."""
+def write_spec(spec: Mapping[str, Any], world: World, *, folder: Path) -> Path:
+    """Write what the workers train from (`kagglekit_nb.worker`) to `<folder>/workers/spec.json`, with a
+    new launch id and the world (its backend); an earlier launch's result is removed. Returns the path."""
     work = Path(folder) / WORKERS_DIR
     work.mkdir(parents=True, exist_ok=True)
+    (work / RESULT_FILE).unlink(missing_ok=True)
+    path = work / SPEC_FILE
+    write_json(path, {**spec, "launch": uuid.uuid4().hex, "world": dataclasses.asdict(world)}, default=str)
+    return path
+
+
+def launch(spec: Mapping[str, Any], world: World, *, folder: Path, echo: Callable[[str], Any] = print,
+           environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Start `world.processes` workers with torchrun on `spec` (`write_spec`), stream their output through
+    `echo` as it comes (rank 0 speaks; any rank's traceback comes in full), and return what rank 0 wrote
+    when they finished (`result.json`: a stop by signal or budget is a finish). Raises WorkersFailed,
+    naming the failing rank and its error, when they end without finishing."""
+    path = write_spec(spec, world, folder=folder)
+    work = path.parent
     logs = work / "logs"
     shutil.rmtree(logs, ignore_errors=True)
-    (work / RESULT_FILE).unlink(missing_ok=True)
-    spec = {**spec, "launch": uuid.uuid4().hex, "world": dataclasses.asdict(world)}
-    write_json(work / SPEC_FILE, spec, default=str)
-    command = torchrun_command(work / SPEC_FILE, world, logs=logs)
+    spec = json.loads(path.read_text())
+    command = torchrun_command(path, world, logs=logs)
     echo(f"starting {world.describe()}: {' '.join(command[1:])}")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             env=_worker_environ(world, os.environ if environ is None else environ),

@@ -87,6 +87,7 @@ __all__ = [
     "train",
     "train_worker",
     "write_submission",
+    "write_worker_spec",
 ]
 
 SAMPLE_GLOB = "[sS]ample*[sS]ubmission*"  # how a competition folder under /kaggle/input is recognised
@@ -386,12 +387,29 @@ def _train_deep(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> C
     return cv
 
 
+def _worker_spec(data: Competition, cfg: Config, run: Run) -> dict[str, Any]:
+    """What a worker re-creates the config, run and data from (`train_worker`)."""
+    run.budget.close_setup()
+    return {"task": "classification", "run": run.handover(),
+            "config": {**cfg.as_dict(), "DATA_DIR": str(data.data_dir)}, "unreadable": dict(data.unreadable)}
+
+
+def write_worker_spec(data: Competition, cfg: Config, run: Run, *, backend: str = "nccl") -> Path:
+    """Write `<OUTPUT_DIR>/workers/spec.json` without training, for starting the workers by hand (two
+    machines: `torchrun --nnodes 2 ... -m kagglekit_nb.worker SPEC`, see the README); `backend` is "nccl"
+    for GPUs, "gloo" for CPUs. Returns its path."""
+    if backend not in ("nccl", "gloo"):
+        raise ValueError(f"backend={backend!r} is not valid: use 'nccl' (GPUs) or 'gloo' (CPUs).")
+    world = distributed.World(2, "cuda" if backend == "nccl" else "cpu", backend)
+    path = distributed.write_spec(_worker_spec(data, cfg, run), world, folder=run.dir)
+    run.save()
+    return path
+
+
 def _in_workers(data: Competition, cfg: Config, run: Run, world: distributed.World) -> CVResult:
     """`_train_deep` in `world.processes` torchrun workers (`train_worker` in each), their output
     streamed into the cell; then this process takes back the record rank 0 saved in run.json."""
-    run.budget.close_setup()
-    spec = {"task": "classification", "run": run.handover(),
-            "config": {**cfg.as_dict(), "DATA_DIR": str(data.data_dir)}, "unreadable": dict(data.unreadable)}
+    spec = _worker_spec(data, cfg, run)
     run.save()
     t0 = run.budget.clock()
     try:
