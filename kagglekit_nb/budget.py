@@ -366,6 +366,26 @@ class Budget:
             epochs, fits = 0, 0
         return {"epochs": epochs, "epoch_s": round(epoch_s, 2), "folds_that_fit": fits, **({"note": note} if note else {})}
 
+    # -- another process continues it ----------------------------------------------------------------
+
+    def handover(self) -> dict[str, Any]:
+        """What another process (a training worker) needs to spend this same budget: the limit, the time
+        used, the reserves and phases, and the wall-clock moment of the handover, so that a process with
+        another monotonic clock (another machine) counts to the same deadline (`Budget.taken_over`)."""
+        return {"total_s": self.total_s if self.limited else None, "elapsed_s": self.elapsed(),
+                "wall": time.time(), "source": self.source, "reserves": dict(self.reserves),
+                "phases": dict(self.phases)}
+
+    @classmethod
+    def taken_over(cls, state: Mapping[str, Any], *, clock: Clock = time.monotonic,
+                   wall: Clock = time.time) -> "Budget":
+        """The budget `handover` described, on this process's `clock`: the same deadline, reserves and phases."""
+        since = 0.0 if state.get("wall") is None else max(0.0, wall() - float(state["wall"]))
+        total = math.inf if state.get("total_s") is None else float(state["total_s"])
+        return cls(total_s=total, start=clock() - float(state["elapsed_s"]) - since, clock=clock,
+                   reserves=dict(state.get("reserves") or {}), source=str(state.get("source", "parameter")),
+                   phases=dict(state.get("phases") or {}))
+
     # -- the record ---------------------------------------------------------------------------------
 
     def add_phase(self, name: str, seconds: float) -> None:
@@ -436,6 +456,10 @@ def plan_epochs(
 # notebook's remaining cells write the submission before it is killed (a platform's own grace after
 # its SIGTERM is often 30 s to a few minutes; a second signal ends the wait at once).
 STOP_GRACE_S = 120.0
+# Of that grace, what the training workers of a multi-process run get to reach their next step and
+# checkpoint before torchrun kills them (`torchrun --shutdown-timeout`): the notebook keeps the rest
+# to predict and write the submission.
+WORKER_GRACE_S = STOP_GRACE_S / 2
 
 
 class CheckpointTimer:

@@ -14,6 +14,15 @@ Every time decision (the reserve, the plan, when to stop) is the budget's (`kagg
 this module measures the pace and asks `run.budget.stop_reason`. After training, a fold that the
 budget stopped before it was useful is left out of the prediction (`fold_models` skips it) and
 `run.json` says why (`folds_left_out`).
+
+In several processes (`kagglekit_nb.distributed`, started by torchrun) the same code trains one
+DistributedDataParallel model: the train loader's sampler shards by rank, rank 0 takes every decision
+that reads a clock or a file (which folds to train, the pace, the plan, the budget's stop, a due
+checkpoint) and shares it, a stop signal on any rank stops all of them at the same step, and rank 0
+writes every file (checkpoints after a barrier, out-of-fold predictions, history, folds.json); all
+ranks load the checkpoint they resume from. A checkpoint records how many processes wrote it: one
+resumed with another number continues the same data order, optimizer and schedule, and the log and
+run.json (`process_count_changes`) say that the numerics are no longer bitwise-identical.
 """
 from __future__ import annotations
 
@@ -33,11 +42,12 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from ._atomic import write_atomic
 from .budget import CheckpointTimer, StopSignal, epoch_limit, install_sigterm_handler
+from .distributed import agree, barrier, broadcast_object, is_main, main_first, world_size, wrap
 from .folds import FoldRegistry
 from .loaders import steps_per_epoch
-from .loop import FitResult, fit
+from .loop import FitResult, _unwrap, fit
 from .metrics import Metric
-from .options import LoopOptions, make_scaler
+from .options import LoopOptions, make_scaler, use_channels_last
 from .preflight import smoke_step
 from .run import Run
 from .state import capture_state, restore_state
@@ -77,6 +87,7 @@ class CVResult:
     stop_reason: str = "completed"
     resumed: list[dict[str, Any]] = field(default_factory=list)
     left_out: dict[int, str] = field(default_factory=dict)   # fold -> why prediction does not use it
+    process_count_changes: list[dict[str, Any]] = field(default_factory=list)  # resumed with another world size
 
     def table(self):
         """One row per fold, for people: the bookkeeping ids (a fold's lineage) stay in folds.json."""
@@ -90,7 +101,17 @@ class CVResult:
                                                                if v.get("status") == "done"),
                 "folds": {str(k): v for k, v in self.folds.items()}, "plan": self.plan,
                 "stop_reason": self.stop_reason, "resumed_from": self.resumed,
-                "folds_left_out": {str(k): v for k, v in self.left_out.items()}}
+                "folds_left_out": {str(k): v for k, v in self.left_out.items()},
+                "process_count_changes": self.process_count_changes}
+
+    @classmethod
+    def from_summary(cls, record: dict[str, Any]) -> "CVResult":
+        """The result whose `summary` is in `record` (run.json, written by the training workers' rank 0)."""
+        return cls(folds={int(k): v for k, v in (record.get("folds") or {}).items()},
+                   cv_score=record.get("cv_score"), plan=dict(record.get("plan") or {}),
+                   stop_reason=record.get("stop_reason", "completed"), resumed=list(record.get("resumed_from") or []),
+                   left_out={int(k): v for k, v in (record.get("folds_left_out") or {}).items()},
+                   process_count_changes=list(record.get("process_count_changes") or []))
 
 
 def fold_dir(run: Run, fold: int) -> Path:
@@ -203,7 +224,7 @@ def time_setup(run: Run, fs: FoldSetup, *, options: LoopOptions | None = None) -
     """(seconds per epoch, seconds per validation item) of a fold's setup on this machine, estimated
     by the budget from one timed smoke step (`preflight.smoke_step`, which leaves no trace)."""
     accumulate = (options or LoopOptions()).accumulate
-    smoke = smoke_step(fs.model, fs.train_loader, fs.val_loader, loss_fn=fs.loss_fn, device=run.device,
+    smoke = smoke_step(_unwrap(fs.model), fs.train_loader, fs.val_loader, loss_fn=fs.loss_fn, device=run.device,
                        options=options)
     epoch_s = run.budget.epoch_estimate(step_s=smoke.step_s, steps=steps_per_epoch(fs.train_loader, accumulate),
                                         eval_item_s=smoke.eval_s_per_sample, val_items=len(fs.val_loader.dataset))
@@ -273,13 +294,20 @@ class _Fold:
         self.best_step: int | None = None        # the step file holding the best epoch's state
         self.lineage = ckpt.new_lineage()        # this fold's timeline; a resume continues the saved one
         self.plan: dict[str, Any] = {}
-        self.objects: dict[str, Any] = {"model": fs.model, "optimizer": fs.optimizer, "sampler": self.sampler}
+        self.objects: dict[str, Any] = {"model": _unwrap(fs.model), "optimizer": fs.optimizer,
+                                        "sampler": self.sampler}
 
     def save(self, *, best: bool = False) -> None:
+        barrier()  # every process has finished this step: rank 0 writes the state they all hold
+        if is_main():
+            self._write(best)
+        self.timer.reset()
+
+    def _write(self, best: bool) -> None:
         state = capture_state(
             self.objects, epoch=self.epoch, global_step=self.global_step, history=self.history,
             best_score=self.best_score, best_epoch=self.best_epoch, plan=self.plan, fold=self.k,
-            config=self.run.config)
+            config=self.run.config, world_size=world_size())
         best_step = self.global_step if best else self.best_step
         try:
             ckpt.save_checkpoint(state, self.dir, step=self.global_step, keep=self.keep, best=best,
@@ -292,7 +320,6 @@ class _Fold:
                 self.run.log(f"WARNING: {e}")
             else:
                 self.run.log(f"WARNING: checkpoint not saved ({e}); training goes on, the last good one is kept")
-        self.timer.reset()
 
     def on_step(self, epoch: int, samples: int) -> None:  # fit has advanced the sampler already
         self.epoch, self.global_step = epoch, self.global_step + 1
@@ -309,15 +336,19 @@ class _Fold:
         else:
             self._step_mark, self._eval_mark = None, now
             need = self.budget.need("eval")
+        # One decision for every process: a signal on any rank, rank 0's budget and checkpoint timer.
+        budget = self.budget.stop_reason(need) if is_main() else None
+        signum, budget_stops, due = agree([_signum(self.stop) if where == "step" else 0, budget is not None,
+                                           where == "step" and is_main() and self.timer.due()])
         reason = None
-        if self.stop and where == "step":
-            reason = f"signal: {self.stop.received} received; checkpoint saved"
-        else:
-            reason = self.budget.stop_reason(need)
+        if signum:
+            reason = f"signal: {signal.Signals(signum).name} received; checkpoint saved"
+        elif budget_stops:
+            reason = budget or "budget: stopped by rank 0's budget"
         # At "eval" nothing is saved (see above): a signal lets the evaluation run and stops at the
         # next step, after the epoch-end checkpoint; the budget stops there and the previous
         # checkpoint is the one to resume from.
-        if where == "step" and (reason or self.timer.due()):
+        if where == "step" and (reason or due):
             self.save()
         if where == "step":
             self._step_mark = self.clock()
@@ -332,13 +363,14 @@ class _Fold:
         self.history = [dict(h) for h in fr.history]
         self.best_score, self.best_epoch = fr.best_score, fr.best_epoch
         improved = fr.best_epoch == row["epoch"]
-        if improved:
+        if improved and is_main():  # rank 0 evaluated: the probabilities are its own
             _write_oof(self.run, self.k, self.fs.val_ids, self.fs.val_targets, fr.best_probs)
             if self.prior_score is None:
                 self.prior_score = _prior_score(self.metric, self.fs.val_targets, fr.best_probs)
         self.epoch = row["epoch"]  # the next epoch starts at position 0
         self.save(best=improved)
-        _write_history(self.run, self.k, self.history)
+        if is_main():
+            _write_history(self.run, self.k, self.history)
         self.run.log(f"fold {self.k} epoch {row['epoch']}/{self.plan['epochs']}: train_loss "
                      f"{row['train_loss']:.4f} val_loss {row['val_loss']:.4f} {self.metric.name} "
                      f"{row['score']:.4f} ({row['seconds']:.1f}s){' *' if improved else ''}")
@@ -361,6 +393,13 @@ class _Fold:
         self.run.log(f"fold {self.k}: resumed from {found.path.name} (epoch {self.epoch + 1}, sample "
                      f"{self.sampler.position} of {self.sampler.num_samples}, step {self.global_step}; "
                      f"saved {age / 60:.1f} min ago)")
+        saved, now = int(state.get("world_size", 1)), world_size()
+        if saved != now:
+            info["processes"] = {"saved": saved, "now": now}
+            self.run.log(f"fold {self.k}: this checkpoint was written by {_processes(saved)} and training goes on "
+                         f"with {_processes(now)}: the data order, the optimizer state and the schedule continue "
+                         "where they were, but the numerics are no longer bitwise-identical to an uninterrupted "
+                         "run (BatchNorm statistics are taken per process, gradients are summed in another order)")
         return FitResult(history=self.history, best_score=self.best_score, best_epoch=self.best_epoch,
                          steps=self.global_step), info
 
@@ -402,27 +441,15 @@ def train_folds(
     registry = FoldRegistry(run.dir)
     result = CVResult()
     wanted = list(range(n_folds)) if folds is None else list(folds)
-    todo = []
-    for k in wanted:
-        best = fold_dir(run, k) / ckpt.BEST_FILE
-        why = _best_problem(fold_dir(run, k), registry.get(k), run.log) if registry.is_done(k) and best.exists() \
-            else None
-        if why is not None:
-            run.log(f"fold {k} is marked done but {why}: training it again from its checkpoints")
-            todo.append(k)
-        elif registry.is_done(k) and best.exists():
-            if expected_meta is not None:  # a finished fold of another setup must not join this ensemble
-                diffs = ckpt.check_compatible(ckpt.read_meta(best), expected_meta(k), keys=tuple(expected_meta(k)))
-                if diffs:
-                    raise ValueError(f"fold {k} in {run.dir} was trained with another setup: " + "; ".join(diffs)
-                                     + ". Use a new OUTPUT_DIR (or RUN_NAME) for the new settings.")
-            result.folds[k] = registry.get(k)
-        else:
-            if registry.is_done(k) and why is None:
-                run.log(f"fold {k} is marked done but its best.ckpt is missing: training it again")
-            todo.append(k)
-    if len(todo) < len(wanted):
-        run.log(f"folds already done: {sorted(result.folds)} (kept); to train: {todo}")
+    todo, error = [], None
+    if is_main():  # looking may repair best.ckpt files: rank 0 looks and tells the others
+        try:
+            todo = _to_train(run, registry, result, wanted, expected_meta)
+        except ValueError as e:
+            error = str(e)
+    todo, result.folds, error = broadcast_object((todo, result.folds, error))
+    if error is not None:
+        raise ValueError(error)
     if max_new_folds is not None:
         todo = todo[:max_new_folds]
     run.budget.close_setup()
@@ -433,18 +460,22 @@ def train_folds(
     with install_sigterm_handler(lambda name: run.log(f"{name} received: stopping at the next step"),
                                  signals=signals) as stop:
         for i, k in enumerate(todo):
-            if stop:
-                result.stop_reason = f"signal: {stop.received}"
+            signum = agree([_signum(stop)])[0]  # a signal on any rank stops every rank here
+            if signum:
+                result.stop_reason = f"signal: {signal.Signals(signum).name}"
                 break
             torch.manual_seed(run.seed + k)  # a fold's initial weights depend on the fold alone
             fs = setup(k)
             if not hasattr(fs.train_loader.sampler, "advance"):
                 raise ValueError("FoldSetup.train_loader must use a ResumableSampler (kagglekit_nb.sampler): "
                                  "without it a resume cannot continue the same data order.")
+            if world_size() > 1:
+                fs.model = _wrapped(fs.model, run.device, options)
             accumulate = (options or LoopOptions()).accumulate
             steps_full = steps_per_epoch(fs.train_loader, accumulate)
             n_val = len(fs.val_loader.dataset)
-            found = ckpt.load_latest(fold_dir(run, k), log=run.log) if fold_dir(run, k).exists() else None
+            with main_first():  # loading may complete best.ckpt: rank 0 first
+                found = ckpt.load_latest(fold_dir(run, k), log=run.log) if fold_dir(run, k).exists() else None
             if found is not None:
                 diffs = ckpt.check_compatible(found.meta, fs.meta, keys=tuple(fs.meta))
                 if diffs:
@@ -452,8 +483,9 @@ def train_folds(
                         f"the checkpoints in {fold_dir(run, k)} come from a different setup: " + "; ".join(diffs)
                         + f". Use a new OUTPUT_DIR (or RUN_NAME), or delete {fold_dir(run, k)} to start over.")
             if not sized:
-                if epoch_s is None:
-                    epoch_s, eval_item_s = time_setup(run, fs, options=options)
+                if epoch_s is None:  # rank 0's pace plans for every process
+                    epoch_s, eval_item_s = broadcast_object(time_setup(run, fs, options=options) if is_main()
+                                                            else None)
                 sized = True
                 run.budget.reserve_predict(items=predict_items, item_s=eval_item_s, models=predict_models)
                 run.log(f"sizing: ~{epoch_s:.1f}s per epoch ({steps_full} steps + {n_val} validation items); "
@@ -466,9 +498,10 @@ def train_folds(
                 f.plan = dict(found.state["plan"])
             else:
                 trained = sum(1 for v in result.folds.values() if v.get("epochs_done", 0) >= min(min_epochs, cap))
-                f.plan = {**run.budget.plan_fold(epoch_s=epoch_s, folds_left=len(todo) - i, max_epochs=max_epochs,
-                                                 min_epochs=min_epochs, folds_trained=trained),
-                          "steps_per_epoch": steps_full}
+                f.plan = broadcast_object({
+                    **run.budget.plan_fold(epoch_s=epoch_s, folds_left=len(todo) - i, max_epochs=max_epochs,
+                                           min_epochs=min_epochs, folds_trained=trained),
+                    "steps_per_epoch": steps_full} if is_main() else None)
             result.plan[f"fold{k}"] = f.plan
             if f.plan["epochs"] == 0:
                 result.stop_reason = "budget: no time left for one more epoch"
@@ -494,6 +527,9 @@ def train_folds(
             if found is not None:
                 resume, info = f.resume(found)
                 result.resumed.append(info)
+                if "processes" in info:
+                    result.process_count_changes.append({"fold": k, "step": info["step"], **info["processes"],
+                                                         "numerics": "no longer bitwise-identical"})
             t0 = run.budget.clock()
             with run.budget.timed("train"):
                 fr = fit(fs.model, fs.train_loader, fs.val_loader, optimizer=fs.optimizer, loss_fn=fs.loss_fn,
@@ -514,13 +550,14 @@ def train_folds(
                     "best_epoch": fr.best_epoch, "epochs_done": len(fr.history), "steps": f.global_step,
                     "seconds": round(run.budget.clock() - t0, 1), "stop_reason": fr.stop_reason,
                     "prior_score": prior, "best_step": f.best_step, "lineage": f.lineage}
-            broken = _best_problem(f.dir, info, run.log)
+            broken = _best_problem(f.dir, info, run.log) if is_main() else None
             if broken is not None:  # a fold is done only when best.ckpt holds the epoch its record names
                 info.update(status="partial", stop_reason=(
                     f"{broken}: the best epoch's weights are not saved. Its last checkpoint is used; "
                     f"delete {f.dir} and run again to train this fold anew"))
                 run.log(f"WARNING: fold {k}: {info['stop_reason']}")
-            registry.mark(k, **info)
+            if is_main():
+                registry.mark(k, **info)
             result.folds[k] = info
             best = "no epoch finished" if fr.best_score is None else \
                 f"best {metric.name} {fr.best_score:.4f} at epoch {fr.best_epoch}"
@@ -528,7 +565,49 @@ def train_folds(
             if stopped:
                 result.stop_reason = fr.stop_reason
                 break
-    result.left_out = _left_out(result.folds, metric, min(min_epochs, cap))
+    if is_main():  # the out-of-fold files are rank 0's
+        _score(run, registry, result, metric, min(min_epochs, cap))
+    result.left_out, result.cv_score = broadcast_object((result.left_out, result.cv_score))
+    if result.process_count_changes:
+        run.log(f"numerics: {len(result.process_count_changes)} fold(s) resumed with another number of processes "
+                "than they were trained with; this run is no longer bitwise-identical to an uninterrupted one "
+                "(run.json: process_count_changes)")
+    run.record.update(result.summary())
+    run.save()
+    return result
+
+
+def _to_train(run: Run, registry: FoldRegistry, result: CVResult, wanted: Sequence[int],
+              expected_meta: Callable[[int], dict[str, Any]] | None) -> list[int]:
+    """The folds of `wanted` to train; those done already go into `result.folds` (a finished fold of
+    another setup is a ValueError)."""
+    todo = []
+    for k in wanted:
+        best = fold_dir(run, k) / ckpt.BEST_FILE
+        why = _best_problem(fold_dir(run, k), registry.get(k), run.log) if registry.is_done(k) and best.exists() \
+            else None
+        if why is not None:
+            run.log(f"fold {k} is marked done but {why}: training it again from its checkpoints")
+            todo.append(k)
+        elif registry.is_done(k) and best.exists():
+            if expected_meta is not None:  # a finished fold of another setup must not join this ensemble
+                diffs = ckpt.check_compatible(ckpt.read_meta(best), expected_meta(k), keys=tuple(expected_meta(k)))
+                if diffs:
+                    raise ValueError(f"fold {k} in {run.dir} was trained with another setup: " + "; ".join(diffs)
+                                     + ". Use a new OUTPUT_DIR (or RUN_NAME) for the new settings.")
+            result.folds[k] = registry.get(k)
+        else:
+            if registry.is_done(k) and why is None:
+                run.log(f"fold {k} is marked done but its best.ckpt is missing: training it again")
+            todo.append(k)
+    if len(todo) < len(wanted):
+        run.log(f"folds already done: {sorted(result.folds)} (kept); to train: {todo}")
+    return todo
+
+
+def _score(run: Run, registry: FoldRegistry, result: CVResult, metric: Metric, min_epochs: int) -> None:
+    """The folds left out of the prediction (recorded in folds.json) and the out-of-fold CV score."""
+    result.left_out = _left_out(result.folds, metric, min_epochs)
     for k, v in result.folds.items():
         if v.get("left_out") != result.left_out.get(k):
             v = {**v, "left_out": result.left_out.get(k)}
@@ -540,9 +619,23 @@ def train_folds(
     result.cv_score = oof_score(run, metric, sorted(scored))
     if result.cv_score is not None:
         run.log(f"CV {metric.name} (out-of-fold, folds {sorted(scored)}): {result.cv_score:.4f}")
-    run.record.update(result.summary())
-    run.save()
-    return result
+
+
+def _signum(stop: StopSignal) -> int:
+    """The number of the stop signal this process received (0: none)."""
+    return int(signal.Signals[stop.received]) if stop else 0
+
+
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
+
+
+def _wrapped(model: nn.Module, device: torch.device, options: LoopOptions | None) -> nn.Module:
+    """`model` in DistributedDataParallel, converted to channels_last first where the loop would use it
+    (`fit` does not convert a wrapped model)."""
+    if use_channels_last((options or LoopOptions()).channels_last, torch.device(device).type):
+        model = model.to(memory_format=torch.channels_last)
+    return wrap(model, device)
 
 
 def _reserves(run: Run) -> str:

@@ -19,15 +19,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from .distributed import active as _dist_on
 from .options import _check_int
 from .repro import make_generator, seed_worker
 
 __all__ = ["make_loader", "default_workers", "steps_per_epoch"]
-
-
-def _dist_on() -> bool:
-    """Whether torch.distributed is running (several processes may share the work)."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def default_workers(device: torch.device | str) -> int:
@@ -59,8 +55,15 @@ def make_loader(
     not change the dropout masks of training.
 
     `distributed=None` splits a train loader across processes (the sampler shards by rank) when
-    torch.distributed runs with several processes; validation and test loaders are never split, so
-    every process sees the same scores and takes the same best-epoch and early-stopping decisions.
+    torch.distributed runs with several processes; validation and test loaders are never split (in a
+    distributed `fit` rank 0 evaluates the whole set and shares the score, so every process takes the
+    same best-epoch and early-stopping decisions).
+
+    Split, `batch_size` is one process's share of the optimizer step's batch: R processes at
+    `batch_size` b train on the same samples per step as one process at R x b (`ResumableSampler`),
+    and an epoch has the same number of steps, because the shards drop the epoch's last
+    len(dataset) mod R samples instead of repeating some, and the last incomplete step is dropped by
+    the same rule as in one process (`drop_last=None`: when there is more than one step's batch).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"BATCH_SIZE={batch_size!r} must be a positive integer.")
@@ -71,14 +74,15 @@ def make_loader(
     if split and not train:
         raise ValueError("distributed=True for a validation/test loader: these are never split across processes "
                          "(every process evaluates the whole set); use distributed=None.")
+    replicas, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if split else (1, 0)
     # A last batch of one sample breaks BatchNorm in training; keep every sample at inference.
-    drop = (train and len(dataset) > batch_size) if drop_last is None else drop_last
+    drop = (train and len(dataset) > batch_size * replicas) if drop_last is None else drop_last
     sampler = None
     if train:  # order and augmentation a function of (seed, epoch, index): exact mid-epoch resume
         from .sampler import IndexSeeded, ResumableSampler
 
-        replicas, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if split else (1, 0)
-        sampler = ResumableSampler(dataset, seed=seed, num_replicas=replicas, rank=rank, with_epoch=True)
+        sampler = ResumableSampler(dataset, seed=seed, num_replicas=replicas, rank=rank, drop_last=replicas > 1,
+                                   with_epoch=True)
         dataset = IndexSeeded(dataset, seed)
     extra: dict[str, Any] = {}
     if workers > 0:

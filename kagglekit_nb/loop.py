@@ -14,7 +14,12 @@ they decide (`options`), one optimizer step (`step`), loaders and the first-batc
 (`loaders`), the checks before and at the start of training (`preflight`).
 
 Nothing here assumes one process: the model may be wrapped in DistributedDataParallel, the train
-sampler may be a DistributedSampler, the loop writes no files and only rank 0 prints.
+sampler may be a DistributedSampler, the loop writes no files and only rank 0 prints. In several
+processes rank 0 evaluates the whole validation set (with the plain module, so no collective waits on
+the others) and shares the loss and score: every rank then takes the same best-epoch, early-stopping
+and scheduler decisions, and no padding sample is counted twice. The probabilities stay on rank 0,
+which writes the out-of-fold files. Out of memory in several processes is an error, not a back-off:
+one rank at a smaller batch would no longer meet the others at each step.
 
 The per-step cost over a hand-written loop is a few None-checks: the loss is summed as a tensor and
 read (one device sync) every `check_every` steps and at the end of the epoch.
@@ -34,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .budget import Budget
+from .distributed import broadcast_object, is_main, total, world_size
 from .loaders import _count, _dist_on, _loader_len, _rebuild, _to, _watched, _xy
 from .metrics import Metric
 from .options import (LoopOptions, _autocast, _capability, _check_int, _scheduler_interval, amp_dtype, make_scaler,
@@ -53,7 +59,7 @@ Log = Callable[[str], None]
 
 def is_main_process() -> bool:
     """True in a single process, and on rank 0 of a distributed run (the one that prints and writes)."""
-    return not _dist_on() or torch.distributed.get_rank() == 0
+    return is_main()
 
 
 # --------------------------------------------------------------------------- state
@@ -313,6 +319,10 @@ def _back_off(s: _Step, r: _Run, where: str) -> None:
     if s.device.type == "cuda":
         torch.cuda.empty_cache()
     bs = r.loader.batch_size
+    if world_size() > 1:
+        raise torch.OutOfMemoryError(
+            f"out of memory {where} at batch size {bs} per process: lower BATCH_SIZE (or IMG_SIZE), use a "
+            "smaller model, or enable mixed precision (amp); then run again to resume from the last checkpoint.")
     if r.oom_left == 0 or bs is None or bs < 2:
         raise torch.OutOfMemoryError(
             f"out of memory {where} at batch size {bs} after {r.halvings} halvings: "
@@ -381,10 +391,21 @@ def _epoch_progress(r: _Run, epoch: int) -> Any:
 
 
 def _evaluate(s: _Step, r: _Run, loss_fn: Callable, metric: Metric, activation: str) -> dict[str, Any]:
-    """`evaluate`, halving the validation batch size on out-of-memory."""
+    """`evaluate`, halving the validation batch size on out-of-memory. In several processes rank 0
+    evaluates (the plain module: DDP's forward would wait for the others) and every rank gets its loss
+    and score; the probabilities and targets are rank 0's alone (None elsewhere)."""
+    if world_size() == 1:
+        return _evaluate_here(s.forward, s, r, loss_fn, metric, activation)
+    ev = _evaluate_here(_unwrap(s.forward), s, r, loss_fn, metric, activation) if is_main() else None
+    shared = broadcast_object(None if ev is None else {"loss": ev["loss"], "score": ev["score"]})
+    return ev if ev is not None else {**shared, "probs": None, "targets": None}
+
+
+def _evaluate_here(model: nn.Module, s: _Step, r: _Run, loss_fn: Callable, metric: Metric,
+                   activation: str) -> dict[str, Any]:
     while True:
         try:
-            return evaluate(s.forward, r.val_loader, loss_fn=loss_fn, device=s.device, metric=metric,
+            return evaluate(model, r.val_loader, loss_fn=loss_fn, device=s.device, metric=metric,
                             autocast=s.dtype, channels_last=s.channels_last, activation=activation)
         except torch.OutOfMemoryError:
             r.val_loader = _halve_val(s, r, r.val_loader)
@@ -604,7 +625,8 @@ def _close_epoch(s: _Step, r: _Run, result: FitResult, ep: _Epoch, epoch: int, m
                  t0: float) -> tuple[dict[str, float], bool]:
     """Evaluate a finished epoch, record its row, keep the best weights, step a per-epoch scheduler.
     Returns the row and whether the score improved on the best so far."""
-    train_loss = ep.loss_sum.item() / max(ep.count, 1)
+    loss_sum, count = total([ep.loss_sum.item(), ep.count])  # every process's share of the epoch
+    train_loss = loss_sum / max(count, 1)
     ev = _evaluate(s, r, s.loss_fn, metric, opts.activation)
     row = {
         "epoch": epoch + 1,
@@ -615,7 +637,7 @@ def _close_epoch(s: _Step, r: _Run, result: FitResult, ep: _Epoch, epoch: int, m
         "seconds": time.monotonic() - t0,
     }
     result.history.append(row)
-    if opts.learning_check:
+    if opts.learning_check and ev["probs"] is not None:
         warning = r.learning.update(ev["probs"], ev["targets"])
         if warning:
             r.say(warning, warning=True)

@@ -20,10 +20,11 @@ import torch
 from ._atomic import write_json
 from .lock import RunLock, acquire as lock_folder
 from .budget import Budget
+from .distributed import is_main
 from .mirror import Mirror
 from .repro import seed_everything
 
-__all__ = ["RUN_FILE", "Run", "select_device", "start_run"]
+__all__ = ["RUN_FILE", "Run", "join_run", "select_device", "start_run"]
 
 RUN_FILE = "run.json"
 LOCAL_SCRATCH = "kagglekit_local"  # on Colab: /content/kagglekit_local, local copies of Drive checkpoints
@@ -86,18 +87,41 @@ class Run:
         return None if self.mirror is None else self.mirror.remote
 
     def log(self, message: str) -> None:
-        """Print `message` prefixed with the elapsed time and what is left of the budget."""
+        """Print `message` prefixed with the elapsed time and what is left of the budget (on rank 0 of a
+        multi-process run; the other ranks are quiet)."""
+        if not is_main():
+            return
         left = self.budget.remaining()
         left_text = f"{left / 60:5.1f} min left" if math.isfinite(left) else "no limit"
         self.echo(f"[{self.budget.elapsed():7.1f}s | {left_text}] {message}")
 
     def save(self) -> Path:
-        """Write `run.json` atomically: the record plus the budget's summary."""
+        """Write `run.json` atomically: the record plus the budget's summary (rank 0 of a multi-process
+        run writes it for all)."""
         data = {"run_name": self.name, "seed": self.seed, "platform": self.platform,
                 "device": str(self.device), "config": self.config, **self.record, **self.budget.summary()}
         path = self.dir / RUN_FILE
-        write_json(path, data, default=_json_default)
+        if is_main():
+            write_json(path, data, default=_json_default)
         return path
+
+    def handover(self) -> dict[str, Any]:
+        """What a training worker needs to continue this run in its own process (`join_run`)."""
+        state = {"name": self.name, "dir": str(self.dir), "seed": self.seed, "platform": self.platform,
+                 "config": self.config, "record": self.record, "previous": self.previous,
+                 "budget": self.budget.handover()}
+        if self.mirror is not None:
+            state["mirror"] = {"local": str(self.mirror.local), "remote": str(self.mirror.remote)}
+        return json.loads(json.dumps(state, default=_json_default))
+
+    def reload(self) -> None:
+        """Take back what another process of this run saved in run.json (the training workers' rank 0):
+        its record, and the budget's phases and reserves; the budget's clock and this Run's own fields stay."""
+        saved = json.loads((self.dir / RUN_FILE).read_text())
+        own = {"run_name", "seed", "platform", "device", "config", *self.budget.summary()}
+        self.record = {k: v for k, v in saved.items() if k not in own}
+        self.budget.phases = {k: float(v) for k, v in (saved.get("phases") or {}).items()}
+        self.budget.reserves = {k: float(v) for k, v in (saved.get("reserves") or {}).items()}
 
 
 def _mirror_checkpoints(run: Run, local: Path) -> None:
@@ -191,4 +215,18 @@ def start_run(
     if run.device.type == "cpu" and torch.cuda.is_available():
         run.log("WARNING: a CUDA GPU is available but this run trains on the CPU (DEVICE='cpu').")
     run.save()
+    return run
+
+
+def join_run(state: Mapping[str, Any], *, device: torch.device, echo: Callable[[str], None] = print) -> Run:
+    """The run a notebook process handed over (`Run.handover`), in a training worker: the same folder,
+    seed, record and budget (the same deadline). No lock: the notebook process holds the folder, and
+    only rank 0 writes or prints."""
+    seed = seed_everything(int(state["seed"]))
+    run = Run(name=state["name"], dir=Path(state["dir"]), budget=Budget.taken_over(state["budget"]), device=device,
+              seed=seed, platform=state.get("platform", "local"), config=dict(state.get("config") or {}),
+              record=dict(state.get("record") or {}), previous=state.get("previous"), echo=echo)
+    if state.get("mirror"):
+        run.mirror = Mirror(local=Path(state["mirror"]["local"]), remote=Path(state["mirror"]["remote"]))
+        run.checkpoint_dir = run.mirror.local
     return run

@@ -71,6 +71,10 @@ class ResumableSampler(Sampler):
     `DistributedSampler` does; every rank consumes the same number of samples per step, so the
     state saved by rank 0 resumes all ranks. `with_epoch=True` yields `(epoch, index)` pairs for
     `IndexSeeded`.
+
+    The order of an epoch is the same whatever the number of replicas: `position` samples taken by
+    each of R ranks are the first `position * R` of it. So a state saved with one number of replicas
+    resumes with another (2 processes yesterday, 1 today) at the same place in the same order.
     """
 
     def __init__(
@@ -160,13 +164,19 @@ class ResumableSampler(Sampler):
                 "rank": self.rank}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at the saved epoch and position; a sampler over other data or settings is an error."""
+        """Resume at the saved epoch and position; a sampler over other data or settings is an error.
+
+        A state saved with another number of replicas resumes at the same place of the epoch's order:
+        its per-rank position is converted (rounded up where it does not divide, so that no sample is
+        trained twice: at most `num_replicas - 1` of the epoch are skipped)."""
         missing = [k for k in _STATE_KEYS if k not in state]
         if missing:
             raise ValueError(f"sampler state is missing {missing}: it was not saved by ResumableSampler.")
         mine = self.state_dict()
-        diffs = [f"{k}: saved {state[k]!r}, now {mine[k]!r}"
-                 for k in ("seed", "length", "shuffle", "drop_last", "num_replicas") if state[k] != mine[k]]
+        keys = ["seed", "length", "shuffle"]
+        if state["num_replicas"] == self.num_replicas:  # the same split: the shards' tails must match too
+            keys.append("drop_last")
+        diffs = [f"{k}: saved {state[k]!r}, now {mine[k]!r}" for k in keys if state[k] != mine[k]]
         if diffs:
             raise ValueError(
                 "the saved sampler does not match this one (" + "; ".join(diffs) + "): resuming would "
@@ -174,6 +184,9 @@ class ResumableSampler(Sampler):
             )
         epoch = _check_int("saved epoch", state["epoch"])
         position = _check_int("saved position", state["position"])
+        replicas = _check_int("saved num_replicas", state["num_replicas"], low=1)
+        if replicas != self.num_replicas:  # the same order, another split: the same number of it consumed
+            position = min(-(-position * replicas // self.num_replicas), self.num_samples)
         if position > self.num_samples:
             raise ValueError(f"saved position {position} is past the end of the epoch ({self.num_samples} samples).")
         self.epoch, self.position = epoch, position

@@ -62,6 +62,7 @@ TARGET = None            # None: detected; label, binary_proba, class_proba, mul
 TEST_ROWS = None         # code competitions: the hidden test set's size, so prediction time is kept for all of it
 CHECK_IMAGES = False     # decode every image at load; unreadable ones are skipped (and listed) either way
 NUM_WORKERS = None       # DataLoader workers; None: automatic
+DEVICES = None           # training processes; None: every visible GPU (one GPU or none: one process); 1; 2; "cpu:2": two CPU processes
 DEVICE = None            # None: CUDA when available, else CPU
 
 # %%
@@ -140,6 +141,10 @@ folds.value_counts().sort_index().rename("validation images per fold")
 # `EPOCHS = None`, as many epochs as fit, the one-cycle schedule built for them) while keeping a reserve
 # for prediction and verification. Augmentation is applied to training images only;
 # the normalisation comes from the model's own config and is saved with each fold's model.
+#
+# With two GPUs (Kaggle's T4 x 2) `DEVICES = None` trains on both: this cell starts one process per GPU
+# with `torchrun` (DistributedDataParallel; `BATCH_SIZE` is shared between them) and shows the output of
+# the first. The next cells predict on one GPU from the fold models the processes saved.
 
 # %%
 models = task.train(data, folds, cfg, run)

@@ -114,6 +114,21 @@ def test_budget_timed_records_the_phase_even_when_the_block_raises():
     assert b.phases == {"train": 3.0}
 
 
+def test_a_handed_over_budget_keeps_the_deadline_on_another_clock():
+    clock = FakeClock(500.0)
+    b = Budget(total_s=600.0, clock=clock, reserves={"write": 5.0}, source="env")
+    with b.timed("classical"):
+        clock.advance(40.0)
+    state = b.handover()
+    # another process, another monotonic clock, 2 s later on the wall clock
+    other = Budget.taken_over(state, clock=FakeClock(7.0), wall=lambda: state["wall"] + 2.0)
+    assert other.remaining() == pytest.approx(b.remaining() - 2.0)
+    assert (other.reserves, other.phases, other.source) == ({"write": 5.0}, {"classical": 40.0}, "env")
+    unlimited = Budget(total_s=math.inf, clock=clock).handover()
+    assert unlimited["total_s"] is None and not Budget.taken_over(unlimited, clock=clock).limited
+    assert budget.WORKER_GRACE_S < budget.STOP_GRACE_S  # the notebook keeps time to write after the workers
+
+
 def test_budget_summary():
     clock = FakeClock()
     b = Budget(total_s=3600.0, clock=clock, reserves={"predict": 12.345}, source="env")

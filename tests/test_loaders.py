@@ -69,6 +69,30 @@ def test_only_a_train_loader_can_be_split_across_processes():
     assert (train.sampler.num_replicas, train.sampler.rank) == (1, 0)
 
 
+def test_split_train_loaders_take_the_steps_of_one_process_at_the_whole_batch(tmp_path, monkeypatch):
+    """Two processes at batch b train each step on the samples one process takes at 2b, in as many steps
+    (the shards drop the odd sample out instead of repeating one: in a set smaller than one step's
+    batch that sample is missing from the step)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        with monkeypatch.context() as m:  # what rank 0 and rank 1 of a two-process run build
+            m.setattr(dist, "get_world_size", lambda group=None: 2)
+            for n, batch in ((21, 4), (7, 4), (5, 8)):
+                shards = []
+                for rank in (0, 1):
+                    m.setattr(dist, "get_rank", lambda group=None, rank=rank: rank)
+                    shards.append(make_loader(_Index(n), batch // 2, train=True, seed=1, num_workers=0))
+                whole = make_loader(_Index(n), batch, train=True, seed=1, num_workers=0, distributed=False)
+                assert [len(s) for s in shards] == [len(whole)] * 2, n
+                for a, b, w in zip(*shards, whole):
+                    both = sorted(a.tolist() + b.tolist())
+                    assert both == sorted(w.tolist()) if n > batch else set(both) < set(w.tolist()), n
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "8", None])
 def test_bad_batch_size(batch_size):
     with pytest.raises(ValueError, match="BATCH_SIZE="):

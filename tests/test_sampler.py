@@ -80,6 +80,27 @@ def test_distributed_shards_pad_or_drop():
         ResumableSampler(10, seed=1, num_replicas=2, rank=2)
 
 
+def test_a_state_resumes_with_another_number_of_replicas_at_the_same_place_in_the_order():
+    order = ResumableSampler(11, seed=4).indices(1)  # one process's order of epoch 1
+    two = [ResumableSampler(11, seed=4, num_replicas=2, rank=r, drop_last=True) for r in range(2)]
+    for s in two:
+        s.set_epoch(1)
+        s.advance(3)  # three steps of one sample per rank: the first six of the order are trained
+    one = ResumableSampler(11, seed=4)
+    one.load_state_dict(two[0].state_dict())
+    assert (one.epoch, one.position) == (1, 6) and list(one) == order[6:]
+    back = [ResumableSampler(11, seed=4, num_replicas=2, rank=r, drop_last=True) for r in range(2)]
+    for s in back:
+        s.load_state_dict(one.state_dict())
+    assert [b.position for b in back] == [3, 3]
+    assert sorted(list(back[0]) + list(back[1])) == sorted(order[6:10])  # the rest, less the odd one out
+    one.advance(1)  # 7 taken: 2 ranks resume at 4 each, skipping one sample rather than training one twice
+    back[0].load_state_dict(one.state_dict())
+    assert back[0].position == 4
+    with pytest.raises(ValueError, match="seed: saved 4, now 5"):
+        ResumableSampler(11, seed=5, num_replicas=2, rank=0).load_state_dict(one.state_dict())
+
+
 def test_resume_reads_only_the_remaining_samples():
     data = _Counting(20)
     s = ResumableSampler(data, seed=5)

@@ -10,6 +10,13 @@
     report = finish(data, path, cfg, run)             # verify, verification.json, run.json
     figures = plot_results(run, data, models, folds)  # curves, time, confusion matrix
 
+`DEVICES` says how many processes train the deep model: one (today's path, the default with one GPU
+or none), or several with DistributedDataParallel — every visible GPU with DEVICES = None (Kaggle's two
+T4s), or "cpu:2". Then `train` starts the workers with torchrun (`kagglekit_nb.worker`, which calls
+`train_worker` here: the same `_train_deep` as one process) and streams their output into the cell;
+the notebook process never initialises CUDA while they run, and afterwards predicts on one device from
+the fold models they saved. BATCH_SIZE is the batch of one optimizer step, shared by the processes.
+
 `MODEL = "auto"` (the default) sizes the deep model to the budget: `train` times each rung of
 `LADDER` (a timm model and an image size, from small and fast to larger) on one batch, cheapest
 first, and the budget picks the strongest rung whose folds x epochs fit (`choose_model`,
@@ -27,6 +34,7 @@ model in `tasks.classical`, the chooser in `kagglekit_nb.blend`, the time decisi
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -39,6 +47,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .. import distributed
 from .. import folds as _folds
 from .._atomic import write_atomic, write_json
 from .. import checkpoint as _ckpt
@@ -47,7 +56,7 @@ from ..loaders import make_loader
 from ..loop import one_cycle, predict as _predict_loader
 from ..options import LoopOptions
 from ..metrics import get_metric
-from ..run import Run
+from ..run import Run, join_run
 from ..ui import progress
 from . import classical
 from .classical import ClassicalResult
@@ -77,7 +86,9 @@ __all__ = [
     "scan_images",
     "start",
     "train",
+    "train_worker",
     "write_submission",
+    "write_worker_spec",
 ]
 
 SAMPLE_GLOB = "[sS]ample*[sS]ubmission*"  # how a competition folder under /kaggle/input is recognised
@@ -125,6 +136,7 @@ class Config(RunConfig):
     TEST_ROWS: int | None = None       # the hidden test set's size when a code competition's rerun scores more rows
     CHECK_IMAGES: bool = False         # decode every image at load (slow on big data); unreadable ones are skipped anyway
     NUM_WORKERS: int | None = None     # None = automatic
+    DEVICES: int | str | None = None   # training processes: None = every visible GPU (one GPU or none: one process); 1; 2; "cpu:2"
     DEVICE: str | None = None          # None = CUDA when available
 
     def check(self) -> None:
@@ -142,6 +154,10 @@ class Config(RunConfig):
             raise ValueError(f"TTA={self.TTA!r} is not valid; choose one of {', '.join(TTA_CHOICES)}.")
         if self.METRIC is not None:
             get_metric(self.METRIC)
+        distributed.check_devices(self.DEVICES, self.DEVICE)
+        kind, n = distributed.parse_devices(self.DEVICES)
+        if n is not None:  # with DEVICES = None the number of GPUs is known at `train`
+            distributed.World(n).batch_per_process(self.BATCH_SIZE)
         Overrides.from_config(self).check()
 
 
@@ -307,7 +323,8 @@ def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: i
     val_mask = folds.to_numpy() == k
     tr, va = comp.train[~val_mask], comp.train[val_mask]
     built = dataclasses.replace(cfg, WEIGHTS=None) if timing else cfg
-    model = build_model(built, comp.n_classes, comp.in_chans, None if timing else run).to(run.device)
+    with contextlib.nullcontext() if timing else distributed.main_first():  # rank 0 fetches the weights first
+        model = build_model(built, comp.n_classes, comp.in_chans, None if timing else run).to(run.device)
     mean, std = normalization(model, comp.in_chans)
     y = comp.y
     train_ds = _dataset(tr["path"].tolist(), y[~val_mask],
@@ -318,8 +335,8 @@ def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: i
     meta = {**_fold_meta(cfg, comp, k), "mean": mean, "std": std}
     return FoldSetup(
         model=model, optimizer=optimizer,
-        train_loader=make_loader(train_ds, cfg.BATCH_SIZE, train=True, seed=cfg.SEED + k, device=run.device,
-                                 num_workers=cfg.NUM_WORKERS),
+        train_loader=make_loader(train_ds, cfg.BATCH_SIZE // distributed.world_size(), train=True, seed=cfg.SEED + k,
+                                 device=run.device, num_workers=cfg.NUM_WORKERS),  # each process's share
         val_loader=make_loader(val_ds, cfg.BATCH_SIZE * 2, train=False, device=run.device,
                                num_workers=cfg.NUM_WORKERS),
         loss_fn=nn.BCEWithLogitsLoss() if comp.multilabel else nn.CrossEntropyLoss(label_smoothing=cfg.LABEL_SMOOTHING),
@@ -338,10 +355,25 @@ class Trained(CVResult):
 def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained:
     """The classical stage first (seconds: downsized pixels + scikit-learn on the same folds, see
     `tasks.classical`), then every unfinished fold of the deep model inside the budget; finished
-    folds are kept, interrupted ones resume exactly where their last checkpoint left them."""
+    folds are kept, interrupted ones resume exactly where their last checkpoint left them.
+
+    With several processes (DEVICES) the deep model trains in torchrun workers (`_in_workers`);
+    run.json records `world_size` and `backend` either way."""
     classical = classical_stage(data, folds, cfg, run)
     if classical is not None:
         _submit_classical(data, folds, classical, cfg, run)
+    world = distributed.plan_world(cfg.DEVICES, device=cfg.DEVICE)
+    world.batch_per_process(cfg.BATCH_SIZE)
+    run.record.update(world_size=world.processes, backend=world.backend)
+    cv = _in_workers(data, cfg, run, world) if world.distributed else _train_deep(data, folds, cfg, run)
+    check_unreadable(data, run)
+    run.save()
+    return Trained(**{f.name: getattr(cv, f.name) for f in dataclasses.fields(CVResult)}, classical=classical)
+
+
+def _train_deep(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> CVResult:
+    """The deep model: its choice, then every unfinished fold (`cv.train_folds`); the same code in one
+    process and in each of several."""
     cfg = choose_model(data, folds, cfg, run)
     timed = run.record[MODEL_CHOICE].get("timed")  # the chosen rung's pace, measured in this session
     n_folds = cfg.TRAIN_FOLDS or cfg.FOLDS
@@ -354,9 +386,75 @@ def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained
         predict_items=test_rows(data, cfg, run) * n_folds * (1 + n_tta), predict_models=n_folds,
         expected_meta=lambda k: _fold_meta(cfg, data, k),
         timed=None if timed is None else (timed["epoch_s"], timed["eval_item_s"]))
-    check_unreadable(data, run)
+    return cv
+
+
+def _worker_spec(data: Competition, cfg: Config, run: Run) -> dict[str, Any]:
+    """What a worker re-creates the config, run and data from (`train_worker`)."""
+    run.budget.close_setup()
+    return {"task": "classification", "run": run.handover(),
+            "config": {**cfg.as_dict(), "DATA_DIR": str(data.data_dir)}, "unreadable": dict(data.unreadable)}
+
+
+def write_worker_spec(data: Competition, cfg: Config, run: Run, *, backend: str = "nccl") -> Path:
+    """Write `<OUTPUT_DIR>/workers/spec.json` without training, for starting the workers by hand (two
+    machines: `torchrun --nnodes 2 ... -m kagglekit_nb.worker SPEC`, see the README); `backend` is "nccl"
+    for GPUs, "gloo" for CPUs. Returns its path."""
+    if backend not in ("nccl", "gloo"):
+        raise ValueError(f"backend={backend!r} is not valid: use 'nccl' (GPUs) or 'gloo' (CPUs).")
+    world = distributed.World(2, "cuda" if backend == "nccl" else "cpu", backend)
+    path = distributed.write_spec(_worker_spec(data, cfg, run), world, folder=run.dir)
     run.save()
-    return Trained(**{f.name: getattr(cv, f.name) for f in dataclasses.fields(CVResult)}, classical=classical)
+    return path
+
+
+def _in_workers(data: Competition, cfg: Config, run: Run, world: distributed.World) -> CVResult:
+    """`_train_deep` in `world.processes` torchrun workers (`train_worker` in each), their output
+    streamed into the cell; then this process takes back the record rank 0 saved in run.json."""
+    spec = _worker_spec(data, cfg, run)
+    run.save()
+    t0 = run.budget.clock()
+    try:
+        result = distributed.launch(spec, world, folder=run.dir, echo=run.echo)
+    finally:
+        before = sum(run.budget.phases.values())
+        run.reload()  # what rank 0 recorded: folds, plan, CV score, the phases it timed
+        run.budget.add_phase("workers", max(0.0, run.budget.clock() - t0 - (sum(run.budget.phases.values()) - before)))
+        run.save()
+    steps = sorted({json.dumps(r.get("steps"), sort_keys=True) for r in result["ranks"]})
+    run.log(f"the {world.processes} training processes finished, every one at the same step of each fold: "
+            f"{steps[0]}" if len(steps) == 1 else f"WARNING: the training processes stopped at different steps: {steps}")
+    return CVResult.from_summary(run.record)
+
+
+def train_worker(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """One training process of a multi-process run (`python -m kagglekit_nb.worker`): the config, run and
+    data re-created from the spec the notebook process wrote (`_in_workers`), then `_train_deep`.
+    Returns where this process stopped (fold -> optimizer steps), which rank 0 writes to result.json."""
+    cfg = Config(**spec["config"])
+    run = join_run(spec["run"], device=device)
+    data = _read_again(cfg, run, spec.get("unreadable") or {})
+    folds = make_folds(data, cfg, run)  # folds.csv, made by the notebook process
+    cv = _train_deep(data, folds, cfg, run)
+    return {"rank": distributed.rank(), "steps": {str(k): v.get("steps") for k, v in sorted(cv.folds.items())},
+            "stop_reason": cv.stop_reason}
+
+
+def _read_again(cfg: Config, run: Run, unreadable: dict[str, str]) -> Competition:
+    """The competition `load` read in the notebook process, read again quietly (nothing is written):
+    its classes must be those saved in labels.json."""
+    from .. import env
+
+    with distributed.main_first():  # archives or pixel rows are extracted once: rank 0 checks first
+        comp = read(Path(cfg.DATA_DIR), Overrides.from_config(cfg), scratch=env.make_scratch_dir(run.platform, log=run.log),
+                    log=lambda message: None)
+    probe_channels(comp, _channels)
+    comp.unreadable.update({**unreadable, **_journal(run.dir)})
+    saved = json.loads((run.dir / CLASSES_FILE).read_text())["classes"]
+    if saved != comp.classes:
+        raise ValueError(f"{run.dir / CLASSES_FILE} holds classes {saved[:10]} but the workers read "
+                         f"{comp.classes[:10]} from {cfg.DATA_DIR}: the data changed while the run was going on.")
+    return comp
 
 
 def test_rows(data: Competition, cfg: Config, run: Run | None = None) -> int:
@@ -405,20 +503,24 @@ def choose_model(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> 
     stops at the first that cannot fit; the budget picks the strongest rung that fits
     (`Budget.pick_rung`) and the log shows why, as a table.
     """
-    n_folds = cfg.TRAIN_FOLDS or cfg.FOLDS
-    if cfg.MODEL != AUTO:
-        size = cfg.IMG_SIZE or next((s for m, s in LADDER if m == cfg.MODEL), DEFAULT_IMG_SIZE)
-        choice: dict[str, Any] = {"model": cfg.MODEL, "img_size": size, "chosen_by": "MODEL"}
-    elif (saved := _saved_choice(run, n_folds)) is not None:
-        size = cfg.IMG_SIZE or int(saved["img_size"])
-        choice = {**{k: v for k, v in saved.items() if k != "timed"}, "img_size": size}  # timed on another machine
-        run.log(f"MODEL='auto': this run trains {saved['model']} at {size} px, as chosen before "
-                f"({saved.get('chosen_by', 'run.json')})")
-    else:
-        choice = _climb(data, folds, cfg, run, n_folds)
+    choice = _choice(data, folds, cfg, run) if distributed.is_main() else None
+    choice = distributed.broadcast_object(choice)  # several processes: rank 0 chose (and timed) for all
     run.record[MODEL_CHOICE] = choice
     run.save()
     return dataclasses.replace(cfg, MODEL=choice["model"], IMG_SIZE=int(choice["img_size"]))
+
+
+def _choice(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> dict[str, Any]:
+    n_folds = cfg.TRAIN_FOLDS or cfg.FOLDS
+    if cfg.MODEL != AUTO:
+        size = cfg.IMG_SIZE or next((s for m, s in LADDER if m == cfg.MODEL), DEFAULT_IMG_SIZE)
+        return {"model": cfg.MODEL, "img_size": size, "chosen_by": "MODEL"}
+    if (saved := _saved_choice(run, n_folds)) is not None:
+        size = cfg.IMG_SIZE or int(saved["img_size"])
+        run.log(f"MODEL='auto': this run trains {saved['model']} at {size} px, as chosen before "
+                f"({saved.get('chosen_by', 'run.json')})")
+        return {**{k: v for k, v in saved.items() if k != "timed"}, "img_size": size}  # timed on another machine
+    return _climb(data, folds, cfg, run, n_folds)
 
 
 def _climb(data: Competition, folds: pd.Series, cfg: Config, run: Run, n_folds: int) -> dict[str, Any]:
