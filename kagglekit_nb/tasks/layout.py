@@ -142,6 +142,7 @@ class _Index:
         self.by_stem: dict[str, list[Path]] = {}
         self.dirs: Counter[Path] = Counter()       # folder -> images directly in it
         self.other: dict[str, Path] = {}           # files in other formats, by name and stem (for errors)
+        self.files: dict[Path, list[Path]] = {}    # folder -> the images directly in it
         self.roots = roots
         for root in roots:
             for dirpath, dirnames, files in os.walk(root):
@@ -157,6 +158,7 @@ class _Index:
                     self.by_name.setdefault(name, []).append(p)
                     self.by_stem.setdefault(name[: -len(ext)], []).append(p)
                     self.dirs[here] += 1
+                    self.files.setdefault(here, []).append(p)
 
     @classmethod
     def of(cls, roots: list[Path]) -> "_Index":
@@ -423,7 +425,7 @@ def _labels_from_files(index: _Index, data_dir: Path, ov: Overrides) -> _Labels 
 
 
 def _images_in(index: _Index, folder: Path) -> list[Path]:
-    return [p for ps in index.by_name.values() for p in ps if p.parent == folder] if index.dirs.get(folder) else []
+    return index.files.get(folder, [])
 
 
 def _dir(data_dir: Path, value: str | None, index: _Index | None = None) -> Path | None:
