@@ -25,12 +25,13 @@ first, and the budget picks the strongest rung whose folds x epochs fit (`choose
 The column names come from `sample_submission.csv`: its first column is the id; one other column
 means "predict a label", several mean "one probability column per class".
 
-This module is the whole task (about 830 lines, over the ~600 a module aims at): the verbs above and
+This module is the whole task (about 900 lines, over the ~600 a module aims at): the verbs above and
 the steps only this task has — the model ladder's place in the run (`choose_model`), the classical
-stage's, and the choice among the candidates — kept together so the task reads top to bottom. Image
-files (finding, decoding, skipping, the dataset and transforms) are in `tasks.images`, the classical
-model in `tasks.classical`, the chooser in `kagglekit_nb.blend`, the time decisions in
-`kagglekit_nb.budget`; the ladder and the candidate steps are the next to move out when they grow.
+stage's, the choice among the candidates and the hand-over to training workers — kept together so the
+task reads top to bottom. Reading the competition is in `tasks.competition` and `tasks.layout`, image
+files (decoding, skipping, the dataset and transforms) in `tasks.images`, the classical model in
+`tasks.classical`, the chooser in `kagglekit_nb.blend`, the processes in `kagglekit_nb.distributed`, the
+time decisions in `kagglekit_nb.budget`; the ladder and the candidate steps are the next to move out.
 """
 from __future__ import annotations
 
