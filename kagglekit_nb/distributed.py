@@ -17,6 +17,7 @@ answering ends the run with an error instead of a hang, and torchrun ends the ot
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -371,7 +372,7 @@ def launch(spec: Mapping[str, Any], world: World, *, folder: Path, echo: Callabl
                             env=_worker_environ(world, os.environ if environ is None else environ),
                             start_new_session=True, preexec_fn=_dies_with_parent())
     expected: list[str] = []  # torchrun's own traceback of a signal passed on: shown only if the workers fail
-    seen: list[str] = []      # the last lines, for torchrun's summary of a failure
+    seen: collections.deque[str] = collections.deque(maxlen=200)  # for torchrun's summary of a failure
     try:
         with _forwarding(proc, echo) as received:
             assert proc.stdout is not None
@@ -386,7 +387,7 @@ def launch(spec: Mapping[str, Any], world: World, *, folder: Path, echo: Callabl
     if result is None:
         for line in expected:
             echo(line)
-        raise WorkersFailed(_failure(folder, logs, code, received, seen[-200:]))
+        raise WorkersFailed(_failure(folder, logs, code, received, list(seen)))
     return result
 
 
@@ -436,26 +437,32 @@ def _failure(folder: Path, logs: Path, code: int, received: Sequence[str], outpu
 
 
 def _root_cause(output: Sequence[str]) -> str | None:
-    """The failing rank and its error from torchrun's summary ("Root Cause (first observed failure)")."""
-    try:
-        start = max(i for i, line in enumerate(output) if line.startswith("Root Cause"))
-    except ValueError:
-        return None
-    fields: dict[str, str] = {}
-    for line in output[start + 1:]:
-        if line.startswith("=") or not line.strip():
-            break
+    """The failing rank and its error from torchrun's failure summary. A rank killed by a signal other than
+    the SIGTERM torchrun stops the others with (SIGKILL: out of memory; a crash) is the cause, whatever
+    torchrun observed first (the others then fail at their next collective); else torchrun's root cause."""
+    fields = ("time", "host", "rank", "exitcode", "error_file", "traceback")
+    entries: list[dict[str, str]] = []
+    for line in output:
+        if re.fullmatch(r"\[\d+\]:", line.strip()):
+            entries.append({})
+            continue
+        if not entries or line.startswith(("=", "-")):
+            continue
         name, _, value = line.strip().partition(":")
-        if value and name.strip() in ("rank", "exitcode", "traceback") and name.strip() not in fields:
-            fields[name.strip()] = value.strip()
-    if "rank" not in fields:
+        if name.strip() in fields and name.strip() not in entries[-1]:
+            entries[-1][name.strip()] = value.strip()
+        elif "traceback" in entries[-1] and line.strip():  # the traceback's next lines
+            entries[-1]["traceback"] += "\n" + line.strip()
+    entries = [e for e in entries if "rank" in e]
+    if not entries:
         return None
-    rank_ = fields["rank"].split(" ")[0]
-    exit_code = fields.get("exitcode", "").split(" ")[0]
-    if "SIG" in fields.get("exitcode", "") and exit_code.startswith("-"):
-        name = fields["exitcode"].rsplit("(", 1)[-1].rstrip(")")
-        return f"rank {rank_} was killed by {name} (out of memory, or stopped from outside)"
-    return f"rank {rank_} failed with {_last_line(fields.get('traceback', 'an error'))}"
+    killed = [e for e in entries if re.search(r"\((SIG\w+)\)", e.get("exitcode", "")) and "SIGTERM" not in e["exitcode"]]
+    cause = killed[0] if killed else entries[-1]  # the last block is torchrun's "Root Cause"
+    rank_ = cause["rank"].split(" ")[0]
+    signal_name = re.search(r"\((SIG\w+)\)", cause.get("exitcode", ""))
+    if signal_name and cause.get("exitcode", "").startswith("-"):
+        return f"rank {rank_} was killed by {signal_name.group(1)} (out of memory, or stopped from outside)"
+    return f"rank {rank_} failed with {_last_line(cause.get('traceback', 'an error'))}"
 
 
 def _first_error(logs: Path) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -26,10 +26,13 @@ from .repro import make_generator, seed_worker
 __all__ = ["make_loader", "default_workers", "steps_per_epoch"]
 
 
-def default_workers(device: torch.device | str) -> int:
+def default_workers(device: torch.device | str, environ: Mapping[str, str] | None = None) -> int:
     """DataLoader workers: on CUDA most cores feed the GPU; on a small CPU box workers would
-    steal the cores that compute, so decode in the main process there."""
+    steal the cores that compute, so decode in the main process there. Several training processes
+    on one machine (torchrun's LOCAL_WORLD_SIZE) share its cores."""
+    environ = os.environ if environ is None else environ
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = max(1, cpus // max(1, int(environ.get("LOCAL_WORLD_SIZE") or 1)))
     if torch.device(device).type == "cuda":
         return max(1, min(8, cpus - 1))
     return 0 if cpus <= 4 else min(4, cpus // 2)

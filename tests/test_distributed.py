@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from kagglekit_nb import distributed
+from kagglekit_nb.cv import load_fold_model
 from kagglekit_nb.demo import make_classification_demo
 from kagglekit_nb.distributed import World, plan_world
 from kagglekit_nb.tasks import classification as clf
@@ -71,6 +72,37 @@ def test_visible_gpus_follow_cuda_visible_devices():
     assert distributed.visible_gpus({"CUDA_VISIBLE_DEVICES": "1"}, found=2) == 1
     assert distributed.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, found=2) == 0
     assert distributed.visible_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,1"}, found=2) == 1  # CUDA stops at -1
+
+
+_SUMMARY = """kagglekit_nb.worker FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-01-01_10:00:00
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 102)  (SIGKILL)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 102
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-01-01_10:00:00
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 101)
+  error_file: /tmp/error.json
+  traceback : Traceback (most recent call last):
+    File "cv.py", line 1, in should_stop
+  RuntimeError: Connection reset by peer
+============================================================""".splitlines()
+
+
+def test_a_failure_names_the_rank_that_died_not_the_one_it_left_waiting():
+    assert distributed._root_cause(_SUMMARY) == "rank 1 was killed by SIGKILL (out of memory, or stopped from outside)"
+    only_rank_0 = _SUMMARY[:3] + _SUMMARY[11:]
+    assert distributed._root_cause(only_rank_0) == "rank 0 failed with RuntimeError: Connection reset by peer"
+    assert distributed._root_cause(["nothing to see"]) is None
 
 
 # --------------------------------------------------------------------------- two processes, end to end
@@ -135,7 +167,16 @@ def _ranks(run) -> list[dict]:
     return json.loads((run.dir / distributed.WORKERS_DIR / distributed.RESULT_FILE).read_text())["ranks"]
 
 
-def test_two_processes_score_like_one_and_submit(digits, tmp_path, one_thread):
+@pytest.fixture(scope="module")
+def two_processes(digits, tmp_path_factory, one_thread):
+    """A two-process run of fold 0 for two epochs: (run, competition, result, config, streamed log)."""
+    lines: list[str] = []
+    cfg = _cfg(digits, tmp_path_factory.mktemp("two") / "run", DEVICES="cpu:2")
+    run, comp, result = _train(cfg, echo=lines.append)
+    return run, comp, result, cfg, lines
+
+
+def test_two_processes_score_like_one_and_submit(digits, tmp_path, one_thread, two_processes):
     """BATCH_SIZE is the step's batch, split between the processes, so both runs take the same steps
     over the same samples; they differ only where two valid runs do: each process's BatchNorm sees 16
     images instead of 32, and gradients are summed in another order. Over two epochs that moves the
@@ -143,9 +184,7 @@ def test_two_processes_score_like_one_and_submit(digits, tmp_path, one_thread):
     two-process score must be within 0.08 of the one-process one (the seed spread, plus three binomial
     standard errors of an accuracy on the 719 out-of-fold images, 3 x 0.012)."""
     one_run, _, one = _train(_cfg(digits, tmp_path / "one", DEVICES=1))
-    lines: list[str] = []
-    cfg = _cfg(digits, tmp_path / "two", DEVICES="cpu:2")
-    run, comp, two = _train(cfg, echo=lines.append)
+    run, comp, two, cfg, lines = two_processes
 
     record = json.loads((run.dir / "run.json").read_text())
     assert (record["world_size"], record["backend"]) == (2, "gloo")
@@ -216,3 +255,43 @@ def test_two_processes_resume_in_one_and_say_the_numerics_changed(stopped, digit
     assert result.folds[0]["status"] == "done"
     assert result.folds[0]["steps"] == record["plan"]["fold0"]["steps_per_epoch"]  # the epoch's steps, once each
     _submit(run, comp, result, cfg)
+
+
+def _pid_of_rank(rank: int, spec: Path) -> int:
+    """The process id of the worker of `rank` training from `spec` (read from /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kagglekit_nb.worker" in command and str(spec).encode() in command and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise LookupError(f"no worker of rank {rank} for {spec}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc")
+def test_a_killed_rank_ends_the_run_with_its_name_and_the_rerun_ends_byte_identical(two_processes, digits,
+                                                                                     tmp_path, one_thread):
+    """SIGKILL to rank 1 after the first epoch: the cell fails naming it, the checkpoints stay, and the
+    rerun resumes from the epoch's checkpoint and ends with the very predictions of an uninterrupted run."""
+    cfg = _cfg(digits, tmp_path / "run", DEVICES="cpu:2")
+    spec = tmp_path / "run" / distributed.WORKERS_DIR / distributed.SPEC_FILE
+    killed: list[int] = []
+
+    def echo(line: str) -> None:
+        if "fold 0 epoch 1/2: train_loss" in line and not killed:
+            killed.append(_pid_of_rank(1, spec))
+            os.kill(killed[0], signal.SIGKILL)
+
+    with pytest.raises(distributed.WorkersFailed, match=r"rank 1 was killed by SIGKILL .* The checkpoints in "
+                                                         r".* are kept: run this cell .* again"):
+        _train(cfg, echo=echo)
+    lines: list[str] = []
+    run, comp, result = _train(cfg, echo=lines.append)
+    assert any("fold 0: resumed from step-" in line for line in lines)
+    assert result.folds[0]["status"] == "done"
+    straight = two_processes[0].dir
+    assert (run.dir / "oof_fold0.csv").read_bytes() == (straight / "oof_fold0.csv").read_bytes()
+    mine, theirs = (load_fold_model(d / "checkpoints" / "fold0" / "best.ckpt")[0] for d in (run.dir, straight))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)

@@ -107,6 +107,7 @@ def test_bad_worker_count():
 def test_default_workers():
     assert 0 <= default_workers("cpu") <= 4
     assert 1 <= default_workers("cuda") <= 8
+    assert default_workers("cuda", {"LOCAL_WORLD_SIZE": "64"}) == 1  # many processes share the cores
 
 
 def test_steps_per_epoch_counts_the_last_partial_window():

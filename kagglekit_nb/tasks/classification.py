@@ -156,7 +156,7 @@ class Config(RunConfig):
         if self.METRIC is not None:
             get_metric(self.METRIC)
         distributed.check_devices(self.DEVICES, self.DEVICE)
-        kind, n = distributed.parse_devices(self.DEVICES)
+        _, n = distributed.parse_devices(self.DEVICES)
         if n is not None:  # with DEVICES = None the number of GPUs is known at `train`
             distributed.World(n).batch_per_process(self.BATCH_SIZE)
         Overrides.from_config(self).check()
