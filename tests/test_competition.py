@@ -195,3 +195,13 @@ def test_the_image_index_is_walked_again_after_a_fix_but_not_otherwise(tmp_path,
     assert len(_read(d, tmp_path).train) == 12 and len(walks) == 1
     _read(d, tmp_path)
     assert len(walks) == 1  # nothing changed: the index of the first walk is reused
+
+
+def test_an_answer_key_next_to_the_data_is_not_taken_for_the_labels(tmp_path):
+    d = _comp(tmp_path)
+    pd.DataFrame({"id": [f"s{i}" for i in range(4)], "label": ["cat", "dog"] * 2}).to_csv(d / "solution.csv",
+                                                                                        index=False)
+    assert _read(d, tmp_path).decisions[3].value.startswith("train.csv")
+    (d / "train.csv").unlink()
+    with pytest.raises(ValueError, match=r"solution\.csv: its ids are the sample's \(test\) ids"):
+        _read(d, tmp_path)

@@ -89,7 +89,7 @@ def test_failing_cell_exits_nonzero_naming_the_error(tmp_path, digits_competitio
     proc = run_cli("run", "classification", "--data", str(data), "--out", str(tmp_path / "out"),
                    "-p", "EPOCHS", "1")
     assert proc.returncode == 1
-    assert "train.csv has no column 'id'" in proc.stderr
+    assert "train.csv: no column 'id'" in proc.stderr  # the reader says why train.csv is not the labels
     assert (tmp_path / "out" / "image_classification.ipynb").exists()  # the executed notebook is kept
 
 

@@ -291,7 +291,8 @@ def read(data_dir: Path, ov: Overrides = Overrides(), *, scratch: Path | None = 
     if found:
         decisions.append(Decision("archives", ", ".join(p.name for p in found), f"extracted into {roots[-1]}"))
     index = _Index.of(roots)
-    lab, why_not = _labels_from_csv(roots, sample_path, id_col, target_cols, ov, log)
+    lab, why_not = _labels_from_csv(roots, sample_path, id_col, target_cols, ov, log,
+                                    set(sample_df[id_col].str.strip()))
     if lab is None:
         lab = _labels_from_files(index, data_dir, ov)
     if lab is None:

@@ -326,10 +326,12 @@ def _file_rank(p: Path) -> int:
 
 
 def _labels_from_csv(roots: list[Path], sample_path: Path, id_col: str, target_cols: list[str],
-                     ov: Overrides, log: Callable[[str], Any]) -> tuple[_Labels | None, dict[str, str]]:
+                     ov: Overrides, log: Callable[[str], Any], test_ids: set[str] = frozenset()
+                     ) -> tuple[_Labels | None, dict[str, str]]:
     """The labels CSV: LABELS_FILE, else the one best-named CSV with the id column and a label column;
     None when no CSV is one, and why each CSV is not. A CSV with the id column whose label column is
-    unclear is an error naming the candidates (the best-named such CSV's)."""
+    unclear is an error naming the candidates (the best-named such CSV's). A CSV whose ids are mostly the
+    sample's (`test_ids`: an answer key, a solution file) is not the training labels."""
     data_dir = roots[0]
     if ov.labels_file:
         path = Path(ov.labels_file)
@@ -352,6 +354,9 @@ def _labels_from_csv(roots: list[Path], sample_path: Path, id_col: str, target_c
         ic = _id_column(head, id_col)
         if ic is None:
             why_not[path.name] = f"no column {id_col!r} (the sample's id column; its columns are {list(head.columns)[:12]})"
+            continue
+        if not ov.labels_file and test_ids and head[ic].str.strip().isin(test_ids).mean() > 0.5:
+            why_not[path.name] = "its ids are the sample's (test) ids"
             continue
         try:
             col, how = _label_column(head, ic, target_cols, path.name, ov.label_column)
