@@ -216,6 +216,17 @@ def early_baseline(run: Run, sample: Any, *, train_labels: Sequence[Any] | None,
     return path
 
 
+def record_written(run: Run, report: Any, what: str, path: Path) -> None:
+    """Say in run.json which submission `path` holds after `submission.write_verified`: `what` when its
+    report is valid, else that `what` was rejected (and why) and the file kept what it held."""
+    if report.valid:
+        run.record["submission"] = what
+    else:
+        run.record["submission_rejected"] = {"what": what, "errors": report.errors[:10]}
+        run.log(f"WARNING: the {what} submission is invalid and was not used ({'; '.join(report.errors[:3])}); "
+                f"{path} keeps {run.record.get('submission', 'what it held')}")
+
+
 def verify_csv(run: Run, path: Path, sample_path: Path, **kwargs: Any) -> Any:
     """Verify a CSV submission against the sample (`submission.finalize`, timed as "verify"), write
     verification.json, and run.json whatever happens. An invalid file is replaced by the emergency

@@ -64,8 +64,8 @@ from .classical import ClassicalResult
 from .competition import (IMAGE_EXTENSIONS, Competition, Overrides, best_threshold, probe_channels, read,
                           read_sample, submission_frame)
 from .images import UNREADABLE_FILE, ImageDataset, _channels, _journal, _tta, normalization, read_image, scan_images, transforms
-from ._config import (Demo, RunConfig, early_baseline, find_data, start, timm_model, training_plots, verify_csv,
-                      weights_for)
+from ._config import (Demo, RunConfig, early_baseline, find_data, record_written, start, timm_model, training_plots,
+                      verify_csv, weights_for)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -811,12 +811,7 @@ def _write_verified(data: Competition, sub: pd.DataFrame, run: Run, what: str) -
     path = run.dir / "submission.csv"
     with run.budget.timed("write"):
         report = write_verified(sub, path, _sample(data), labels=_legal(data), kind=data.submission_kind)
-    if report.valid:
-        run.record["submission"] = what
-    else:
-        run.record["submission_rejected"] = {"what": what, "errors": report.errors[:10]}
-        run.log(f"WARNING: the {what} submission is invalid and was not used ({'; '.join(report.errors[:3])}); "
-                f"{path} keeps {run.record.get('submission', 'what it held')}")
+    record_written(run, report, what, path)
     run.save()
     return path
 

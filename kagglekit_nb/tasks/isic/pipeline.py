@@ -34,7 +34,7 @@ import pandas as pd
 from ... import folds as _folds
 from ...run import Run
 from ...weights import AUTO
-from .._config import Demo, RunConfig, early_baseline, find_data, start, verify_csv
+from .._config import Demo, RunConfig, early_baseline, find_data, record_written, start, verify_csv
 from .data import SAMPLE_FILE, TEST_FILE, TEST_IMAGES, TRAIN_FILE, TRAIN_IMAGES, Competition, read_metadata
 from .embeddings import Embeddings, embeddings
 from .features import Features, features
@@ -284,12 +284,7 @@ def write_submission(data: Competition, preds: np.ndarray | None, cfg: Config, r
         sub = pd.DataFrame({"isic_id": data.sample["isic_id"], "target": np.clip(preds, 0.0, 1.0)})
         what = "model"
     report = write_verified(sub, path, data.sample_path, kind="binary_proba")
-    if report.valid:
-        run.record["submission"] = what
-    else:
-        run.record["submission_rejected"] = {"what": what, "errors": report.errors[:10]}
-        run.log(f"WARNING: the {what} submission is invalid and was not used ({'; '.join(report.errors[:3])}); "
-                f"{path} keeps {run.record.get('submission', 'what it held')}")
+    record_written(run, report, what, path)
     return path
 
 
