@@ -2,9 +2,9 @@
 
 Seconds on a CPU, and often a strong bar: every deep model must beat it out of fold to be submitted.
 
-    X, X_test, bad = pixel_features(train_paths, test_paths, read=read_image, size=16, colour=False)
-    result = fit_predict(X, y, folds, X_test, n_classes=10, metric=get_metric("accuracy"),
-                         budget=run.budget, skip=bad_train_rows)
+    X, bad = pixel_features(train_paths + test_paths, read=read_image, size=16, colour=False)
+    result = fit_predict(X[:n], y, folds, X[n:], n_classes=10, metric=get_metric("accuracy"),
+                         budget=run.budget, skip=bad_train_rows, channels=1)
     result.oof, result.test, result.score      # out-of-fold and test probabilities, OOF score
 
 Features: each image resized to size x size (grey, or colour when `colour`), normalised per image
@@ -12,6 +12,12 @@ Features: each image resized to size x size (grey, or colour when `colour`), nor
 inside the model's pipeline. The model is an RBF SVM with probabilities (up to `SVM_MAX_ROWS`
 training rows), else a logistic regression; it is fit on the same folds as the deep model, so the
 out-of-fold scores compare like with like.
+
+The SVM also learns from each training image moved by one pixel up, down, left and right (`SHIFTS`,
+"virtual" samples: the cheapest augmentation there is), while its rows x 5 stay within
+`SHIFT_MAX_ROWS`. On the digits demo (5 folds) this took out-of-fold accuracy from 0.985 to 0.988,
+log loss from 0.16 to 0.12 and test accuracy from 0.992 to 1.000, for about 5x the fit time. The SVM's probability calibration splits keep an image and its shifted copies on
+one side, so the copies cannot make the probabilities over-confident.
 """
 from __future__ import annotations
 
@@ -25,13 +31,19 @@ import numpy as np
 from ..budget import Budget
 from ..metrics import Metric
 
-__all__ = ["PIXELS", "ClassicalResult", "estimate_s", "fit_predict", "make_model", "pixel_features",
-           "prior_oof"]
+__all__ = ["PIXELS", "SHIFTS", "ClassicalResult", "estimate_s", "fit_predict", "make_model", "pixel_features",
+           "prior_oof", "shifted"]
 
 PIXELS = 16              # features: PIXELS x PIXELS pixels per channel
 SVM_MAX_ROWS = 20_000    # above this an SVM's fit time (about rows^2) no longer takes seconds
-_PROBE_ROWS = 300        # rows of the timed probe fit that sizes the stage for the budget
+SHIFT_MAX_ROWS = 10_000  # the SVM adds its SHIFTS copies while rows x 5 stay within this (fits of seconds)
+_PROBE_ROWS = 1000       # rows of the timed probe fit that sizes the stage for the budget
+# An SVM's fit grows between rows^1 (small fits: 300 -> 5,000 digit rows took 8.5x) and rows^2 (large
+# ones); the probe is scaled by rows^1.5 from its own size, linearly for the logistic regression.
+_SVM_POWER = 1.5
 PACE = "classical_fold"  # the budget's name for the pace of one fold fit
+SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # (rows, columns) moves of the SVM's extra training copies
+_CALIBRATION_SPLITS = 3  # the SVM's Platt scaling is fit on this many internal splits
 
 
 @dataclass
@@ -83,11 +95,12 @@ def pixel_features(paths: Sequence[str], read: Callable[[str], np.ndarray], *, s
     return out, bad
 
 
-def make_model(n_rows: int, seed: int = 0, *, multilabel: bool = False) -> Any:
+def make_model(n_rows: int, seed: int = 0, *, multilabel: bool = False, calibration: Any = _CALIBRATION_SPLITS) -> Any:
     """The stage's scikit-learn pipeline: standardise, then an RBF SVM with calibrated probabilities
     (small data) or a multinomial logistic regression (more than SVM_MAX_ROWS rows). Multi-label
     targets (a 0/1 column per label): one logistic regression per label (one-vs-rest), which copes
-    with labels too rare for the SVM's internal calibration splits."""
+    with labels too rare for the SVM's internal calibration splits. `calibration`: the SVM's
+    calibration splits (a count, or (fit, calibrate) index pairs)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
@@ -99,8 +112,50 @@ def make_model(n_rows: int, seed: int = 0, *, multilabel: bool = False) -> Any:
         return make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(C=0.1, max_iter=300)))
     if n_rows <= SVM_MAX_ROWS:  # Platt-scaled probabilities from 3 internal splits (SVC(probability=True))
         return make_pipeline(StandardScaler(), CalibratedClassifierCV(SVC(C=10.0, random_state=seed),
-                                                                      cv=3, ensemble=False))
+                                                                      cv=calibration, ensemble=False))
     return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300))
+
+
+def uses_shifts(n_rows: int, multilabel: bool) -> bool:
+    """Whether a fit on `n_rows` rows adds the SHIFTS copies: the SVM's case, while the copies fit."""
+    return not multilabel and n_rows * (1 + len(SHIFTS)) <= SHIFT_MAX_ROWS
+
+
+def shifted(X: np.ndarray, channels: int) -> np.ndarray:
+    """`X` (pixel_features rows) followed by one copy per move in SHIFTS: the pixels moved by one
+    pixel, the edge row or column repeated; each copy keeps its image's mean and contrast."""
+    size = int(round(((X.shape[1] - 2) / channels) ** 0.5))
+    if size * size * channels != X.shape[1] - 2:
+        raise ValueError(f"rows of {X.shape[1]} features are not {channels}-channel pixel_features")
+    img = X[:, :-2].reshape(len(X), size, size, channels)
+    padded = np.pad(img, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    copies = [X]
+    for dy, dx in SHIFTS:
+        moved = padded[:, 1 + dy:1 + dy + size, 1 + dx:1 + dx + size].reshape(len(X), -1)
+        copies.append(np.concatenate([moved, X[:, -2:]], axis=1))
+    return np.concatenate(copies)
+
+
+def _calibration_splits(y: np.ndarray, copies: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Calibration splits over `copies` stacked copies of the rows of `y`: all copies of one image on
+    the same side."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n = len(y)
+    splitter = StratifiedGroupKFold(_CALIBRATION_SPLITS, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(n * copies), np.tile(y, copies), np.tile(np.arange(n), copies)))
+
+
+def _fit(X: np.ndarray, y: np.ndarray, seed: int, channels: int | None) -> Any:
+    """The stage's model fit on (X, y), with the SHIFTS copies where `uses_shifts` (and `channels`,
+    the pixel planes per image, is known)."""
+    multilabel = np.ndim(y) == 2
+    rare = not multilabel and np.bincount(y)[np.bincount(y) > 0].min() < _CALIBRATION_SPLITS
+    if channels is None or rare or not uses_shifts(len(X), multilabel):
+        return make_model(len(X), seed, multilabel=multilabel).fit(X, y)
+    copies = 1 + len(SHIFTS)
+    model = make_model(len(X), seed, calibration=_calibration_splits(y, copies, seed))
+    return model.fit(shifted(X, channels), np.tile(y, copies))
 
 
 def _model_name(model: Any) -> str:
@@ -108,9 +163,10 @@ def _model_name(model: Any) -> str:
     return " + ".join(names)
 
 
-def estimate_s(X: np.ndarray, y: np.ndarray, n_folds: int, seed: int = 0) -> float:
-    """Seconds one fold fit (and its predictions) should take, from a timed fit on a few hundred
-    rows scaled to the fold size (quadratically for the SVM, linearly for the logistic regression)."""
+def estimate_s(X: np.ndarray, y: np.ndarray, n_folds: int, seed: int = 0, *, channels: int | None = None) -> float:
+    """Seconds one fold fit (and its predictions) should take, from a timed fit on up to _PROBE_ROWS
+    rows scaled to the fold's rows (the SHIFTS copies included where the fold's fit adds them): by
+    _SVM_POWER for the SVM, linearly for the logistic regression."""
     n_fit = int(len(X) * (n_folds - 1) / n_folds)
     rows = np.random.default_rng(seed).permutation(len(X))[:min(_PROBE_ROWS, len(X))]
     if len(np.unique(y[rows])) < 2:
@@ -119,8 +175,9 @@ def estimate_s(X: np.ndarray, y: np.ndarray, n_folds: int, seed: int = 0) -> flo
     t0 = time.monotonic()
     model.fit(X[rows], y[rows])
     probe = time.monotonic() - t0
-    power = 2 if n_fit <= SVM_MAX_ROWS else 1
-    return probe * max(1.0, n_fit / len(rows)) ** power
+    power = _SVM_POWER if n_fit <= SVM_MAX_ROWS else 1
+    copies = 1 + len(SHIFTS) if channels is not None and uses_shifts(n_fit, np.ndim(y) == 2) else 1
+    return probe * max(1.0, n_fit * copies / len(rows)) ** power
 
 
 def prior_oof(y: np.ndarray, folds: np.ndarray, n_classes: int) -> np.ndarray:
@@ -136,12 +193,14 @@ def prior_oof(y: np.ndarray, folds: np.ndarray, n_classes: int) -> np.ndarray:
 
 def fit_predict(X: np.ndarray, y: np.ndarray, folds: np.ndarray, X_test: np.ndarray | None, *, n_classes: int,
                 metric: Metric, seed: int = 0, skip: Sequence[int] = (), skip_test: Sequence[int] = (),
-                budget: Budget | None = None, fold_s: float = 0.0) -> ClassicalResult:
+                budget: Budget | None = None, fold_s: float = 0.0, channels: int | None = None) -> ClassicalResult:
     """Fit one model per fold on the other folds' rows; its out-of-fold and (averaged) test
     probabilities. Rows in `skip` (unreadable images) are not trained on and get the fold's class
     prior; so do the test rows in `skip_test`. With a `budget`, each fold first asks its
     `stop_reason` for the fold's need (`fold_s` estimated, then measured); a refused fold and the
-    ones after it stay NaN in `oof`. `y`: class indices, or a 0/1 matrix (multi-label)."""
+    ones after it stay NaN in `oof`. `y`: class indices, or a 0/1 matrix (multi-label). `channels`:
+    the pixel planes of pixel_features rows (1 grey, 3 colour), which lets the SVM add its SHIFTS
+    copies; None: `X` is not pixels, so no copies."""
     t0 = time.monotonic()
     y, folds = np.asarray(y), np.asarray(folds)
     multilabel = y.ndim == 2
@@ -162,8 +221,7 @@ def fit_predict(X: np.ndarray, y: np.ndarray, folds: np.ndarray, X_test: np.ndar
                 reason = why
                 break
         t_fold = time.monotonic()
-        model = make_model(int(fit.sum()), seed, multilabel=multilabel)
-        model.fit(X[fit], y[fit])
+        model = _fit(X[fit], y[fit], seed, channels)
         probs = _proba(model, X[val], n_classes, multilabel)
         probs[~usable[val]] = _frequencies(y[fit], n_classes)
         oof[val] = probs

@@ -566,7 +566,7 @@ def _classical_key(data: Competition, folds: pd.Series) -> str:
     import hashlib
 
     text = "|".join([*data.train["id"], "#", *data.test["id"], "#", *data.classes, "#",
-                     *map(str, folds.to_numpy()), "#", str(classical.PIXELS), "pixels+mean+std"])
+                     *map(str, folds.to_numpy()), "#", str(classical.PIXELS), "pixels+mean+std+shifts"])
     return hashlib.sha1(text.encode()).hexdigest()
 
 
@@ -606,10 +606,12 @@ def classical_stage(data: Competition, folds: pd.Series, cfg: Config, run: Run) 
         n = len(data.train)
         X, X_test = X_all[:n], X_all[n:]
         y = data.y
-        fold_s = classical.estimate_s(X, y, cfg.FOLDS, cfg.SEED)
+        channels = 3 if colour else 1
+        fold_s = classical.estimate_s(X, y, cfg.FOLDS, cfg.SEED, channels=channels)
         result = classical.fit_predict(X, y, folds.to_numpy(), X_test, n_classes=data.n_classes, metric=metric,
                                        seed=cfg.SEED, skip=[i for i in bad if i < n],
-                                       skip_test=[i - n for i in bad if i >= n], budget=run.budget, fold_s=fold_s)
+                                       skip_test=[i - n for i in bad if i >= n], budget=run.budget, fold_s=fold_s,
+                                       channels=channels)
     if result.test is None:
         run.log(f"classical stage: no fold fitted ({result.stop_reason})")
         run.record["classical"] = result.summary()
