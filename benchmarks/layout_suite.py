@@ -8,8 +8,9 @@ Each layout (tests/layouts.py: the competition's exact files, folders and column
 images) is generated, then read, trained and submitted by the same calls the notebook makes, all at
 their defaults (MODEL "auto", EPOCHS None, FOLDS 5, WEIGHTS "auto": random here, nothing attached). The
 table shows per layout: the target the kit read, whether the file is valid, its score, the baseline's
-score, which candidate was submitted, and the seconds the run took. The last line counts the valid
-submissions and those that beat the baseline.
+score, the out-of-fold scores of the classical stage, the deep model and the submitted candidate (and
+which one that was), and the seconds the run took. The last lines count the valid submissions, those
+that beat the baseline, and those whose submitted OOF score is at least the classical stage's.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from layouts import LAYOUTS, is_better, make  # noqa: E402
 
+from kagglekit_nb.metrics import get_metric  # noqa: E402
 from kagglekit_nb.tasks import classification as task  # noqa: E402
 
 
@@ -35,7 +37,7 @@ def run_layout(name: str, root: Path, budget: str, n_train: int, n_test: int) ->
     cfg = task.Config(DATA_DIR=str(layout.data_dir), OUTPUT_DIR=str(out), BUDGET=budget)
     t0 = time.monotonic()
     row = {"layout": name, "target": "-", "valid": False, "score": None, "baseline": layout.baseline_score(),
-           "metric": layout.metric, "submitted": "-", "error": ""}
+           "metric": layout.metric, "submitted": "-", "error": "", "oof": {}}
     try:
         run = task.start(cfg, environ={"KAGGLEKIT_START": repr(t0)})  # the budget starts with this layout
         data = task.load(cfg, run)
@@ -58,7 +60,10 @@ def run_layout(name: str, root: Path, budget: str, n_train: int, n_test: int) ->
             row["error"] = problems[0][:120]
     record = out / "run.json"
     if record.is_file():
-        row["submitted"] = json.loads(record.read_text()).get("submitted", "-")
+        saved = json.loads(record.read_text())
+        row["submitted"] = saved.get("submitted", "-")
+        row["oof"] = saved.get("candidates") or {}
+        row["run_metric"] = saved.get("metric")
     row["seconds"] = round(time.monotonic() - t0, 1)
     return row
 
@@ -78,16 +83,37 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[-1]
         print(f"{r['layout']}: {r['target']} valid={r['valid']} score={r['score']} baseline={r['baseline']:.4f} "
               f"({r['seconds']}s){' ' + r['error'] if r['error'] else ''}", file=sys.stderr, flush=True)
-    print("| layout | target | valid | metric | score | baseline | submitted | s |\n|---|---|---|---|---|---|---|---|")
+    print("| layout | target | valid | metric | score | baseline | classical OOF | deep OOF | submitted OOF | "
+          "submitted | s |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        score = "-" if r["score"] is None else f"{r['score']:.4f}"
-        print(f"| {r['layout']} | {r['target']} | {'yes' if r['valid'] else 'NO'} | {r['metric']} | {score} | "
-              f"{r['baseline']:.4f} | {r['submitted']} | {r['seconds']} |")
+        oof = r["oof"]
+        print(f"| {r['layout']} | {r['target']} | {'yes' if r['valid'] else 'NO'} | {r['metric']} | "
+              f"{_num(r['score'])} | {r['baseline']:.4f} | {_num(oof.get('classical'))} | {_num(oof.get('deep'))} | "
+              f"{_num(oof.get(r['submitted']))} | {r['submitted']} | {r['seconds']} |")
     valid = sum(r["valid"] for r in rows)
     beat = sum(r["valid"] and is_better(r["metric"], r["score"], r["baseline"]) for r in rows)
-    print(f"\nvalid submissions: {valid}/{len(rows)}; better than the baseline: {beat}/{len(rows)} "
+    held = sum(_at_least_classical(r) for r in rows)
+    print(f"\nvalid submissions: {valid}/{len(rows)}; better than the baseline: {beat}/{len(rows)}; "
+          f"submitted OOF at least the classical stage's: {held}/{len(rows)} "
           f"(budget {args.budget} each, {args.train} train / {args.test} test images)")
     return 0 if valid == len(rows) else 1
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _at_least_classical(row: dict) -> bool:
+    """The submitted candidate's OOF score is at least the classical stage's (by the metric's own
+    direction); true when the classical stage did not run, as there is no bar to hold."""
+    oof = row["oof"]
+    bar, got = oof.get("classical"), oof.get(row["submitted"])
+    if bar is None:
+        return row["valid"]
+    if got is None:
+        return False
+    metric = get_metric(row["run_metric"])
+    return got == bar or metric.better(got, bar)
 
 
 if __name__ == "__main__":
