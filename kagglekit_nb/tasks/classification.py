@@ -59,7 +59,7 @@ from ..options import LoopOptions
 from ..metrics import get_metric
 from ..run import Run, join_run
 from ..ui import progress
-from . import classical
+from . import classical, frozen
 from .classical import ClassicalResult
 from .competition import (IMAGE_EXTENSIONS, Competition, Overrides, best_threshold, probe_channels, read,
                           read_sample, submission_frame)
@@ -348,28 +348,39 @@ def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: i
 
 @dataclass
 class Trained(CVResult):
-    """What `train` made: the deep model's folds (a CVResult) and the classical stage's result."""
+    """What `train` made: the deep model's folds (a CVResult) and the classical stages' results."""
 
     classical: ClassicalResult | None = None
+    frozen: ClassicalResult | None = None     # the classical model on frozen pretrained embeddings
 
 
 def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained:
     """The classical stage first (seconds: downsized pixels + scikit-learn on the same folds, see
-    `tasks.classical`), then every unfinished fold of the deep model inside the budget; finished
+    `tasks.classical`; with pretrained weights at hand also on frozen embeddings, `tasks.frozen`),
+    then every unfinished fold of the deep model inside the budget; finished
     folds are kept, interrupted ones resume exactly where their last checkpoint left them.
 
     With several processes (DEVICES) the deep model trains in torchrun workers (`_in_workers`);
     run.json records `world_size` and `backend` either way."""
     classical = classical_stage(data, folds, cfg, run)
-    if classical is not None:
-        _submit_classical(data, folds, classical, cfg, run)
     world = distributed.plan_world(cfg.DEVICES, device=cfg.DEVICE)
     world.batch_per_process(cfg.BATCH_SIZE)
     run.record.update(world_size=world.processes, backend=world.backend)
-    cv = _in_workers(data, cfg, run, world) if world.distributed else _train_deep(data, folds, cfg, run)
+    if world.distributed:  # the notebook process keeps off the GPUs while workers train: embeddings come after
+        _submit_classical(data, folds, {"classical": classical}, cfg, run)
+        if frozen.backbone_weights(cfg) is not None:
+            run.budget.reserve_share(frozen.SHARE_NAME, frozen.SHARE)
+        cv = _in_workers(data, cfg, run, world)
+        run.budget.release(frozen.SHARE_NAME)
+        embedded = frozen.stage(data, folds, cfg, run)
+    else:
+        embedded = frozen.stage(data, folds, cfg, run)
+        _submit_classical(data, folds, {"classical": classical, frozen.CANDIDATE: embedded}, cfg, run)
+        cv = _train_deep(data, folds, cfg, run)
     check_unreadable(data, run)
     run.save()
-    return Trained(**{f.name: getattr(cv, f.name) for f in dataclasses.fields(CVResult)}, classical=classical)
+    return Trained(**{f.name: getattr(cv, f.name) for f in dataclasses.fields(CVResult)}, classical=classical,
+                   frozen=embedded)
 
 
 def _train_deep(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> CVResult:
@@ -660,6 +671,10 @@ def predict(data: Competition, models: CVResult | None, cfg: Config, run: Run) -
     oofs["classical"] = None if stage is None else stage.oof
     if stage is not None:
         tests["classical"] = stage.test
+    embedded = models.frozen if isinstance(models, Trained) else None
+    embedded = embedded or frozen.saved(data, run)
+    if embedded is not None:
+        oofs[frozen.CANDIDATE], tests[frozen.CANDIDATE] = embedded.oof, embedded.test
     deep = _predict_deep(data, cfg, run)
     oofs["deep"] = None if deep is None else _deep_oof(data, run, deep[1])
     if deep is not None:
@@ -818,25 +833,34 @@ def _write_verified(data: Competition, sub: pd.DataFrame, run: Run, what: str) -
     return path
 
 
-def _submit_classical(data: Competition, folds: pd.Series, result: ClassicalResult, cfg: Config,
-                      run: Run) -> None:
-    """The classical stage's submission replaces the baseline (after verification) when its
+def _submit_classical(data: Competition, folds: pd.Series, results: dict[str, ClassicalResult | None] | ClassicalResult,
+                      cfg: Config, run: Run) -> None:
+    """The best classical stage's submission (pixels, or frozen embeddings: `results` by candidate
+    name; None: the stage did not run) replaces the baseline, after verification, when its
     out-of-fold score beats the class prior's: the run's first real submission."""
     from ..blend import choose
 
+    if isinstance(results, ClassicalResult):
+        results = {"classical": results}
+    results = {n: r for n, r in results.items() if r is not None}
+    if not results:
+        return
     y = data.y
     metric = get_metric(data.metric)
     choice = choose({"baseline": classical.prior_oof(y, folds.to_numpy(), data.n_classes),
-                     "classical": result.oof}, y, metric)
-    if choice.name != "classical":
-        run.log(f"the classical stage ({_fmt(choice.scores.get('classical'))}) does not beat the class prior "
-                f"({_fmt(choice.scores.get('baseline'))}) out of fold: the baseline stays")
+                     **{n: r.oof for n, r in results.items()}}, y, metric, blend=())
+    if choice.name not in results:
+        run.log("the classical stage (" + ", ".join(f"{n} {_fmt(choice.scores.get(n))}" for n in results)
+                + f") does not beat the class prior ({_fmt(choice.scores.get('baseline'))}) out of fold: "
+                "the baseline stays")
         return
+    result = results[choice.name]
+    what = "classical stage" if choice.name == "classical" else f"classical stage ({choice.name})"
     test = np.where(data.test["path"].isin(list(data.unreadable)).to_numpy()[:, None], _prior(data), result.test)
     threshold = best_threshold(result.oof, y, metric) if data.kind == "label_list" else 0.5
-    path = _write_verified(data, _frame(data, test, threshold), run, "classical stage")
-    if run.record.get("submission") == "classical stage":
-        run.log(f"{path} now holds the classical stage's predictions (verified)")
+    path = _write_verified(data, _frame(data, test, threshold), run, what)
+    if run.record.get("submission") == what:
+        run.log(f"{path} now holds the {what}'s predictions (verified)")
 
 
 def finish(data: Competition, path: Path, cfg: Config, run: Run) -> Any:

@@ -154,9 +154,11 @@ class _Extraction:
 
 
 def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model: torch.nn.Module,
-                    cfg: Config, run: Run) -> str | None:
+                    cfg: Config, run: Run, *, share: str = EMBED_SHARE_NAME) -> str | None:
     """Compute the chunks in `todo`, saving each as it completes; a reason string if it stopped early
-    (the budget's answer: the embeddings' share of the time is used, or the reserves are reached)."""
+    (the budget's answer: the embeddings' share of the time, allotted as `share`, is used, or the
+    reserves are reached). `images` yields (tensor, row) or None (skipped); `cfg` gives BATCH_SIZE
+    and NUM_WORKERS."""
     from ...loaders import default_workers
 
     device = run.device
@@ -180,7 +182,7 @@ def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model
     for b, (rows, c) in enumerate(zip(batches, chunk_of)):
         now = clock()
         if c != current:  # a new chunk: start it only if it fits the embedding share of the budget
-            reason = run.budget.stop_reason(run.budget.need(EMBED_BATCH, batches_in[c]), share=EMBED_SHARE_NAME)
+            reason = run.budget.stop_reason(run.budget.need(EMBED_BATCH, batches_in[c]), share=share)
             if reason:
                 return reason
             lo, hi = ext.bounds(c)
