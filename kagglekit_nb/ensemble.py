@@ -90,8 +90,9 @@ def _load_run(folder: str | Path) -> _Run:
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"RUN_DIR {folder} is not a folder: pass the output folders of finished runs.")
-    labels = _read_json(path / LABELS_FILE, "the run has not read its data yet; only classification runs "
-                                            "can be blended.")
+    labels = _read_json(path / LABELS_FILE, "the run has not read its data yet (runs of the classification "
+                                            "and ISIC notebooks save it; glacier fine-tune runs are blended "
+                                            "by their code packages).")
     record = _read_json(path / "run.json", "the run has not started: run its notebook first.")
     if not (path / FOLDS_FILE).is_file():
         raise FileNotFoundError(f"{path / FOLDS_FILE} is missing: the run has not split its data yet.")

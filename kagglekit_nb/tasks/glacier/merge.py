@@ -184,7 +184,7 @@ def blend_packages(run_dirs: Sequence[str | Path], out: str | Path, *, log: Any 
         "weights": weights, "valid": valid,
         "runs": {r.name: {"dir": str(r.dir.resolve()), "models": len(r.models),
                           "candidate": "model" if r.models else "ndsi", SCORE_COLUMN: scores[r.name],
-                          "ndsi_mcc_holdout": _record(r.dir).get("scores", {}).get("ndsi_mcc_holdout")}
+                          "ndsi_mcc_holdout": (_record(r.dir).get("scores") or {}).get("ndsi_mcc_holdout")}
                  for r in runs},
         "sample": str(holdout), "errors": errors[:10]})
     return result
