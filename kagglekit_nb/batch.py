@@ -14,7 +14,9 @@ run.json) and resumes the others in their folders (the notebooks resume from the
 One `--budget` covers the whole batch: each run gets its share of what is left when it starts
 (`budget.split_budget`). The runs of a batch share one split (the first run's `folds.csv` is copied
 into the others' folders), so their out-of-fold predictions can be blended (`kagglekit blend`),
-unless the grid varies FOLDS. A failing run is reported and the others go on. The batch ends with a
+unless the grid varies FOLDS. `--parallel N` runs up to N at once, one GPU each (CUDA_VISIBLE_DEVICES),
+on a machine with several GPUs; with one GPU or none the runs go one at a time (`gpu_slots`). A failing
+run is reported and the others go on. The batch ends with a
 leaderboard, printed and saved as `<out>/leaderboard.csv`.
 """
 from __future__ import annotations
@@ -135,7 +137,8 @@ def is_finished(run_dir: str | Path) -> bool:
 
 def gpu_slots(parallel: int, gpus: int, environ: Mapping[str, str] | None = None) -> tuple[list[str | None], str]:
     """The device slots runs take, one per concurrent run (a CUDA_VISIBLE_DEVICES value, or None to
-    leave it alone), and a line saying how the runs share the machine."""
+    leave it alone), and a line saying how the runs share the machine: with two GPUs or more, up to
+    `parallel` runs at once, one GPU each; else one run at a time."""
     if parallel < 1:
         raise ValueError(f"--parallel {parallel} must be at least 1.")
     environ = os.environ if environ is None else environ
@@ -147,12 +150,12 @@ def gpu_slots(parallel: int, gpus: int, environ: Mapping[str, str] | None = None
         if parallel > n:
             note += f"; --parallel {parallel} is more than the {len(devices)} GPUs"
         return list(devices[:n]), note
+    # One GPU or none: one at a time. Each run's torch already takes every CPU core (and the one GPU),
+    # so two at once would each run at about half speed and plan their epochs on a contended pace.
+    ignored = f" (--parallel {parallel} ignored: it needs two GPUs or more)" if parallel > 1 else ""
     if len(devices) == 1:
-        note = "one GPU: the runs go one at a time" + (f" (--parallel {parallel} ignored)" if parallel > 1 else "")
-        return [None], note
-    if parallel > 1:
-        return [None] * parallel, f"no GPU: {parallel} runs at a time share the CPU cores (each is slower)"
-    return [None], "no GPU: the runs go one at a time on the CPU"
+        return [None], "one GPU: the runs go one at a time" + ignored
+    return [None], "no GPU: the runs go one at a time on the CPU" + ignored
 
 
 @dataclass

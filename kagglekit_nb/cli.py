@@ -80,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="set a notebook parameter for every run (repeatable)")
 
-    l = sub.add_parser("blend", help="blend finished runs with weights that optimise the out-of-fold score")
+    l = sub.add_parser("blend", help="blend finished runs with weights that optimise the out-of-fold score "
+                                     "(glacier runs: their fold models in one package, scored on the held-out tiles)")
     l.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output folders of finished runs on the same data")
-    l.add_argument("--out", required=True, help="folder for the blended submission.csv and blend.json")
+    l.add_argument("--out", required=True, help="folder for the blended submission.csv (glacier: package/) and "
+                                                "blend.json")
     l.add_argument("--metric", help="metric to optimise (default: the runs' METRIC)")
     l.add_argument("--sample", help="sample_submission.csv to verify against (default: the one the runs used)")
 
@@ -221,7 +223,7 @@ def _blend(args: argparse.Namespace) -> int:
 
     result = blend_runs(args.runs, args.out, metric=args.metric, sample=args.sample)
     print(result.table.to_string(float_format=lambda x: f"{x:.4f}"))
-    print(f"\nout-of-fold {result.metric} on {result.rows} rows; blend: {Path(args.out) / BLEND_FILE}")
+    print(f"\n{result.scored_on}; blend: {Path(args.out) / BLEND_FILE}")
     if not result.valid:
         print(f"kagglekit blend: the blended submission is not valid; see {Path(args.out) / BLEND_FILE}",
               file=sys.stderr)

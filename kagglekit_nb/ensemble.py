@@ -12,6 +12,8 @@ format) and `folds.csv` (the split) that is all `blend_runs` reads:
 The runs must share training ids, folds and classes (an error names the run and what differs). The
 weights come from `blend.choose` (non-negative, summing to 1), so the submitted blend's OOF score is
 never worse than the best single run's; `kagglekit blend RUN_DIR... --out DIR` is the same call.
+Glacier fine-tune runs (a code package each) are blended by `tasks.glacier.merge.blend_packages`:
+their fold models in one package, kept when it scores at least the best run's on the held-out tiles.
 """
 from __future__ import annotations
 
@@ -88,8 +90,9 @@ def _load_run(folder: str | Path) -> _Run:
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"RUN_DIR {folder} is not a folder: pass the output folders of finished runs.")
-    labels = _read_json(path / LABELS_FILE, "the run has not read its data yet; only classification runs "
-                                            "can be blended.")
+    labels = _read_json(path / LABELS_FILE, "the run has not read its data yet (runs of the classification "
+                                            "and ISIC notebooks save it; glacier fine-tune runs are blended "
+                                            "by their code packages).")
     record = _read_json(path / "run.json", "the run has not started: run its notebook first.")
     if not (path / FOLDS_FILE).is_file():
         raise FileNotFoundError(f"{path / FOLDS_FILE} is missing: the run has not split its data yet.")
@@ -191,13 +194,28 @@ class Blended:
     weights: dict[str, float] = field(default_factory=dict)
     rows: int = 0
     valid: bool = False
+    scored_on: str = ""                     # what the scores are, e.g. "out-of-fold accuracy on 300 rows"
+    score_column: str = "oof_score"
 
     @property
     def table(self) -> pd.DataFrame:
         names = [*self.scores, "blend"]
-        return pd.DataFrame({"oof_score": [*self.scores.values(), self.score],
+        return pd.DataFrame({self.score_column: [*self.scores.values(), self.score],
                              "weight": [self.weights.get(n, 0.0) for n in self.scores] + [1.0]},
                             index=pd.Index(names, name="run"))
+
+
+def _glacier_runs(run_dirs: Sequence[str | Path]) -> bool:
+    """True when the runs are glacier fine-tune runs (a code package, no predictions to weigh); a
+    ValueError when only some are."""
+    from .tasks.glacier.merge import is_glacier_run
+
+    kinds = {Path(d).expanduser().name: is_glacier_run(Path(d).expanduser()) for d in run_dirs}
+    if all(kinds.values()) or not any(kinds.values()):
+        return bool(kinds) and all(kinds.values())
+    raise ValueError(f"the runs are of different notebooks: {', '.join(n for n, g in kinds.items() if g)} submit a "
+                     f"glacier code package, {', '.join(n for n, g in kinds.items() if not g)} do not; blend runs "
+                     "of one notebook.")
 
 
 def blend_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metric: str | None = None,
@@ -210,6 +228,14 @@ def blend_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metric: str |
     from .submission import finalize, write_verified
     from .tasks.competition import TARGETS
 
+    glacier = _glacier_runs(run_dirs)
+    if glacier:
+        if metric not in (None, "mcc") or sample is not None:
+            raise ValueError("glacier runs are blended by the MCC of their code packages on the held-out tiles: "
+                             "--metric and --sample do not apply to them.")
+        from .tasks.glacier.merge import blend_packages
+
+        return blend_packages(run_dirs, out)
     if len(run_dirs) < 2:
         raise ValueError(f"blend needs at least two run folders, got {len(run_dirs)}.")
     runs = [_load_run(d) for d in run_dirs]
@@ -244,7 +270,7 @@ def blend_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metric: str |
         report = finalize(path, sample_path, out, labels=label_list, kind=kind)
     result = Blended(submission=path, metric=metric_name, score=choice.scores.get(choice.name),
                      scores={n: choice.scores.get(n) for n in names}, weights=weights, rows=choice.rows,
-                     valid=bool(report.valid))
+                     valid=bool(report.valid), scored_on=f"out-of-fold {metric_name} on {choice.rows} rows")
     write_json(out / BLEND_FILE, {
         "metric": metric_name, "greater_is_better": m.greater_is_better, "submitted": choice.name,
         "score": result.score, "rows": result.rows, "weights": weights, "valid": result.valid,

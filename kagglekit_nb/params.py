@@ -3,7 +3,9 @@
 `parse_value` serves both places a person types a parameter as text: `kagglekit run -p NAME VALUE`
 (`runner`) and the notebook form (`ui.form`). The value takes the type of the parameter's default, or
 any type the task's Config annotation allows; a bad value raises one message format, naming the
-parameter, repeating the text and saying what to enter. `check_type` is the Config's check of values
+parameter, repeating the text and saying what to enter. The text None (or null, none, empty) is None
+exactly where None is allowed: a None default, or an annotation such as `WEIGHTS: str | None` (so
+`-p WEIGHTS None` asks for random weights); a text-only parameter (`RUN_NAME: str`) keeps the word. `check_type` is the Config's check of values
 that are already typed (`tasks._config.NotebookConfig`).
 
     parse_value("EPOCHS", "12", 3)                        # 12

@@ -47,6 +47,47 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
                           capture_output=True, text=True, timeout=timeout)
 
 
+HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_snapshot(hub: Path, repo_id: str, tensors: dict, config: dict | None = None) -> Path:
+    """A hub cache entry as huggingface_hub writes it: refs/main names the snapshot holding the files."""
+    import json
+
+    from safetensors.torch import save_file
+
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / HUB_REVISION
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HUB_REVISION)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(snapshot / "model.safetensors"))
+    if config is not None:
+        (snapshot / "config.json").write_text(json.dumps(config))
+    return snapshot / "model.safetensors"
+
+
+def make_hf_cache(home: Path, *, staged: Path, model: str = "test_resnet", repo: str = "timm/test_resnet.r160_in1k",
+                  mean: list | None = None, std: list | None = None, seed: int = 7):
+    """An HF_HOME folder holding `model`'s weights (seeded random values) as timm's own hub writer saves
+    them, under the repo timm's pretrained=True reads; `.home`, `.path` (the safetensors file), `.state`."""
+    import json
+    import types
+
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(seed)
+    net = timm.create_model(model)
+    save_for_hf(net, str(staged), safe_serialization=True)
+    config = json.loads((staged / "config.json").read_text())
+    if mean is not None:
+        config["pretrained_cfg"].update(mean=mean, std=std)
+    path = hub_snapshot(Path(home) / "hub", repo, net.state_dict(), config)
+    return types.SimpleNamespace(home=Path(home), path=path, state=net.state_dict())
+
+
 @pytest.fixture
 def copy_tree(tmp_path):
     def _copy(src: Path, name: str = "data") -> Path:

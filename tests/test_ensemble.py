@@ -62,6 +62,7 @@ def test_complementary_runs_blend_above_the_best_single(tmp_path, sample):
     assert saved["score"] == 1.0 and saved["runs"]["A"]["oof_score"] == 0.5 and saved["sample"] == str(sample.resolve())
     assert json.loads((tmp_path / "blend" / "verification.json").read_text())["valid"] is True
     assert result.table.loc["blend", "oof_score"] == 1.0
+    assert result.scored_on == f"out-of-fold {saved['metric']} on {result.rows} rows" and result.rows > 0
 
 
 def test_a_run_in_another_row_order_is_aligned_by_id(tmp_path, sample):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 import torch
 from test_resume import _kill_when, _step_files
 
-from conftest import glacier_finetune_command
+from conftest import glacier_finetune_command, run_cli
+from kagglekit_nb.tasks.glacier import HACK_BANDS, HACK_CHANNELS
+from kagglekit_nb.tasks.glacier.finetune import TTA_CHOICES
 
 pytestmark = pytest.mark.notebook
 
@@ -77,3 +80,52 @@ def test_finetune_killed_mid_fold_resumes_exactly_and_exports_a_verified_package
     shipped = torch.load(package / "model.pth", weights_only=True)
     assert (len(shipped["models"]) > 0) == trained_wins
     assert (package / "model.pth").stat().st_size <= 300 * 2**20
+
+    # `kagglekit blend` of the two runs: one split, the same held-out tiles and the same models, so the
+    # merged package (when they hold models) scores what each does and is the blend; NDSI packages hold
+    # no models, and the blend is then a copy of the first
+    proc = run_cli("blend", str(straight), str(killed), "--out", str(tmp_path / "blend"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    blended = json.loads((tmp_path / "blend" / "blend.json").read_text())
+    shipped_score = scores["package_mcc_holdout"] if trained_wins else scores["ndsi_mcc_holdout"]
+    assert blended["runs"]["finetune"]["holdout_mcc"] == blended["runs"]["killed"]["holdout_mcc"]
+    assert blended["runs"]["killed"]["holdout_mcc"] == pytest.approx(shipped_score, abs=1e-6)
+    assert blended["submitted"] == ("blend" if trained_wins else "finetune") and blended["valid"]
+    assert blended["holdout_tiles"] == sorted(p.name for p in (killed / "holdout" / "labels").iterdir())
+    merged = torch.load(tmp_path / "blend" / "package" / "model.pth", weights_only=True)
+    assert len(merged["models"]) == 2 * len(shipped["models"])
+    assert "held-out tile(s); blend:" in proc.stdout and "holdout_mcc" in proc.stdout
+
+    # the trained fold model, two copies that call every pixel a lake, and the NDSI rule: the merged
+    # package (trained + 2 lake models; NDSI adds none) calls every pixel a lake, scores below the best
+    # single package, and the blend is a copy of that package
+    from kagglekit_nb.cv import load_fold_model
+    from kagglekit_nb.tasks.glacier.merge import blend_packages
+    from kagglekit_nb.tasks.glacier.package import export_code_package, write_ndsi_package
+
+    weights, meta = load_fold_model(straight / "checkpoints" / "fold0" / "best.ckpt")
+    config = straight_record["config"]
+    lake = {**weights, "segmentation_head.0.bias": torch.tensor([0.0, 0.0, 0.0, 100.0])}
+    runs = {}
+    for name, states in (("trained", [weights]), ("lake", [lake, lake]), ("ndsi", [])):  # lake: 2 of 3 votes
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copyfile(straight / "folds.csv", folder / "folds.csv")
+        shutil.copytree(straight / "holdout", folder / "holdout")
+        if states:
+            export_code_package(folder / "package", states, encoder=config["ENCODER"], band_folders=list(HACK_BANDS),
+                                band_names=list(HACK_CHANNELS), stats=meta["stats"], window=config["WINDOW"],
+                                overlap=config["OVERLAP"], tta=TTA_CHOICES[config["TTA"]], log=lambda m: None)
+        else:
+            write_ndsi_package(folder / "package")
+        runs[name] = folder
+    result = blend_packages(list(runs.values()), tmp_path / "blend2", log=lambda m: None)
+    report = json.loads((tmp_path / "blend2" / "blend.json").read_text())
+    assert report["runs"]["trained"]["holdout_mcc"] == pytest.approx(scores["package_mcc_holdout"], abs=1e-6)
+    assert report["runs"]["ndsi"]["holdout_mcc"] == pytest.approx(scores["ndsi_mcc_holdout"], abs=1e-6)
+    assert report["runs"]["lake"]["holdout_mcc"] == pytest.approx(0.0, abs=1e-6)
+    assert report["merged_score"] == pytest.approx(0.0, abs=1e-6)
+    best = "trained" if trained_wins else "ndsi"
+    assert report["submitted"] == best and result.valid and result.score == report["runs"][best]["holdout_mcc"]
+    assert (tmp_path / "blend2" / "package" / "model.pth").read_bytes() == \
+        (runs[best] / "package" / "model.pth").read_bytes()

@@ -15,6 +15,9 @@ from kagglekit_nb.runner import convert_parameters
     ("90", None, (str, type(None)), "90"), ("0.25", 1, (float,), 0.25), ("3", None, (), 3),
     ("[1, 2]", None, (), "[1, 2]"), ("None", "x", (), "None"), ("[1, 2]", [3], (), [1, 2]),
     ("(4, 5)", (1, 2), (), (4, 5)),
+    # `str | None` (WEIGHTS): the word None is None; a text-only `str` parameter keeps the word
+    ("None", "auto", (str, type(None)), None), ("null", "auto", (str, type(None)), None),
+    ("None", "auto", (str,), "None"),
 ])
 def test_parse_types_values_like_the_default(text, default, allowed, expected):
     value = parse_value("P", text, default, allowed)

@@ -296,6 +296,20 @@ def test_parameter_types_come_from_the_notebooks_task_config():
         convert_parameters([("EPOCHS", "ten")], defaults, types)
 
 
+@pytest.mark.parametrize("notebook", ["classification", "glacier_pretrain", "glacier_finetune", "isic"])
+def test_none_text_is_none_where_the_config_allows_none_and_text_elsewhere(notebook):
+    """`-p WEIGHTS None` asks for random weights: WEIGHTS is `str | None` in every task's Config, so the
+    text None (null, none, empty) is None; a text-only parameter (RUN_NAME: `str`) keeps the word."""
+    path = resolve_notebook(notebook)
+    types, defaults = parameter_types(path), notebook_parameters(path)
+    assert defaults["WEIGHTS"] == "auto" and types["WEIGHTS"] == (str, type(None))
+    for text in ("None", "null", "none", ""):
+        assert convert_parameters([("WEIGHTS", text)], defaults, types) == {"WEIGHTS": None}
+    assert convert_parameters([("WEIGHTS", "auto")], defaults, types) == {"WEIGHTS": "auto"}
+    assert types["RUN_NAME"] == (str,)
+    assert convert_parameters([("RUN_NAME", "None")], defaults, types) == {"RUN_NAME": "None"}
+
+
 def test_parameter_types_of_a_notebook_without_a_task_import_are_empty(tmp_path):
     nb = tmp_path / "plain.ipynb"
     nb.write_text('{"cells": [{"cell_type": "code", "source": ["x = 1"]}], "metadata": {}}')

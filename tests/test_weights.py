@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import hub_snapshot, make_hf_cache
 
 from kagglekit_nb import weights as W
 from kagglekit_nb.budget import Budget
@@ -21,39 +22,12 @@ from kagglekit_nb.run import Run
 MODEL = "test_resnet"                   # timm's smallest resnet (470k parameters)
 REPO = "timm/test_resnet.r160_in1k"     # what timm's pretrained=True downloads for it
 MEAN, STD = [0.1, 0.2, 0.3], [0.9, 0.8, 0.7]  # not timm's defaults: normalisation must come from the file
-REVISION = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _snapshot(hub: Path, repo_id: str, tensors: dict[str, torch.Tensor], config: dict | None = None) -> Path:
-    """A hub cache entry as huggingface_hub writes it: refs/main names the snapshot holding the files."""
-    from safetensors.torch import save_file
-
-    repo = hub / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / REVISION
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REVISION)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(snapshot / "model.safetensors"))
-    if config is not None:
-        (snapshot / "config.json").write_text(json.dumps(config))
-    return snapshot / "model.safetensors"
 
 
 @pytest.fixture
 def hf_cache(tmp_path):
     """HF_HOME with test_resnet's weights (seeded random values) saved by timm's own hub writer."""
-    import timm
-    from timm.models import save_for_hf
-
-    torch.manual_seed(7)
-    model = timm.create_model(MODEL)
-    staged = tmp_path / "staged"
-    save_for_hf(model, str(staged), safe_serialization=True)
-    config = json.loads((staged / "config.json").read_text())
-    config["pretrained_cfg"].update(mean=MEAN, std=STD)
-    home = tmp_path / "hf"
-    path = _snapshot(home / "hub", REPO, model.state_dict(), config)
-    return types.SimpleNamespace(home=home, path=path, state=model.state_dict())
+    return make_hf_cache(tmp_path / "hf", staged=tmp_path / "staged", mean=MEAN, std=STD)
 
 
 @pytest.fixture
@@ -169,7 +143,7 @@ def test_auto_downloads_when_online_and_warns_when_that_fails(tmp_path):
 
     def download(repo, cache):
         got.append((repo.repo_id, cache))
-        return _snapshot(cache, repo.repo_id, {"w": torch.ones(2)})
+        return hub_snapshot(cache, repo.repo_id, {"w": torch.ones(2)})
 
     found = W.resolve_weights(MODEL, "auto", repo=W.timm_repo(MODEL), hub_cache=hub, online=True, download=download,
                               **_places(tmp_path))
@@ -219,7 +193,7 @@ def test_smp_encoder_loads_the_cached_weights(tmp_path, monkeypatch):
 
     torch.manual_seed(3)
     cached = {k: v.clone() for k, v in smp.encoders.get_encoder("resnet18").state_dict().items()}
-    path = _snapshot(tmp_path / "hf" / "hub", W.smp_repo("resnet18").repo_id, cached)
+    path = hub_snapshot(tmp_path / "hf" / "hub", W.smp_repo("resnet18").repo_id, cached)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)

@@ -14,6 +14,7 @@
 | `pretrain`, `finetune` | the task verbs of each notebook (see `kagglekit_nb.tasks`) |
 | `package` | the code-package export (`solution.py` + `model.pth`) and its check in a fresh process |
 | `solution_template` | the self-contained `solution.py` (numpy, torch, smp, tifffile only) |
+| `merge` | `kagglekit blend` of fine-tune runs: their fold models in one package, kept when it scores at least the best run's on the held-out tiles |
 
 The building blocks are re-exported here; the task modules are imported by name.
 """
