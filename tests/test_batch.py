@@ -234,6 +234,11 @@ def test_batch_of_cached_and_random_weights_then_blend(tmp_path, digits_competit
     assert cached["weights"] == {"source": "attached", "model": "test_resnet", "path": str(cache.path), "sha256": sha}
     assert random["config"]["WEIGHTS"] is None   # the text None arrived as None, through papermill
     assert random["weights"] == {"source": "random", "model": "test_resnet", "path": None, "sha256": None}
+    # real weights also give the frozen-embeddings candidate (tasks/frozen.py); random weights do not
+    assert cached["frozen"]["weights"]["path"] == str(cache.path) and cached["frozen"]["computed"] == 360
+    assert 0.0 <= cached["candidates"]["embeddings"] <= 1.0   # an accuracy on the 300 OOF rows
+    assert random["frozen"] == {"skipped": "no pretrained weights attached or downloadable"}
+    assert "embeddings" not in random["candidates"]
     logs = {name: (out / name / "image_classification.ipynb").read_text() for name in ("WEIGHTS=auto", "WEIGHTS=None")}
     assert f"test_resnet: pretrained weights attached to the session: {cache.path} (sha256 {sha[:12]})" \
         in logs["WEIGHTS=auto"]

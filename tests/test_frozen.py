@@ -3,39 +3,25 @@ weights (here a Hugging Face cache built in the test, no network), caches its em
 chunk, and becomes one more candidate of the chooser."""
 from __future__ import annotations
 
-import json
-import types
-
 import numpy as np
 import pytest
-import torch
+from conftest import make_hf_cache
 
 from kagglekit_nb.tasks import classification as clf
 from kagglekit_nb.tasks import frozen
 from test_classification import _tiny
 
 MODEL = "test_resnet"
-REPO = "timm/test_resnet.r160_in1k"   # what timm's pretrained=True would download for it
 
 
 @pytest.fixture
 def hf_cache(tmp_path, monkeypatch):
     """HF_HOME holding test_resnet's weights (seeded values, written by timm's own hub writer)."""
-    import timm
-    from timm.models import save_for_hf
-
-    from test_weights import _snapshot
-
-    torch.manual_seed(3)
-    model = timm.create_model(MODEL)
-    staged = tmp_path / "staged"
-    save_for_hf(model, str(staged), safe_serialization=True)
-    home = tmp_path / "hf"
-    path = _snapshot(home / "hub", REPO, model.state_dict(), json.loads((staged / "config.json").read_text()))
-    monkeypatch.setenv("HF_HOME", str(home))
+    cache = make_hf_cache(tmp_path / "hf", staged=tmp_path / "staged", seed=3)
+    monkeypatch.setenv("HF_HOME", str(cache.home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)  # no ./weights here
-    return types.SimpleNamespace(home=home, path=path)
+    return cache
 
 
 def _setup(tmp_path, **overrides):
