@@ -48,11 +48,13 @@ from .loaders import steps_per_epoch
 from .loop import FitResult, _unwrap, fit
 from .metrics import Metric
 from .options import LoopOptions, make_scaler, use_channels_last
-from .preflight import smoke_step
+from .preflight import fastest_threads, smoke_step, thread_choices, threads_fixed
 from .run import Run
 from .state import capture_state, restore_state
 
-__all__ = ["CVResult", "FoldSetup", "fold_dir", "fold_models", "oof_score", "time_setup", "train_folds"]
+__all__ = ["CVResult", "FoldSetup", "THREADS", "fold_dir", "fold_models", "oof_score", "time_setup", "train_folds"]
+
+THREADS = "torch_threads"  # run.json: the CPU thread count the run picked (`time_setup`) and keeps
 
 FOLD_DIR = "fold{fold}"
 OOF_FILE = "oof_fold{fold}.csv"
@@ -222,13 +224,35 @@ def oof_targets(frame: Any) -> np.ndarray:
 
 def time_setup(run: Run, fs: FoldSetup, *, options: LoopOptions | None = None) -> tuple[float, float]:
     """(seconds per epoch, seconds per validation item) of a fold's setup on this machine, estimated
-    by the budget from one timed smoke step (`preflight.smoke_step`, which leaves no trace)."""
+    by the budget from one timed smoke step (`preflight.smoke_step`, which leaves no trace).
+
+    On a CPU in one process, the run's first call also picks torch's thread count (unless the user set
+    OMP_NUM_THREADS or MKL_NUM_THREADS): the fastest smoke step of `preflight.thread_choices`, recorded in run.json (THREADS) and set again by `train_folds`
+    in every later session, since float sums depend on it (a resumed run stays bit-exact)."""
     accumulate = (options or LoopOptions()).accumulate
-    smoke = smoke_step(_unwrap(fs.model), fs.train_loader, fs.val_loader, loss_fn=fs.loss_fn, device=run.device,
-                       options=options)
+
+    def step():
+        return smoke_step(_unwrap(fs.model), fs.train_loader, fs.val_loader, loss_fn=fs.loss_fn, device=run.device,
+                          options=options)
+
+    if run.device.type == "cpu" and world_size() == 1 and THREADS not in run.record and not threads_fixed():
+        choices = thread_choices(torch.get_num_threads())
+        run.record[THREADS], smoke = fastest_threads(step, choices)
+        run.log(f"torch threads: {run.record[THREADS]} (the fastest smoke step of {choices}); kept for this run's "
+                "later sessions")
+    else:
+        smoke = step()
     epoch_s = run.budget.epoch_estimate(step_s=smoke.step_s, steps=steps_per_epoch(fs.train_loader, accumulate),
                                         eval_item_s=smoke.eval_s_per_sample, val_items=len(fs.val_loader.dataset))
     return epoch_s, smoke.eval_s_per_sample
+
+
+def _keep_threads(run: Run) -> None:
+    """Set torch's CPU thread count this run picked in an earlier session (or earlier in this one)."""
+    saved = run.record.get(THREADS, (run.previous or {}).get(THREADS))
+    if run.device.type == "cpu" and world_size() == 1 and isinstance(saved, int) and saved >= 1:
+        torch.set_num_threads(saved)
+        run.record[THREADS] = saved
 
 
 def _plan_table(rows: list[tuple[str, str]]) -> str:
@@ -440,6 +464,7 @@ def train_folds(
     """
     registry = FoldRegistry(run.dir)
     result = CVResult()
+    _keep_threads(run)
     wanted = list(range(n_folds)) if folds is None else list(folds)
     todo, error = [], None
     if is_main():  # looking may repair best.ckpt files: rank 0 looks and tells the others

@@ -20,6 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Extracted archives and images built from pixel rows go to a scratch folder of the test session, never
 # into the repository (notebook subprocesses inherit this).
+if "OMP_NUM_THREADS" not in os.environ:
+    # torch's own default, made explicit: runs then keep it instead of timing thread counts
+    # (`cv.time_setup`), so two runs of one test give the same numbers (tests/test_cv.py times them)
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 if "KAGGLEKIT_SCRATCH" not in os.environ:
     import tempfile
 

@@ -656,3 +656,49 @@ def test_a_done_fold_predicts_with_the_epoch_its_record_names(tmp_path, smoke, k
         result = train(again, make_setup(clock), n_folds=1, folds=[0])
         assert result.folds[0]["status"] == "partial" and "best epoch's weights are not saved" in \
             result.folds[0]["stop_reason"]
+
+
+# --------------------------------------------------------------------------- torch's CPU thread count
+
+
+def test_a_cpu_run_times_thread_counts_keeps_the_fastest_and_its_later_sessions_reuse_it(tmp_path, monkeypatch):
+    """On a shared CPU fewer threads can be much faster; the count changes float sums, so a run keeps the
+    one it picked (run.json) and a later session sets it again instead of timing anew."""
+    from kagglekit_nb import preflight
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    timed: list[int] = []
+
+    def smoke(*args, **kwargs):  # one thread is the fast one here, as under a noisy neighbour
+        timed.append(torch.get_num_threads())
+        return SmokeReport(step_s=0.01 if torch.get_num_threads() == 1 else 0.05, eval_s_per_sample=1e-4, loss=0.7)
+
+    monkeypatch.setattr(cv, "smoke_step", smoke)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        clock = FakeClock()
+        lines: list[str] = []
+        run = open_run(tmp_path / "out", clock, lines=lines)
+        train(run, make_setup(clock), n_folds=2, folds=[0], max_epochs=1)
+        assert sorted(timed) == preflight.thread_choices(2) == [1, 2]
+        assert run.record[cv.THREADS] == 1 and torch.get_num_threads() == 1
+        assert any("torch threads: 1 (the fastest smoke step of [1, 2])" in line for line in lines)
+        run.save()
+
+        torch.set_num_threads(2)  # a new session starts with torch's default
+        timed.clear()
+        again = open_run(tmp_path / "out", clock)
+        train(again, make_setup(clock), n_folds=2, folds=[1], max_epochs=1)
+        assert timed == [1]  # set from run.json before its one smoke step: no second search
+        assert again.record[cv.THREADS] == 1 and torch.get_num_threads() == 1
+
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own choice is never timed away
+        torch.set_num_threads(2)
+        timed.clear()
+        fixed = open_run(tmp_path / "fixed", clock)
+        train(fixed, make_setup(clock), n_folds=2, folds=[0], max_epochs=1)
+        assert timed == [2] and cv.THREADS not in fixed.record and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
