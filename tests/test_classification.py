@@ -739,3 +739,88 @@ def test_a_hidden_test_set_too_large_for_the_budget_keeps_its_prediction_time(tm
     assert clf.finish(comp, path, cfg, run).valid
     with pytest.raises(ValueError, match=r"TEST_ROWS=0 must be at least 1"):
         Config(TEST_ROWS=0)
+
+
+# --------------------------------------------------------------------------- faults in the epilogues
+
+
+def _small_deep(tmp_path: Path) -> tuple[Config, Path]:
+    data = _tiny(tmp_path / "c", per_class=10, n_test=6, halves=True)
+    return Config(DATA_DIR=str(data), OUTPUT_DIR=str(tmp_path / "out"), BUDGET="2h", SEED=0, IMG_SIZE=16,
+                  MODEL="test_resnet", EPOCHS=1, MIN_EPOCHS=1, FOLDS=2, BATCH_SIZE=4, NUM_WORKERS=0,
+                  DEVICE="cpu", WEIGHTS=None), data
+
+
+def _temp_files(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob("*") if p.is_file() and p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("full_at", ["oof_fold0.csv", "folds.json", "submission.csv"])
+def test_a_full_disk_in_an_epilogue_keeps_the_last_valid_submission_and_leaves_no_temp_file(tmp_path, monkeypatch,
+                                                                                           full_at):
+    """The disk fills while the fold's out-of-fold file or the fold record (end of a fold), or the model's
+    submission (end of the run) is written: the error is the OSError itself, submission.csv is still
+    the last verified one (the classical stage's), no temp file is left, and the same calls once the
+    disk has room again finish the run with the model's verified submission."""
+    import errno
+    import os
+
+    cfg, data = _small_deep(tmp_path)
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        if f".{full_at}." in os.readlink(f"/proc/self/fd/{fd}"):  # the atomic writer's temp file of that name
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    run = clf.start(cfg, environ={}, echo=lambda message: None)
+    comp = clf.load(cfg, run)
+    folds = clf.make_folds(comp, cfg, run)
+    models = clf.train(comp, folds, cfg, run) if full_at == "submission.csv" else None
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", full_disk)
+        with pytest.raises(OSError, match="No space left on device"):
+            models = models or clf.train(comp, folds, cfg, run)
+            clf.write_submission(comp, clf.predict(comp, models, cfg, run), cfg, run)
+    assert run.record["submission"] == "classical stage"
+    assert _temp_files(run.dir) == []
+    assert clf.finish(comp, run.dir / "submission.csv", cfg, run).valid
+
+    models = clf.train(comp, folds, cfg, run)  # room again: the same steps finish the run
+    path = clf.write_submission(comp, clf.predict(comp, models, cfg, run), cfg, run)
+    assert clf.finish(comp, path, cfg, run).valid and _temp_files(run.dir) == []
+    assert run.record["submission"] in {"model", "classical stage"}
+    assert (run.dir / "oof_fold0.csv").is_file() and json.loads((run.dir / "folds.json").read_text())
+
+
+def test_sigterm_during_prediction_leaves_the_last_verified_submission(tmp_path):
+    """SIGTERM reaching the process while it predicts (no handler then: the process ends at once):
+    submission.csv is the classical stage's verified file, whole, and no temp file is left."""
+    import signal
+    import subprocess
+    import sys
+
+    cfg, _ = _small_deep(tmp_path)
+    script = f"""
+import os, signal
+from kagglekit_nb.tasks import classification as clf
+cfg = clf.Config(**{dataclasses.asdict(cfg)!r})
+run = clf.start(cfg, environ={{}}, echo=lambda m: None)
+comp = clf.load(cfg, run)
+folds = clf.make_folds(comp, cfg, run)
+models = clf.train(comp, folds, cfg, run)
+def stopped(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+clf._predict_loader = stopped
+clf.write_submission(comp, clf.predict(comp, models, cfg, run), cfg, run)
+print("not reached")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(clf.__file__).parents[2])})
+    assert proc.returncode == -signal.SIGTERM, proc.stderr[-2000:]
+    assert "not reached" not in proc.stdout
+    out = Path(cfg.OUTPUT_DIR)
+    record = json.loads((out / "run.json").read_text())
+    assert record["submission"] == "classical stage" and _temp_files(out) == []
+    sub = pd.read_csv(out / "submission.csv", dtype=str)
+    assert sub["label"].tolist() == ["cat", "dog"] * 3   # the classical stage's answers, whole
