@@ -202,11 +202,11 @@ def make_isic(out: Path, n: int, base: Path, *, n_test: int | None = None) -> Pa
     return out
 
 
-def make_glacier(out: Path, n: int) -> Path:
-    """n HKH patches (`*_img_NNN.npy` HWC float32 15 channels + `*_mask_NNN.npy` HW2 uint8), 8 per scene."""
+def make_glacier(out: Path, n: int, *, size: int = GLACIER_PATCH) -> Path:
+    """n HKH patches of `size` px (`*_img_NNN.npy` HWC float32 15 channels + `*_mask_NNN.npy` HW2 uint8),
+    8 per scene; the images are hard links to one file."""
     rng = np.random.default_rng(0)
     out.mkdir(parents=True)
-    size = GLACIER_PATCH
     image = out / "image.npy"
     np.save(image, rng.random((size, size, 15), dtype=np.float32))
     for i in range(n):
