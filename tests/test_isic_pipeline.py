@@ -336,7 +336,7 @@ def test_test_rows_reserve_the_hidden_test_images_at_the_measured_pace(demo, tmp
         plan = next(line for line in lines if "embedding plan" in line)
         reserves[test_rows] = re.search(r"\n  reserve +(\S+)", plan).group(1)
         fits[test_rows] = run.record.get("test_rows")
-    # 1.5 x 1 s per batch x 100 batches kept back for the rerun's test images, next to write and verify
+    # 1.5 x 1/16 s per image x 1,600 images kept back for the rerun's test images, next to write and verify
     assert reserves == {None: "10s", 1640: "160s"}
     assert fits == {None: None, 1640: 1640}
     run = make_run(tmp_path / "unit", budget=3600.0)
@@ -346,9 +346,9 @@ def test_test_rows_reserve_the_hidden_test_images_at_the_measured_pace(demo, tmp
     assert declare_reserves(run, 3, cfg) == 500_000
     assert run.budget.reserves["features"] == pytest.approx(50.0)  # 1e-4 s a row
     assert run.budget.reserves.get(HIDDEN_EMBEDDINGS, 0.0) == 0.0  # no pace measured yet
-    run.budget.observe(E.EMBED_BATCH, 0.2)
+    run.budget.observe(E.EMBED_IMAGE, 0.002)
     declare_reserves(run, 3, cfg)
-    assert run.budget.reserves[HIDDEN_EMBEDDINGS] == pytest.approx(1.5 * 0.2 * math.ceil(499_997 / 128))
+    assert run.budget.reserves[HIDDEN_EMBEDDINGS] == pytest.approx(1.5 * 0.002 * 499_997)
     with pytest.raises(ValueError, match=r"TEST_ROWS=0 must be at least 1"):
         task.Config(TEST_ROWS=0)
 

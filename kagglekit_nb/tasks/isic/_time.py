@@ -1,7 +1,6 @@
 """What the ISIC steps declare to the budget before they run (every number lives in `budget`)."""
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from ... import budget
@@ -11,7 +10,7 @@ from .._config import sized_test_rows
 if TYPE_CHECKING:
     from .pipeline import Config
 
-EMBED_BATCH = "embedding batch"              # the pace of image embedding the budget measures
+EMBED_IMAGE = "embedding image"              # the pace of image embedding the budget measures (s/image)
 HIDDEN_EMBEDDINGS = "test embeddings (TEST_ROWS)"  # the reserve for the hidden test images
 
 
@@ -25,16 +24,16 @@ def declare_reserves(run: Run, n_test: int, cfg: Config) -> int:
     rows = sized_test_rows(run, n_test, cfg.TEST_ROWS, "test lesions")
     run.budget.reserve("features", budget.FEATURE_ROW_S * rows)
     if cfg.IMAGE_PCA > 0:
-        reserve_hidden_embeddings(run, rows - n_test, cfg.BATCH_SIZE)
+        reserve_hidden_embeddings(run, rows - n_test)
     return rows
 
 
-def reserve_hidden_embeddings(run: Run, hidden: int, batch_size: int) -> float:
+def reserve_hidden_embeddings(run: Run, hidden: int) -> float:
     """Keep back the embedding of `hidden` test images that only the rerun shows (TEST_ROWS beyond the
-    visible rows), at the measured pace of an embedding batch (nothing before it is measured).
+    visible rows), at the measured pace of embedding (nothing before it is measured).
     Returns the seconds reserved."""
     if hidden <= 0:
         return 0.0
-    seconds = run.budget.need(EMBED_BATCH, math.ceil(hidden / batch_size))
+    seconds = run.budget.need(EMBED_IMAGE, hidden)
     run.budget.reserve(HIDDEN_EMBEDDINGS, seconds)
     return seconds

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from ..._atomic import write_json
 from ...run import Run
 from .._config import timm_model, weights_for
-from ._time import EMBED_BATCH, declare_reserves, reserve_hidden_embeddings
+from ._time import EMBED_IMAGE, declare_reserves, reserve_hidden_embeddings
 from .data import Competition, HDF5Images, ResizeToTensor, _save_npz, collate_skip_none
 
 if TYPE_CHECKING:
@@ -156,8 +156,8 @@ class _Plan:
     """The extraction plan of this session, said once its first chunk is timed: how many of the images
     still to embed fit the time there is now, and from which chunk the next session resumes."""
 
-    def __init__(self, todo: dict[str, list[int]], extractions: dict[str, _Extraction], batch_size: int):
-        self.todo, self.ext, self.batch_size = todo, extractions, batch_size
+    def __init__(self, todo: dict[str, list[int]], extractions: dict[str, _Extraction]):
+        self.todo, self.ext = todo, extractions
         self.images = sum(self._rows(split, c) for split, chunks in todo.items() for c in chunks)
         self.said = False
 
@@ -165,21 +165,21 @@ class _Plan:
         lo, hi = self.ext[split].bounds(c)
         return hi - lo
 
-    def say(self, run: Run, *, done: int, first: tuple[str, int]) -> None:
-        """Log the plan once, after the session's `first` chunk (split, index): `done` images computed."""
+    def say(self, run: Run, *, first: tuple[str, int]) -> None:
+        """Log the plan once, after the session's `first` chunk timed on a full batch (split, index)."""
         self.said = True
+        done = sum(e.computed for e in self.ext.values())
         left = [(split, c) for split, chunks in self.todo.items() for c in chunks]
         left = left[left.index(first) + 1:]
         if not left:
             return
-        batches = [math.ceil(self._rows(split, c) / self.batch_size) for split, c in left]
-        n_fit = run.budget.how_many_fit(EMBED_BATCH, batches, share=EMBED_SHARE_NAME)
+        n_fit = run.budget.how_many_fit(EMBED_IMAGE, [self._rows(s, c) for s, c in left], share=EMBED_SHARE_NAME)
         fits = sum(self._rows(split, c) for split, c in left[:n_fit])
         resume = left[n_fit] if n_fit < len(left) else None
         share = (done + fits) / self.images
-        pace = run.budget.pace.get(EMBED_BATCH, 0.0)
+        pace = run.budget.pace.get(EMBED_IMAGE, 0.0)
         rows = [("images to embed", f"{self.images} in {len(left) + 1} chunks, {done} done"),
-                ("pace (first chunk)", f"~{self.batch_size / pace:.0f} img/s" if pace > 0 else "not measured"),
+                ("pace (first chunk)", f"~{1 / pace:.0f} img/s" if pace > 0 else "not measured"),
                 ("fit now", f"{share:.0%} ({done + fits} of {self.images} images)"),
                 ("time for embeddings", _time_for(run)),
                 ("reserve", run.budget.describe_reserves())]
@@ -191,6 +191,14 @@ class _Plan:
         run.log("embedding plan:\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows))
         run.record["embedding_plan"] = {"images": self.images, "fit_share": round(share, 4),
                                         "resume_at": None if resume is None else f"{resume[0]} chunk {resume[1]}"}
+
+
+def _warm_up(model: torch.nn.Module, cfg: Config, device: torch.device) -> None:
+    """One untimed call on a batch of zeros: a model's first call selects its kernels and allocates, and
+    timed, it would make the measured pace (and what is reserved at it) several times too slow."""
+    dtype = _amp(device)
+    with torch.inference_mode(), (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()):
+        model(torch.zeros(cfg.BATCH_SIZE, 3, cfg.IMG_SIZE, cfg.IMG_SIZE, device=device))
 
 
 def _time_for(run: Run) -> str:
@@ -206,8 +214,8 @@ def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model
                     cfg: Config, run: Run, plan: _Plan, hidden: int) -> str | None:
     """Compute the chunks in `todo`, saving each as it completes; a reason string if it stopped early
     (the budget's answer: the embeddings' share of the time is used, or the reserves are reached).
-    The first chunk of the session times the pace: the plan is said after it, and the `hidden` test
-    images of the rerun (TEST_ROWS) are reserved at that pace from the first batch on."""
+    Full batches time the pace (per image): the plan is said after the first chunk that had one, and
+    the `hidden` test images of the rerun (TEST_ROWS) are reserved at that pace from then on."""
     from ...loaders import default_workers
 
     device = run.device
@@ -222,29 +230,33 @@ def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model
     loader = DataLoader(images, batch_sampler=batches, num_workers=workers, collate_fn=collate_skip_none,
                         pin_memory=device.type == "cuda")
     dtype, clock = _amp(device), run.budget.clock
-    batches_in = Counter(chunk_of)
-    batch_s: float | None = None
+    images_in = Counter()
+    for rows, c in zip(batches, chunk_of):
+        images_in[c] += len(rows)
+    image_s: float | None = None
     current, buf, got, in_chunk = None, None, [], 0
     mark = clock()
     step = max(1, len(batches) // 10)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     it = iter(loader)
     for b, (rows, c) in enumerate(zip(batches, chunk_of)):
         now = clock()
         if c != current:  # a new chunk: start it only if it fits the embedding share of the budget
-            reason = run.budget.stop_reason(run.budget.need(EMBED_BATCH, batches_in[c]), share=EMBED_SHARE_NAME)
+            reason = run.budget.stop_reason(run.budget.need(EMBED_IMAGE, images_in[c]), share=EMBED_SHARE_NAME)
             if reason:
                 return reason
             lo, hi = ext.bounds(c)
             current, buf, got, in_chunk = c, np.full((hi - lo, ext.dim), np.nan, np.float32), [], 0
-        elif (reason := run.budget.stop_reason(run.budget.need(EMBED_BATCH))) is not None:
+        elif (reason := run.budget.stop_reason(run.budget.need(EMBED_IMAGE, len(rows)))) is not None:
             return f"{reason} (the chunk in progress is dropped)"
         batch = next(it)
+        if b == 0:  # the first batch waited for the loader's workers to start: not the pace of the work
+            now = clock()
         in_chunk += len(rows)
         if batch is not None:
             x, index = batch
             x = x.to(device, non_blocking=True)
-            with torch.inference_mode(), (torch.autocast(device.type, dtype=dtype) if dtype else
-                                          contextlib.nullcontext()):
+            with torch.inference_mode(), autocast():
                 out = model(x).float().cpu().numpy()
             lo = ext.bounds(c)[0]
             buf[index.numpy() - lo] = out
@@ -252,12 +264,13 @@ def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model
         chunk_done = b + 1 == len(batches) or chunk_of[b + 1] != c
         if chunk_done:
             ext.save(c, buf, np.concatenate(got) if got else np.empty(0, int))
-        took = clock() - now
-        batch_s = took if batch_s is None else 0.8 * batch_s + 0.2 * took  # smoothed: one slow batch is no trend
-        run.budget.observe(EMBED_BATCH, batch_s)
-        reserve_hidden_embeddings(run, hidden, cfg.BATCH_SIZE)
-        if chunk_done and not plan.said:
-            plan.say(run, done=sum(len(r) for r in batches[:b + 1]), first=(ext.split, c))
+        if len(rows) == cfg.BATCH_SIZE:  # the pace of full batches: a batch's fixed cost weighs more in a short one
+            took = (clock() - now) / len(rows)
+            image_s = took if image_s is None else 0.8 * image_s + 0.2 * took  # smoothed: one slow batch is no trend
+            run.budget.observe(EMBED_IMAGE, image_s)
+            reserve_hidden_embeddings(run, hidden)
+        if chunk_done and not plan.said and EMBED_IMAGE in run.budget.pace:
+            plan.say(run, first=(ext.split, c))
         if (b + 1) % step == 0:
             rate = sum(len(r) for r in batches[:b + 1]) / max(clock() - mark, 1e-9)
             done = ext.cached + ext.computed + (0 if b + 1 == len(batches) or chunk_of[b + 1] != c else in_chunk)
@@ -282,15 +295,16 @@ def embeddings(comp: Competition, cfg: Config, run: Run) -> Embeddings | None:
     root = run.dir / EMBED_DIR / key
     before = (run.previous or {}).get("embeddings") or {}
     measured_before = None
-    if before.get("key") == key and before.get("batch_size") == cfg.BATCH_SIZE and before.get("batch_s"):
-        measured_before = float(before["batch_s"])
-        run.budget.plan_pace(EMBED_BATCH, measured_before)  # the pace an earlier session measured
+    if before.get("key") == key and before.get("batch_size") == cfg.BATCH_SIZE and before.get("image_s"):
+        measured_before = float(before["image_s"])
+        run.budget.plan_pace(EMBED_IMAGE, measured_before)  # the pace an earlier session measured
     test_rows = declare_reserves(run, len(comp.test), cfg)
     with run.budget.timed("embeddings"):
         model = _backbone(cfg, num_classes=0, weights=weights).to(run.device).eval()
         if run.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         mean, std = _mean_std(model)
+        _warm_up(model, cfg, run.device)
         transform = ResizeToTensor(cfg.IMG_SIZE, mean=mean, std=std)
         root.mkdir(parents=True, exist_ok=True)
         write_json(root / "meta.json", {"model": cfg.MODEL, "img_size": cfg.IMG_SIZE, "weights": weights.record(),
@@ -305,7 +319,7 @@ def embeddings(comp: Competition, cfg: Config, run: Run) -> Embeddings | None:
             result[split] = _Extraction(split, frame["isic_id"].to_numpy(dtype=str), directory, cfg.EMBED_CHUNK,
                                         int(model.num_features))
             todo[split] = result[split].reuse(run.log)
-        plan = _Plan(todo, result, cfg.BATCH_SIZE)
+        plan = _Plan(todo, result)
         if plan.images:
             parts = ", ".join(f"{split} {len(e.ids) - e.cached}" for split, e in result.items())
             run.log(f"embeddings: {plan.images} images to embed ({parts}; {sum(e.cached for e in result.values())} "
@@ -328,7 +342,7 @@ def embeddings(comp: Competition, cfg: Config, run: Run) -> Embeddings | None:
         "key": key, "dir": str(root), "train_rows": emb.rows("train"), "test_rows": emb.rows("test"),
         "computed": computed, "cached": sum(e.cached for e in result.values()), "seconds": round(seconds, 1),
         "images_per_s": round(computed / seconds, 1) if computed and seconds > 0 else None,
-        "batch_size": cfg.BATCH_SIZE, "batch_s": run.budget.pace.get(EMBED_BATCH, measured_before),
+        "batch_size": cfg.BATCH_SIZE, "image_s": run.budget.pace.get(EMBED_IMAGE, measured_before),
         "skipped": emb.skipped[:100], "skipped_count": len(emb.skipped), "stop_reason": emb.stop_reason}
     if reason:
         run.log(f"embeddings stopped ({reason}): {emb.rows('train')}/{len(comp.train)} train and "
