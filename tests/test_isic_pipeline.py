@@ -349,6 +349,10 @@ def test_test_rows_reserve_the_hidden_test_images_at_the_measured_pace(demo, tmp
     run.budget.observe(E.EMBED_IMAGE, 0.002)
     declare_reserves(run, 3, cfg)
     assert run.budget.reserves[HIDDEN_EMBEDDINGS] == pytest.approx(1.5 * 0.002 * 499_997)
+    run = make_run(tmp_path / "short", budget=1000.0)  # the rerun gives its embeddings EMBED_SHARE at most
+    run.budget.observe(E.EMBED_IMAGE, 0.002)
+    declare_reserves(run, 3, cfg)
+    assert run.budget.reserves[HIDDEN_EMBEDDINGS] == pytest.approx(0.5 * (1000.0 - 5 - 5 - 50))
     with pytest.raises(ValueError, match=r"TEST_ROWS=0 must be at least 1"):
         task.Config(TEST_ROWS=0)
 

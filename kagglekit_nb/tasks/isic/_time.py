@@ -24,16 +24,20 @@ def declare_reserves(run: Run, n_test: int, cfg: Config) -> int:
     rows = sized_test_rows(run, n_test, cfg.TEST_ROWS, "test lesions")
     run.budget.reserve("features", budget.FEATURE_ROW_S * rows)
     if cfg.IMAGE_PCA > 0:
-        reserve_hidden_embeddings(run, rows - n_test)
+        reserve_hidden_embeddings(run, rows - n_test, cfg.EMBED_SHARE)
     return rows
 
 
-def reserve_hidden_embeddings(run: Run, hidden: int) -> float:
+def reserve_hidden_embeddings(run: Run, hidden: int, share: float) -> float:
     """Keep back the embedding of `hidden` test images that only the rerun shows (TEST_ROWS beyond the
-    visible rows), at the measured pace of embedding (nothing before it is measured).
-    Returns the seconds reserved."""
+    visible rows), at the measured pace of embedding (nothing before it is measured), and at most
+    `share` (EMBED_SHARE) of the session: the rerun gives its embeddings no more, and submits the
+    tabular model when its test images do not all fit. Returns the seconds reserved."""
     if hidden <= 0:
         return 0.0
     seconds = run.budget.need(EMBED_IMAGE, hidden)
+    if run.budget.limited:
+        others = run.budget.reserve_s - run.budget.reserves.get(HIDDEN_EMBEDDINGS, 0.0)
+        seconds = min(seconds, share * max(0.0, run.budget.total_s - others))
     run.budget.reserve(HIDDEN_EMBEDDINGS, seconds)
     return seconds

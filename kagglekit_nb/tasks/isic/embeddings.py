@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from ..._atomic import write_json
 from ...run import Run
 from .._config import timm_model, weights_for
-from ._time import EMBED_IMAGE, declare_reserves, reserve_hidden_embeddings
+from ._time import EMBED_IMAGE, HIDDEN_EMBEDDINGS, declare_reserves, reserve_hidden_embeddings
 from .data import Competition, HDF5Images, ResizeToTensor, _save_npz, collate_skip_none
 
 if TYPE_CHECKING:
@@ -268,7 +268,11 @@ def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model
             took = (clock() - now) / len(rows)
             image_s = took if image_s is None else 0.8 * image_s + 0.2 * took  # smoothed: one slow batch is no trend
             run.budget.observe(EMBED_IMAGE, image_s)
-            reserve_hidden_embeddings(run, hidden)
+            if hidden > 0:
+                first = run.budget.reserves.get(HIDDEN_EMBEDDINGS, 0.0) == 0.0
+                reserve_hidden_embeddings(run, hidden, cfg.EMBED_SHARE)
+                if first:  # the embeddings' share is of the time this new reserve leaves
+                    run.budget.allot(EMBED_SHARE_NAME, cfg.EMBED_SHARE)
         if chunk_done and not plan.said and EMBED_IMAGE in run.budget.pace:
             plan.say(run, first=(ext.split, c))
         if (b + 1) % step == 0:
