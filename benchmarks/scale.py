@@ -174,9 +174,9 @@ def _tiny_jpegs(count: int = 8) -> list[np.void]:
     return out
 
 
-def make_isic(out: Path, n: int, base: Path) -> Path:
-    """The ISIC 2024 layout at n train rows (n/4 test): the demo's metadata repeated with new lesion and
-    patient ids, one tiny JPEG per isic_id in each HDF5 file."""
+def make_isic(out: Path, n: int, base: Path, *, n_test: int | None = None) -> Path:
+    """The ISIC 2024 layout at n train rows (`n_test` test rows, default n/4 and at least 20): the demo's
+    metadata repeated with new lesion and patient ids, one tiny JPEG per isic_id in each HDF5 file."""
     import h5py
     import pandas as pd
 
@@ -185,7 +185,8 @@ def make_isic(out: Path, n: int, base: Path) -> Path:
     out.mkdir(parents=True)
     jpegs = _tiny_jpegs()
     offset = 0
-    for file, images, rows in ((TRAIN_FILE, TRAIN_IMAGES, n), (TEST_FILE, TEST_IMAGES, max(20, n // 4))):
+    n_test = max(20, n // 4) if n_test is None else n_test
+    for file, images, rows in ((TRAIN_FILE, TRAIN_IMAGES, n), (TEST_FILE, TEST_IMAGES, n_test)):
         source = pd.read_csv(base / file, dtype={"isic_id": str, "patient_id": str}, low_memory=False)
         copy = np.arange(rows) // len(source)
         frame = source.iloc[np.arange(rows) % len(source)].reset_index(drop=True)
@@ -201,11 +202,11 @@ def make_isic(out: Path, n: int, base: Path) -> Path:
     return out
 
 
-def make_glacier(out: Path, n: int) -> Path:
-    """n HKH patches (`*_img_NNN.npy` HWC float32 15 channels + `*_mask_NNN.npy` HW2 uint8), 8 per scene."""
+def make_glacier(out: Path, n: int, *, size: int = GLACIER_PATCH) -> Path:
+    """n HKH patches of `size` px (`*_img_NNN.npy` HWC float32 15 channels + `*_mask_NNN.npy` HW2 uint8),
+    8 per scene; the images are hard links to one file."""
     rng = np.random.default_rng(0)
     out.mkdir(parents=True)
-    size = GLACIER_PATCH
     image = out / "image.npy"
     np.save(image, rng.random((size, size, 15), dtype=np.float32))
     for i in range(n):

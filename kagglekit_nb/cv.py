@@ -664,8 +664,7 @@ def _wrapped(model: nn.Module, device: torch.device, options: LoopOptions | None
 
 
 def _reserves(run: Run) -> str:
-    parts = ", ".join(f"{k} {v:.0f}s" for k, v in run.budget.reserves.items())
-    return f"{run.budget.reserve_s:.0f}s ({parts})" if parts else "0s"
+    return run.budget.describe_reserves()
 
 
 def load_fold_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

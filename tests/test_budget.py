@@ -326,6 +326,25 @@ def test_reserve_predict_is_the_measured_pace_times_the_safety_factor():
     assert b.reserves["predict"] == pytest.approx(budget.SAFETY * 2.0 + budget.MODEL_LOAD_S * 4)
 
 
+def test_predict_rows_is_test_rows_when_the_rerun_scores_more_rows():
+    assert budget.predict_rows(3, 500_000) == 500_000
+    assert budget.predict_rows(40, None) == 40 and budget.predict_rows(40, 10) == 40
+
+
+def test_how_many_fit_starts_an_item_while_its_safety_margin_fits_and_spends_its_pace():
+    clock = FakeClock()
+    b = Budget(total_s=100.0, clock=clock, reserves={"write": 10.0})
+    assert b.how_many_fit("batch", [10, 10]) == 2          # no pace yet: nothing to refuse
+    b.observe("batch", 2.0)
+    # 90 s: each item of 10 batches starts while 1.5 x 20 s = 30 s fit, then spends 20 s
+    assert b.how_many_fit("batch", [10] * 6) == 4
+    b.allot("stage", 0.5)                                  # 45 s for the stage
+    assert b.how_many_fit("batch", [10] * 6, share="stage") == 1
+    clock.advance(30.0)
+    assert b.how_many_fit("batch", [10] * 6, share="stage") == 0
+    assert b.describe_reserves() == "10s (write 10s)"
+
+
 def test_reserve_share_takes_a_fraction_of_what_the_other_reserves_leave():
     clock = FakeClock()
     b = Budget(total_s=100.0, clock=clock, reserves={"verify": 20.0})

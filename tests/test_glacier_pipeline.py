@@ -121,6 +121,23 @@ def test_band_statistics_come_from_the_training_fold_only(demo, tmp_path):
     assert training._setup(data, folds, cfg, run, 0, None, set()).meta["stats"] != before
 
 
+def test_band_statistics_of_many_tiles_come_from_a_fixed_random_sample_of_them(demo, tmp_path, monkeypatch):
+    cfg = _finetune(demo)
+    run = _run(tmp_path, cfg)
+    data = finetune.load(cfg, run)
+    folds = finetune.make_folds(data, cfg, run)
+    train = np.flatnonzero((folds.to_numpy() != 0) & (folds.to_numpy() != training.HOLDOUT_FOLD))
+    monkeypatch.setattr(training, "STATS_TILES", 2)
+    stats = training._setup(data, folds, cfg, run, 0, None, set()).meta["stats"]
+    picked = training._stats_tiles(train, cfg, 0)
+    assert len(picked) == 2 and set(picked) <= set(train)
+    assert stats["count"][0] == sum(int(np.isfinite(data.read(i)[0]).sum()) for i in picked)  # two tiles' pixels
+    assert stats == BandStats.fit([data.read(i) for i in picked], data.bands).to_dict()
+    assert training._setup(data, folds, cfg, run, 0, None, set()).meta["stats"] == stats  # a resume matches
+    monkeypatch.setattr(training, "STATS_TILES", 256)
+    assert training._stats_tiles(train, cfg, 0).tolist() == train.tolist()  # fewer tiles: all of them
+
+
 # --------------------------------------------------------------------------------------- data
 
 
@@ -339,7 +356,7 @@ def test_a_package_that_does_not_beat_ndsi_is_replaced_by_it(demo, tmp_path, mon
     cfg = _finetune(demo, TTA="none")
     run = _run(tmp_path, cfg)
     data = finetune.load(cfg, run)
-    folds = finetune.make_folds(data, cfg, run)
+    finetune.make_folds(data, cfg, run)  # folds.csv, which `finish` reads the held-out tiles from
     path = finetune.write_submission(data, finetune.predict(data, None, cfg, run), cfg, run)
     run.record["package"]["models"] = ["0 (best)"]  # as if trained: it scores what NDSI scores, no better
     finetune.finish(data, path, cfg, run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from pathlib import Path
 
@@ -288,6 +289,72 @@ def test_extraction_stops_at_its_share_of_the_budget_and_a_rerun_completes_it(de
     rest = quiet_embeddings(comp, make_cfg(demo, EMBED_CHUNK=32), make_run(tmp_path / "out"))
     assert rest.complete
     np.testing.assert_array_equal(rest.train, full.train)
+
+
+def _slow_embeddings(comp, cfg, run, clock, monkeypatch) -> "E.Embeddings":
+    """`embeddings` where every batch takes one second on the budget's clock."""
+    real_backbone = E._backbone
+
+    def slow_backbone(*args, **kwargs):
+        model = real_backbone(*args, **kwargs)
+        model.register_forward_hook(lambda *_: clock.advance(1.0))
+        return model
+
+    monkeypatch.setattr(E, "_backbone", slow_backbone)
+    try:
+        return quiet_embeddings(comp, cfg, run)
+    finally:
+        monkeypatch.setattr(E, "_backbone", real_backbone)
+
+
+def test_the_embedding_plan_says_what_fits_now_and_where_the_next_session_resumes(demo, tmp_path, monkeypatch):
+    cfg = make_cfg(demo, EMBED_CHUNK=32)
+    comp = task.load(cfg, make_run(tmp_path / "out"))
+    clock, lines = FakeClock(), []
+    run = make_run(tmp_path / "out", budget=40.0, clock=clock, lines=lines)
+    emb = _slow_embeddings(comp, cfg, run, clock, monkeypatch)
+    plan = next(line for line in lines if "embedding plan" in line)
+    # Timed on the first chunk (2 batches of 16, 1 s each): 13 s of the 15 s share are left, and a
+    # chunk of 2 batches starts while 1.5 x 2 s fit: 5 more chunks (test 8 images, train 4 x 32).
+    assert "240 in 9 chunks, 32 done" in plan and "~16 img/s" in plan
+    assert "fit now              83% (200 of 240 images)" in plan
+    assert "40 images, from chunk_00005.npz of train (row 160) on: the next session resumes there" in plan
+    assert run.record["embedding_plan"] == {"images": 240, "fit_share": 0.8333, "resume_at": "train chunk 5"}
+    assert emb.rows("test") == 40 and emb.rows("train") == 160  # as planned
+    run = make_run(tmp_path / "out")
+    rest = quiet_embeddings(comp, cfg, run)
+    assert rest.complete and run.record["embeddings"]["computed"] == 40  # from chunk 5 on
+
+
+def test_test_rows_reserve_the_hidden_test_images_at_the_measured_pace(demo, tmp_path, monkeypatch):
+    comp = task.load(make_cfg(demo), make_run(tmp_path / "load"))
+    reserves, fits = {}, {}
+    for test_rows in (None, 40 + 16 * 100):  # 1,600 hidden test images: 100 batches of 16
+        clock, lines = FakeClock(), []
+        run = make_run(tmp_path / f"out{test_rows}", budget=400.0, clock=clock, lines=lines)
+        _slow_embeddings(comp, make_cfg(demo, EMBED_CHUNK=32, TEST_ROWS=test_rows), run, clock, monkeypatch)
+        plan = next(line for line in lines if "embedding plan" in line)
+        reserves[test_rows] = re.search(r"\n  reserve +(\S+)", plan).group(1)
+        fits[test_rows] = run.record.get("test_rows")
+    # 1.5 x 1/16 s per image x 1,600 images kept back for the rerun's test images, next to write and verify
+    assert reserves == {None: "10s", 1640: "160s"}
+    assert fits == {None: None, 1640: 1640}
+    run = make_run(tmp_path / "unit", budget=3600.0)
+    cfg = make_cfg(demo, TEST_ROWS=500_000, BATCH_SIZE=128)
+    from kagglekit_nb.tasks.isic._time import HIDDEN_EMBEDDINGS, declare_reserves
+
+    assert declare_reserves(run, 3, cfg) == 500_000
+    assert run.budget.reserves["features"] == pytest.approx(50.0)  # 1e-4 s a row
+    assert run.budget.reserves.get(HIDDEN_EMBEDDINGS, 0.0) == 0.0  # no pace measured yet
+    run.budget.observe(E.EMBED_IMAGE, 0.002)
+    declare_reserves(run, 3, cfg)
+    assert run.budget.reserves[HIDDEN_EMBEDDINGS] == pytest.approx(1.5 * 0.002 * 499_997)
+    run = make_run(tmp_path / "short", budget=1000.0)  # the rerun gives its embeddings EMBED_SHARE at most
+    run.budget.observe(E.EMBED_IMAGE, 0.002)
+    declare_reserves(run, 3, cfg)
+    assert run.budget.reserves[HIDDEN_EMBEDDINGS] == pytest.approx(0.5 * (1000.0 - 5 - 5 - 50))
+    with pytest.raises(ValueError, match=r"TEST_ROWS=0 must be at least 1"):
+        task.Config(TEST_ROWS=0)
 
 
 def bad_image_copy(demo: Path, copy_tree) -> tuple[Path, str]:

@@ -15,8 +15,8 @@ from ..params import annotation_types, check_type
 if TYPE_CHECKING:
     from ..run import Run
 
-__all__ = ["Demo", "NotebookConfig", "RunConfig", "early_baseline", "find_data", "find_data_dir", "start",
-           "timm_model", "training_plots", "use_weights", "verify_csv", "weights_for"]
+__all__ = ["Demo", "NotebookConfig", "RunConfig", "early_baseline", "find_data", "find_data_dir", "sized_test_rows",
+           "start", "timm_model", "training_plots", "use_weights", "verify_csv", "weights_for"]
 
 SUBMISSION_FILE = "submission.csv"
 
@@ -80,6 +80,18 @@ def start(cfg: Any, **kwargs: Any) -> Run:
                     seed=cfg.SEED, device=cfg.DEVICE, **kwargs)
     run.budget.reserve_submission()
     return run
+
+
+def sized_test_rows(run: Run | None, visible: int, expected: int | None, what: str = "test rows") -> int:
+    """The test rows prediction is sized for (`budget.predict_rows`: TEST_ROWS when a code competition's
+    rerun scores more than the `visible` rows); said once per run and recorded as `test_rows` in run.json."""
+    from ..budget import predict_rows
+
+    rows = predict_rows(visible, expected)
+    if run is not None and rows > visible and run.record.get("test_rows") != rows:
+        run.record["test_rows"] = rows
+        run.log(f"prediction is sized for {rows} {what} (TEST_ROWS), not the {visible} the sample lists")
+    return rows
 
 
 def find_data_dir(data_dir: str | None, run: Run, *, required: Sequence[str], what: str,

@@ -64,8 +64,8 @@ from .classical import ClassicalResult
 from .competition import (IMAGE_EXTENSIONS, Competition, Overrides, best_threshold, probe_channels, read,
                           read_sample, submission_frame)
 from .images import UNREADABLE_FILE, ImageDataset, _channels, _journal, _tta, normalization, read_image, scan_images, transforms
-from ._config import (Demo, RunConfig, early_baseline, find_data, record_written, start, timm_model, training_plots,
-                      verify_csv, weights_for)
+from ._config import (Demo, RunConfig, early_baseline, find_data, record_written, sized_test_rows, start, timm_model,
+                      training_plots, verify_csv, weights_for)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -472,11 +472,7 @@ def _read_again(cfg: Config, run: Run, unreadable: dict[str, str]) -> Competitio
 def test_rows(data: Competition, cfg: Config, run: Run | None = None) -> int:
     """The test images prediction is sized for: TEST_ROWS when a code competition's rerun scores a hidden
     test set larger than the visible one (the rerun has the same time limit), else the sample's rows."""
-    rows = max(len(data.test), cfg.TEST_ROWS or 0)
-    if run is not None and rows > len(data.test) and run.record.get("test_rows") != rows:
-        run.record["test_rows"] = rows
-        run.log(f"prediction is sized for {rows} test images (TEST_ROWS), not the {len(data.test)} the sample lists")
-    return rows
+    return sized_test_rows(run, len(data.test), cfg.TEST_ROWS, "test images")
 
 
 def _ladder(cfg: Config) -> list[tuple[str, int]]:

@@ -37,6 +37,10 @@ HOLDOUT_FOLD = -1                    # folds.csv value of a held-out tile
 PRETRAIN_CLASSES = CLASS_NAMES[:3]   # HKH masks have clean ice and debris, no lakes
 FINETUNE_CLASSES = CLASS_NAMES
 MAX_VAL_PATCHES = 64                 # pretraining validates on at most this many patches of its fold
+# Band statistics come from at most this many training tiles, drawn at random (fixed by SEED and the
+# member, so a resumed member gets the same ones): 256 HKH patches hold 67 million pixels a band, and
+# reading all ~11,000 training patches of the HKH set at 512 px would read 170 GB for a few numbers.
+STATS_TILES = 256
 
 
 @dataclass
@@ -203,7 +207,7 @@ def _setup(data: TileData, folds: pd.Series, cfg: SegConfig, run: Run, v: int,
     val_idx = np.flatnonzero(f == fold)
     if len(val_idx) > MAX_VAL_PATCHES and data.patch_files is not None:
         val_idx = val_idx[:MAX_VAL_PATCHES]
-    stats = BandStats.fit((data.read(i) for i in train_idx), data.bands)  # the training fold only
+    stats = BandStats.fit((data.read(i) for i in _stats_tiles(train_idx, cfg, v)), data.bands)  # training fold only
     model = build_unet(cfg.ENCODER, in_channels=len(data.bands), n_classes=len(data.classes))
     say = run.log if "init" not in said else (lambda _m: None)
     said.add("init")
@@ -227,6 +231,14 @@ def _setup(data: TileData, folds: pd.Series, cfg: SegConfig, run: Run, v: int,
         val_targets=np.stack([val_ds.target(j) for j in range(len(val_ds))]),
         make_scheduler=lambda opt, total: one_cycle(opt, cfg.LR, total, pct_start=0.1),
         meta=meta)
+
+
+def _stats_tiles(train_idx: np.ndarray, cfg: SegConfig, v: int) -> np.ndarray:
+    """The training tiles the band statistics of member `v` are fitted on: all, or STATS_TILES of them
+    drawn at random (the same in every session)."""
+    if len(train_idx) <= STATS_TILES:
+        return train_idx
+    return np.sort(np.random.default_rng([cfg.SEED, v]).choice(train_idx, STATS_TILES, replace=False))
 
 
 def train_members(data: TileData, folds: pd.Series, cfg: SegConfig, run: Run, *,

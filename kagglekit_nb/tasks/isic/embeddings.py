@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from ..._atomic import write_json
 from ...run import Run
 from .._config import timm_model, weights_for
-from ._time import declare_reserves
+from ._time import EMBED_IMAGE, HIDDEN_EMBEDDINGS, declare_reserves, reserve_hidden_embeddings
 from .data import Competition, HDF5Images, ResizeToTensor, _save_npz, collate_skip_none
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ __all__ = ["Embeddings", "embedding_key", "embeddings"]
 EMBED_DIR = "embeddings"
 CHUNK_FILE = "chunk_{index:05d}.npz"
 _SPLITS = ("test", "train")  # test first: without test features an image model cannot be submitted
-EMBED_BATCH = "embedding batch"          # the pace the budget measures
 EMBED_SHARE_NAME = "embeddings (EMBED_SHARE)"  # the budget's share for extraction
 
 
@@ -153,12 +152,73 @@ class _Extraction:
         self.computed += hi - lo
 
 
+class _Plan:
+    """The extraction plan of this session, said once its first chunk is timed: how many of the images
+    still to embed fit the time there is now, and from which chunk the next session resumes."""
+
+    def __init__(self, todo: dict[str, list[int]], extractions: dict[str, _Extraction]):
+        self.todo, self.ext = todo, extractions
+        self.images = sum(self._rows(split, c) for split, chunks in todo.items() for c in chunks)
+        self.said = False
+
+    def _rows(self, split: str, c: int) -> int:
+        lo, hi = self.ext[split].bounds(c)
+        return hi - lo
+
+    def say(self, run: Run, *, first: tuple[str, int]) -> None:
+        """Log the plan once, after the session's `first` chunk timed on a full batch (split, index)."""
+        self.said = True
+        done = sum(e.computed for e in self.ext.values())
+        left = [(split, c) for split, chunks in self.todo.items() for c in chunks]
+        left = left[left.index(first) + 1:]
+        if not left:
+            return
+        n_fit = run.budget.how_many_fit(EMBED_IMAGE, [self._rows(s, c) for s, c in left], share=EMBED_SHARE_NAME)
+        fits = sum(self._rows(split, c) for split, c in left[:n_fit])
+        resume = left[n_fit] if n_fit < len(left) else None
+        share = (done + fits) / self.images
+        pace = run.budget.pace.get(EMBED_IMAGE, 0.0)
+        rows = [("images to embed", f"{self.images} in {len(left) + 1} chunks, {done} done"),
+                ("pace (first chunk)", f"~{1 / pace:.0f} img/s" if pace > 0 else "not measured"),
+                ("fit now", f"{share:.0%} ({done + fits} of {self.images} images)"),
+                ("time for embeddings", _time_for(run)),
+                ("reserve", run.budget.describe_reserves())]
+        if resume is not None:
+            lo = self.ext[resume[0]].bounds(resume[1])[0]
+            rows.append(("the rest", f"{self.images - done - fits} images, from {CHUNK_FILE.format(index=resume[1])} "
+                                     f"of {resume[0]} (row {lo}) on: the next session resumes there (same OUTPUT_DIR)"))
+        width = max(len(k) for k, _ in rows)
+        run.log("embedding plan:\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows))
+        run.record["embedding_plan"] = {"images": self.images, "fit_share": round(share, 4),
+                                        "resume_at": None if resume is None else f"{resume[0]} chunk {resume[1]}"}
+
+
+def _warm_up(model: torch.nn.Module, cfg: Config, device: torch.device) -> None:
+    """One untimed call on a batch of zeros: a model's first call selects its kernels and allocates, and
+    timed, it would make the measured pace (and what is reserved at it) several times too slow."""
+    dtype = _amp(device)
+    with torch.inference_mode(), (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()):
+        model(torch.zeros(cfg.BATCH_SIZE, 3, cfg.IMG_SIZE, cfg.IMG_SIZE, device=device))
+
+
+def _time_for(run: Run) -> str:
+    """The time the embeddings may still use: their share (EMBED_SHARE) and what the reserves leave."""
+    left = run.budget.training_left()
+    share = run.budget.deadlines.get(EMBED_SHARE_NAME, math.inf) - run.budget.clock()
+    if not math.isfinite(min(left, share)):
+        return "unlimited"
+    return f"{max(0.0, min(left, share)):.0f}s (EMBED_SHARE of the time left after the reserve)"
+
+
 def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model: torch.nn.Module,
-                    cfg: Config, run: Run, *, share: str = EMBED_SHARE_NAME) -> str | None:
+                    cfg: Config, run: Run, plan: _Plan | None = None, hidden: int = 0, *,
+                    share: str = EMBED_SHARE_NAME) -> str | None:
     """Compute the chunks in `todo`, saving each as it completes; a reason string if it stopped early
     (the budget's answer: the embeddings' share of the time, allotted as `share`, is used, or the
     reserves are reached). `images` yields (tensor, row) or None (skipped); `cfg` gives BATCH_SIZE
-    and NUM_WORKERS."""
+    and NUM_WORKERS. Full batches time the pace (per image): the `plan` is said after the first
+    chunk that had one, and the `hidden` test images of the rerun (TEST_ROWS) are reserved at that
+    pace from then on."""
     from ...loaders import default_workers
 
     device = run.device
@@ -173,38 +233,51 @@ def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model
     loader = DataLoader(images, batch_sampler=batches, num_workers=workers, collate_fn=collate_skip_none,
                         pin_memory=device.type == "cuda")
     dtype, clock = _amp(device), run.budget.clock
-    batches_in = Counter(chunk_of)
-    batch_s: float | None = None
+    images_in = Counter()
+    for rows, c in zip(batches, chunk_of):
+        images_in[c] += len(rows)
+    image_s: float | None = None
     current, buf, got, in_chunk = None, None, [], 0
     mark = clock()
     step = max(1, len(batches) // 10)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     it = iter(loader)
     for b, (rows, c) in enumerate(zip(batches, chunk_of)):
         now = clock()
         if c != current:  # a new chunk: start it only if it fits the embedding share of the budget
-            reason = run.budget.stop_reason(run.budget.need(EMBED_BATCH, batches_in[c]), share=share)
+            reason = run.budget.stop_reason(run.budget.need(EMBED_IMAGE, images_in[c]), share=share)
             if reason:
                 return reason
             lo, hi = ext.bounds(c)
             current, buf, got, in_chunk = c, np.full((hi - lo, ext.dim), np.nan, np.float32), [], 0
-        elif (reason := run.budget.stop_reason(run.budget.need(EMBED_BATCH))) is not None:
+        elif (reason := run.budget.stop_reason(run.budget.need(EMBED_IMAGE, len(rows)))) is not None:
             return f"{reason} (the chunk in progress is dropped)"
         batch = next(it)
+        if b == 0:  # the first batch waited for the loader's workers to start: not the pace of the work
+            now = clock()
         in_chunk += len(rows)
         if batch is not None:
             x, index = batch
             x = x.to(device, non_blocking=True)
-            with torch.inference_mode(), (torch.autocast(device.type, dtype=dtype) if dtype else
-                                          contextlib.nullcontext()):
+            with torch.inference_mode(), autocast():
                 out = model(x).float().cpu().numpy()
             lo = ext.bounds(c)[0]
             buf[index.numpy() - lo] = out
             got.append(index.numpy())
-        if b + 1 == len(batches) or chunk_of[b + 1] != c:
+        chunk_done = b + 1 == len(batches) or chunk_of[b + 1] != c
+        if chunk_done:
             ext.save(c, buf, np.concatenate(got) if got else np.empty(0, int))
-        took = clock() - now
-        batch_s = took if batch_s is None else 0.8 * batch_s + 0.2 * took  # smoothed: one slow batch is no trend
-        run.budget.observe(EMBED_BATCH, batch_s)
+        if len(rows) == cfg.BATCH_SIZE:  # the pace of full batches: a batch's fixed cost weighs more in a short one
+            took = (clock() - now) / len(rows)
+            image_s = took if image_s is None else 0.8 * image_s + 0.2 * took  # smoothed: one slow batch is no trend
+            run.budget.observe(EMBED_IMAGE, image_s)
+            if hidden > 0:
+                first = run.budget.reserves.get(HIDDEN_EMBEDDINGS, 0.0) == 0.0
+                reserve_hidden_embeddings(run, hidden, cfg.EMBED_SHARE)
+                if first:  # the embeddings' share is of the time this new reserve leaves
+                    run.budget.allot(EMBED_SHARE_NAME, cfg.EMBED_SHARE)
+        if chunk_done and plan is not None and not plan.said and EMBED_IMAGE in run.budget.pace:
+            plan.say(run, first=(ext.split, c))
         if (b + 1) % step == 0:
             rate = sum(len(r) for r in batches[:b + 1]) / max(clock() - mark, 1e-9)
             done = ext.cached + ext.computed + (0 if b + 1 == len(batches) or chunk_of[b + 1] != c else in_chunk)
@@ -224,37 +297,49 @@ def embeddings(comp: Competition, cfg: Config, run: Run) -> Embeddings | None:
     if cfg.IMAGE_PCA == 0:
         run.log("IMAGE_PCA=0: no embedding features")
         return None
-    declare_reserves(run, len(comp.test))
     weights = _weights(cfg, run)
     key = embedding_key(cfg, weights)
     root = run.dir / EMBED_DIR / key
+    before = (run.previous or {}).get("embeddings") or {}
+    measured_before = None
+    if before.get("key") == key and before.get("batch_size") == cfg.BATCH_SIZE and before.get("image_s"):
+        measured_before = float(before["image_s"])
+        run.budget.plan_pace(EMBED_IMAGE, measured_before)  # the pace an earlier session measured
+    test_rows = declare_reserves(run, len(comp.test), cfg)
     with run.budget.timed("embeddings"):
         model = _backbone(cfg, num_classes=0, weights=weights).to(run.device).eval()
         if run.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         mean, std = _mean_std(model)
+        _warm_up(model, cfg, run.device)
         transform = ResizeToTensor(cfg.IMG_SIZE, mean=mean, std=std)
         root.mkdir(parents=True, exist_ok=True)
         write_json(root / "meta.json", {"model": cfg.MODEL, "img_size": cfg.IMG_SIZE, "weights": weights.record(),
                                         "seed": cfg.SEED, "dim": int(model.num_features), "mean": mean, "std": std})
         run.budget.allot(EMBED_SHARE_NAME, cfg.EMBED_SHARE)
-        result, reason = {}, None
+        result, todo, reason = {}, {}, None
         t0 = run.budget.clock()
         for split in _SPLITS:
             frame = comp.test if split == "test" else comp.train
-            ids = frame["isic_id"].to_numpy(dtype=str)
             directory = root / split / f"chunks{cfg.EMBED_CHUNK}"
             directory.mkdir(parents=True, exist_ok=True)
-            ext = _Extraction(split, ids, directory, cfg.EMBED_CHUNK, int(model.num_features))
-            todo = ext.reuse(run.log)
-            if todo and reason is None:
-                images = HDF5Images(comp.images[split], ids, transform=transform, on_error=cfg.ON_BAD_IMAGE,
+            result[split] = _Extraction(split, frame["isic_id"].to_numpy(dtype=str), directory, cfg.EMBED_CHUNK,
+                                        int(model.num_features))
+            todo[split] = result[split].reuse(run.log)
+        plan = _Plan(todo, result)
+        if plan.images:
+            parts = ", ".join(f"{split} {len(e.ids) - e.cached}" for split, e in result.items())
+            run.log(f"embeddings: {plan.images} images to embed ({parts}; {sum(e.cached for e in result.values())} "
+                    "cached); the plan follows once the first chunk is timed")
+        for split, ext in result.items():
+            if todo[split] and reason is None:
+                images = HDF5Images(comp.images[split], ext.ids, transform=transform, on_error=cfg.ON_BAD_IMAGE,
                                     return_index=True)
-                reason = _run_extraction(ext, todo, images, model, cfg, run)
+                reason = _run_extraction(ext, todo[split], images, model, cfg, run, plan,
+                                         hidden=test_rows - len(comp.test))
                 images.close()
-            result[split] = ext
             done = ext.cached + ext.computed
-            run.log(f"embeddings: {split} {done}/{len(ids)} images ({ext.cached} from the cache, {ext.computed} "
+            run.log(f"embeddings: {split} {done}/{len(ext.ids)} images ({ext.cached} from the cache, {ext.computed} "
                     f"computed){'; skipped: ' + ', '.join(ext.skipped[:5]) if ext.skipped else ''}")
         seconds = run.budget.clock() - t0
     emb = Embeddings(key=key, train=result["train"].values, test=result["test"].values,
@@ -264,6 +349,7 @@ def embeddings(comp: Competition, cfg: Config, run: Run) -> Embeddings | None:
         "key": key, "dir": str(root), "train_rows": emb.rows("train"), "test_rows": emb.rows("test"),
         "computed": computed, "cached": sum(e.cached for e in result.values()), "seconds": round(seconds, 1),
         "images_per_s": round(computed / seconds, 1) if computed and seconds > 0 else None,
+        "batch_size": cfg.BATCH_SIZE, "image_s": run.budget.pace.get(EMBED_IMAGE, measured_before),
         "skipped": emb.skipped[:100], "skipped_count": len(emb.skipped), "stop_reason": emb.stop_reason}
     if reason:
         run.log(f"embeddings stopped ({reason}): {emb.rows('train')}/{len(comp.train)} train and "

@@ -77,7 +77,7 @@ def features(comp: Competition, emb: Embeddings | None, ft: ImageScores | None, 
     """Tabular features (`isic.make_features`) plus image features: the PCA of the patient-normalised
     embeddings (fitted on train rows, at most PCA_FIT_ROWS of them) and, with fine-tuning, the
     out-of-fold image score and its per-patient z-score. Never a train-only column."""
-    declare_reserves(run, len(comp.test))
+    declare_reserves(run, len(comp.test), cfg)
     with run.budget.timed("features"):
         X_train, X_test, tab = make_features(comp.train, comp.test)
         image: list[str] = []

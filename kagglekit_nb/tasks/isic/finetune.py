@@ -81,7 +81,7 @@ def finetune(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> Imag
 
     y, fold_of = comp.y, folds.to_numpy()
     ids = comp.train["isic_id"].to_numpy(dtype=str)
-    declare_reserves(run, len(comp.test))
+    test_rows = declare_reserves(run, len(comp.test), cfg)
     start_weights = _weights(cfg, run)  # resolved and said once; every fold starts from the same weights
     mean, std = _mean_std(_backbone(cfg, num_classes=2, weights=start_weights))
     train_tf = _FlipResize(cfg.IMG_SIZE, mean=mean, std=std)
@@ -111,7 +111,7 @@ def finetune(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> Imag
     run.budget.reserve_share("lgbm", LGBM_SHARE)  # LightGBM comes after the fine-tuning
     keys = ("cv_score", "folds_done", "folds", "plan", "stop_reason", "resumed_from")
     result = train_folds(run, n_folds=cfg.FOLDS, setup=setup, metric=get_metric("pauc80"),
-                         max_epochs=cfg.FINETUNE_EPOCHS, predict_items=n_test * cfg.FOLDS,
+                         max_epochs=cfg.FINETUNE_EPOCHS, predict_items=test_rows * cfg.FOLDS,
                          predict_models=cfg.FOLDS,
                          expected_meta=lambda k: _finetune_meta(cfg, k))
     run.record["finetune"] = {k: run.record.pop(k, None) for k in keys}

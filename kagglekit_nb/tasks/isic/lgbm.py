@@ -172,7 +172,7 @@ def train_lgbm(feats: Features, folds: pd.Series, cfg: Config, run: Run) -> LGBM
     eat into the reserve kept for predict + verify. The OOF pAUC of each model (its predictions averaged
     over the seeds done) goes to `run.json` as `oof_pauc`.
     """
-    declare_reserves(run, len(feats.test))
+    test_rows = declare_reserves(run, len(feats.test), cfg)
     fold_of, y = folds.to_numpy(), feats.y
     settings = {**_lgbm_params(cfg), "neg_per_pos": cfg.NEG_PER_POS, "max_rounds": cfg.MAX_ROUNDS,
                 "early_stopping": cfg.EARLY_STOPPING, "seed": cfg.SEED}
@@ -208,7 +208,7 @@ def train_lgbm(feats: Features, folds: pd.Series, cfg: Config, run: Run) -> LGBM
             sums[name][saved["rows"]] += saved["pred"]
             counts[name][saved["rows"]] += 1
             n_fits = max(len(r.fits) for r in results.values())
-            run.budget.reserve_predict(items=len(feats.test) * n_fits, item_s=per_row)
+            run.budget.reserve_predict(items=test_rows * n_fits, item_s=per_row)
             if stop_reason != "completed":
                 break
     for name, res in results.items():

@@ -75,6 +75,7 @@ class Config(RunConfig):
     EMBED_SHARE: float = 0.5           # at most this share of the time left goes to image embeddings
     IMAGE_PCA: int = 32                # PCA components of the patient-normalised embeddings; 0 = no embeddings
     ON_BAD_IMAGE: str = "raise"        # a missing or corrupt image: "raise", or "skip" (no image features)
+    TEST_ROWS: int | None = None       # the hidden test set's size when the rerun scores more rows (ISIC 2024: ~500,000)
     FOLDS: int = 5
     LGBM_SEEDS: int = 3                # LightGBM seeds per fold; the budget may train fewer
     NEG_PER_POS: int | None = 20       # negatives kept per positive per training fold; None = all + scale_pos_weight
@@ -92,7 +93,7 @@ class Config(RunConfig):
 
     def check(self) -> None:
         self.at_least(1, "BATCH_SIZE", "EMBED_CHUNK", "LGBM_SEEDS", "MAX_ROUNDS", "EARLY_STOPPING",
-                      "NEG_PER_POS", "FINETUNE_EPOCHS", "FINETUNE_NEG_PER_POS")
+                      "NEG_PER_POS", "FINETUNE_EPOCHS", "FINETUNE_NEG_PER_POS", "TEST_ROWS")
         self.at_least(0, "IMAGE_PCA", "NUM_WORKERS")
         self.at_least(2, "FOLDS", "NUM_LEAVES")
         if not 8 <= self.IMG_SIZE <= 4096:
