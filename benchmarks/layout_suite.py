@@ -8,8 +8,9 @@ Each layout (tests/layouts.py: the competition's exact files, folders and column
 images) is generated, then read, trained and submitted by the same calls the notebook makes, all at
 their defaults (MODEL "auto", EPOCHS None, FOLDS 5, WEIGHTS "auto": random here, nothing attached). The
 table shows per layout: the target the kit read, whether the file is valid, its score, the baseline's
-score, the out-of-fold scores of the classical stage, the deep model and the submitted candidate (and
-which one that was), and the seconds the run took. The last lines count the valid submissions, those
+score (both by the competition's metric), the metric the run chose its candidate by (the kit's default
+for the target unless METRIC says otherwise), the out-of-fold scores of the classical stage, the deep
+model and the submitted candidate by it (and which one that was), and the seconds the run took. The last lines count the valid submissions, those
 that beat the baseline, and those whose submitted OOF score is at least the classical stage's.
 """
 from __future__ import annotations
@@ -83,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[-1]
         print(f"{r['layout']}: {r['target']} valid={r['valid']} score={r['score']} baseline={r['baseline']:.4f} "
               f"({r['seconds']}s){' ' + r['error'] if r['error'] else ''}", file=sys.stderr, flush=True)
-    print("| layout | target | valid | metric | score | baseline | classical OOF | deep OOF | submitted OOF | "
-          "submitted | s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| layout | target | valid | metric | score | baseline | OOF metric | classical OOF | deep OOF | submitted OOF | "
+          "submitted | s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         oof = r["oof"]
         print(f"| {r['layout']} | {r['target']} | {'yes' if r['valid'] else 'NO'} | {r['metric']} | "
-              f"{_num(r['score'])} | {r['baseline']:.4f} | {_num(oof.get('classical'))} | {_num(oof.get('deep'))} | "
+              f"{_num(r['score'])} | {r['baseline']:.4f} | {r.get('run_metric') or '-'} | {_num(oof.get('classical'))} | "
+              f"{_num(oof.get('deep'))} | "
               f"{_num(oof.get(r['submitted']))} | {r['submitted']} | {r['seconds']} |")
     valid = sum(r["valid"] for r in rows)
     beat = sum(r["valid"] and is_better(r["metric"], r["score"], r["baseline"]) for r in rows)
