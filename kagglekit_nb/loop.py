@@ -47,7 +47,8 @@ from .options import (LoopOptions, _autocast, _capability, _check_int, _schedule
 from .preflight import LearningWatch, _check_first_step, _check_setup
 from .repro import restore_rng_state, rng_state
 from .state import capture_state, cpu_copy, restore_state
-from .step import _compiled, _epoch_scheduler_step, _halve_lr, _optimizer_step, _Step, _train_step, _use_no_sync
+from .step import (_compiled, _epoch_scheduler_step, _forget_scaler_step, _halve_lr, _optimizer_step, _Step, _train_step,
+                   _use_no_sync)
 from .ui import Progress
 
 __all__ = ["FitResult", "fit", "evaluate", "predict", "is_main_process"]
@@ -316,6 +317,7 @@ def _preflight(s: _Step, r: _Run, loss: torch.Tensor, step_s: float) -> bool:
 def _back_off(s: _Step, r: _Run, where: str) -> None:
     """Halve the train batch size and double accumulation after an out-of-memory error."""
     s.optimizer.zero_grad(set_to_none=True)
+    _forget_scaler_step(s.scaler)
     if s.device.type == "cuda":
         torch.cuda.empty_cache()
     bs = r.loader.batch_size
@@ -591,6 +593,8 @@ def _prepare_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: C
     """Resolve once what every step needs: memory format, placement checks, AMP dtype and scaler,
     when the scheduler steps, the (compiled) forward."""
     interval = _scheduler_interval(scheduler, opts.scheduler_interval, metric)
+    if device.type == "cuda":  # the pre-flight memory line reports this fit's peak, not an earlier fold's
+        torch.cuda.reset_peak_memory_stats(device)
     cl = use_channels_last(opts.channels_last, device.type)
     if cl and _unwrap(model) is model:  # a wrapped (DDP) model is converted before wrapping, by its owner
         model.to(memory_format=torch.channels_last)

@@ -92,4 +92,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # each visible GPU gets its saved stream; a state saved for a GPU this process cannot see (two
+        # GPUs then, one now) has no stream left to drive, so it is not restored
+        for index, saved in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(saved, index)

@@ -72,6 +72,21 @@ def _optimizer_step(s: _Step) -> None:
         s.scheduler.step()
 
 
+def _forget_scaler_step(scaler: torch.amp.GradScaler | None) -> None:
+    """Forget the GradScaler's half-done step (gradients unscaled, inf checks made) of a step that
+    an out-of-memory error abandoned: the retried step must unscale its own new gradients. Without
+    this the retry applies gradients still multiplied by the loss scale (or, with clipping, stops
+    at "unscale_() has already been called"). GradScaler has no public reset: `update()` does the
+    same, but also moves the scale."""
+    if scaler is None:
+        return
+    from collections import defaultdict
+
+    from torch.amp import grad_scaler
+
+    scaler._per_optimizer_states = defaultdict(grad_scaler._refresh_per_optimizer_state)
+
+
 def _epoch_scheduler_step(s: _Step, score: float) -> None:
     """After an epoch's evaluation: step a scheduler that steps per epoch (ReduceLROnPlateau with `score`)."""
     if s.scheduler_all is None or s.scheduler is not None:  # none, or stepped per optimizer step

@@ -882,3 +882,28 @@ def test_one_cycle_runs_every_planned_step_count(total, pct):
     assert len(lrs) == total and max(lrs) <= 0.1 + 1e-12 and all(np.isfinite(lrs))
     if total >= 5:
         assert max(lrs) > 0.09 and lrs[-1] < lrs[0]  # warmed up to near the peak, annealed below the start
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_out_of_memory_in_the_optimizer_step_retries_with_unscaled_gradients(clip):
+    """fp16 training: the first optimizer step runs out of memory after the GradScaler unscaled the
+    gradients (Adam allocating its state is where a large model does). The retried step must unscale
+    its own new gradients, not apply them times the loss scale (or stop at unscale_ called twice)."""
+    seen: list[float] = []
+
+    class FirstStepOutOfMemory(torch.optim.SGD):
+        def step(self, closure=None):
+            grads = [p.grad.abs().max().item() for g in self.param_groups for p in g["params"] if p.grad is not None]
+            if not seen:
+                seen.append(float("nan"))
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+            seen.append(max(grads))
+            return super().step(closure)
+
+    model = _model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    result = _fit(model, *_loaders(), epochs=1, opt=FirstStepOutOfMemory(model.parameters(), lr=0.1), scaler=scaler,
+                  options=LoopOptions(oom_retries=1, clip_grad_norm=clip))
+    assert result.stop_reason == "completed" and len(seen) > 2
+    assert max(seen[1:]) < 10.0   # true gradients of a cross-entropy on two features; scaled ones are ~4096x
+    assert scaler.get_scale() == 2.0 ** 12
