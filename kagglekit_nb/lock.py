@@ -36,6 +36,9 @@ __all__ = ["LOCK_FILE", "RunLocked", "RunLock", "acquire"]
 LOCK_FILE = "run.lock"
 HEARTBEAT_S = 60.0      # how often a holder rewrites its heartbeat
 STALE_S = 15 * 60.0     # a heartbeat this old from another host means its runtime is gone (Drive)
+# A killed holder's forked children (DataLoader workers) share its flock until they see their parent is
+# gone (PyTorch's workers look every 5 s): a new run waits up to this long for them before refusing.
+ORPHAN_WAIT_S = 20.0
 
 _HELD: dict[Path, RunLock] = {}
 _GUARD = threading.Lock()
@@ -117,6 +120,16 @@ def _flock(directory: Path) -> tuple[int | None, bool]:
     return fd, False
 
 
+def _wait_for_flock(directory: Path, wait_s: float, poll_s: float = 0.25) -> tuple[int | None, bool]:
+    """`_flock`, tried again until it is free or `wait_s` has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        fd, busy = _flock(directory)
+        if not busy or time.monotonic() >= deadline:
+            return fd, busy
+        time.sleep(poll_s)
+
+
 def describe(record: dict[str, Any], now: float | None = None) -> str:
     """'pid 123 on host colab-1, started 2024-05-01 10:00:00, heartbeat 2.0 min ago'."""
     now = time.time() if now is None else now
@@ -162,12 +175,20 @@ def acquire(directory: str | os.PathLike, *, log: Callable[[str], None] | None =
     path = directory / LOCK_FILE
     record = _read(path) if path.exists() else None
     foreign = record is not None and (record.get("pid"), record.get("host")) != (os.getpid(), host)
+    orphaned = busy and bool(record) and record.get("host") == host and not _pid_alive(record.get("pid"))
+    if orphaned:  # the holder is dead; what holds its flock are processes it forked
+        fd, busy = _wait_for_flock(directory, ORPHAN_WAIT_S)
     if busy or foreign:
         why = None if busy else _stale(record or {}, host, fd is not None, now, stale_s)
         if why is None:
             if fd is not None:
                 os.close(fd)
             holder = describe(record or {}, now) if record else "a process on this machine"
+            if orphaned:
+                raise RunLocked(
+                    f"the run folder {directory} is still held by processes that the run {holder} started "
+                    f"(its process is gone; its DataLoader workers, say, still ran {ORPHAN_WAIT_S:.0f} s later). "
+                    "Wait until they exit, or end them (`pkill -f <notebook or script name>`), then start again.")
             raise RunLocked(
                 f"the run folder {directory} is in use by another run ({holder}). Two runs writing one "
                 "folder would delete each other's checkpoints. Wait for that run to finish (or stop it), "
