@@ -530,7 +530,9 @@ def _save_info(api: Any, competition: str, folder: Path, log: Log) -> None:
 
 # ----------------------------------------------------------------------------- restore
 
-_STAGING_PREFIX = ".restore-"   # the download lands in <out>/.restore-XXXX: inside `out`, so moving out of it is a rename
+# The download lands in <out>/.restore-XXXX: inside `out`, so moving the run out of it is a rename (one
+# filesystem), and a writable place even when `out` is /kaggle/working (whose parent is read-only).
+_STAGING_PREFIX = ".restore-"
 
 
 def restore_output(

@@ -406,7 +406,8 @@ def test_restore_output_never_touches_a_folder_that_holds_a_run(tmp_path):
     api = FakeApi(outputs={KERNEL: saved_run()})
     with pytest.raises(FileExistsError) as e:
         kaggle_io.restore_output(KERNEL, out, run_name="digits", api_factory=factory(api), log=lambda m: None)
-    assert "already holds a run (run.json): nothing was restored" in str(e.value) and "another OUTPUT_DIR" in str(e.value)
+    assert "already holds a run (run.json): nothing was restored" in str(e.value)
+    assert "another OUTPUT_DIR" in str(e.value)
     assert api.calls == []                                       # nothing downloaded
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 

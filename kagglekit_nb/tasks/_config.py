@@ -69,7 +69,7 @@ class RunConfig(NotebookConfig):
     BUDGET: str | None = None          # "45m", "2h"; None = what the platform allows
     SEED: int = 42
     RUN_NAME: str = "run"
-    RESUME_FROM: str | None = None     # "owner/notebook-slug": continue the run saved in that notebook's last output (Kaggle API)
+    RESUME_FROM: str | None = None     # "owner/notebook-slug": continue the run saved in its last output (Kaggle API)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,7 +81,8 @@ class RunConfig(NotebookConfig):
 
 def start(cfg: Any, **kwargs: Any) -> Run:
     """Open the run of a notebook's Config: seed, budget, output folder (filled from RESUME_FROM's output
-    when it holds no run yet), device (see `start_run`). Every task ends by writing and verifying its submission: those reserves are declared here."""
+    when it holds no run yet), device (see `start_run`). Every task ends by writing and verifying its
+    submission: those reserves are declared here."""
     from ..run import start_run
 
     run = start_run(cfg.as_dict(), run_name=cfg.RUN_NAME, output_dir=cfg.OUTPUT_DIR, budget=cfg.BUDGET,
