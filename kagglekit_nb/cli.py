@@ -13,6 +13,7 @@
          [--gpu t4x2|p100|none] [--internet on|off] [--public] [--title T] [--out DIR] [--dry-run]
     download SLUG [--out DIR] [--force]
     submit FILE --competition SLUG -m MESSAGE [--sample SAMPLE]
+    restore OWNER/SLUG[/VERSION] --out DIR [--run-name NAME]   the run saved in a notebook's output
     bundle --out DIR [--only-missing|--all] [--packages SPEC...] [--dataset OWNER/NAME]
     weights MODEL... --out DIR [--dataset OWNER/NAME]   pretrained weights as a Kaggle dataset
 
@@ -145,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-m", "--message", required=True, help="submission description")
     m.add_argument("--sample", help="sample_submission.csv to verify against (default: next to FILE, "
                                     "else in ./input/<competition>)")
+
+    o = sub.add_parser("restore", help="continue a run saved in a Kaggle notebook's output: download it into a "
+                                       "run folder that has no run yet")
+    o.add_argument("kernel", metavar="OWNER/SLUG", help="the notebook as in its URL kaggle.com/code/OWNER/SLUG "
+                                                         "(OWNER/SLUG/VERSION for one version; default: the latest)")
+    o.add_argument("--out", required=True, help="the run folder to fill (OUTPUT_DIR of the run that continues)")
+    o.add_argument("--run-name", help="the RUN_NAME of the saved run, when the output holds it in a folder of that "
+                                      "name (default: the output's root, else its only run folder)")
 
     b = sub.add_parser("bundle", help="build wheels for internet-off notebooks, to upload as a Kaggle dataset")
     b.add_argument("--out", required=True, help="folder for the wheels (new, empty, or an earlier bundle)")
@@ -308,6 +317,18 @@ def _submit(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> 
     return 0
 
 
+def _restore(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> int:
+    from .kaggle_io import restore_output
+
+    try:
+        folder = restore_output(args.kernel, args.out, run_name=args.run_name, api_factory=api_factory)
+    except FileExistsError as e:
+        print(f"kagglekit restore: {e}", file=sys.stderr)
+        return 1
+    print(f"continue it with: kagglekit run NOTEBOOK --out {folder}")
+    return 0
+
+
 def _bundle(args: argparse.Namespace, api_factory: Callable[[], Any] | None) -> int:
     from .bundle import build_bundle
 
@@ -357,7 +378,8 @@ def main(argv: Sequence[str] | None = None, *, kaggle_api_factory: Callable[[], 
 
     start = time.monotonic()
     args = build_parser().parse_args(argv)
-    kaggle_commands = {"push": _push, "download": _download, "submit": _submit, "bundle": _bundle}
+    kaggle_commands = {"push": _push, "download": _download, "submit": _submit, "restore": _restore,
+                       "bundle": _bundle}
     try:
         if args.command == "demo":
             return _demo(args)

@@ -25,6 +25,7 @@ PLATFORMS = ("kaggle", "colab", "local")
 
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
+RUN_FILE = "run.json"  # a run folder's record; a folder holding one is a run (kagglekit_nb.run writes it)
 COLAB_CONTENT = Path("/content")
 DRIVE_ROOT = Path("/content/drive")  # where Colab mounts Google Drive
 DRIVE_SUBDIR = "kagglekit"  # runs live in <drive>/MyDrive/kagglekit/<run_name>
@@ -259,8 +260,8 @@ def find_previous_run(run_name: str, *, input_root: str | Path = KAGGLE_INPUT, m
     root = Path(input_root)
     if not root.is_dir():
         return None
-    found = [p for _, p in _walk_dirs(root, max_depth) if p.name == run_name and (p / "run.json").is_file()]
-    return max(found, key=lambda p: (p / "run.json").stat().st_mtime) if found else None
+    found = [p for _, p in _walk_dirs(root, max_depth) if p.name == run_name and (p / RUN_FILE).is_file()]
+    return max(found, key=lambda p: (p / RUN_FILE).stat().st_mtime) if found else None
 
 
 def _names_model(name: str, model_name: str) -> bool:

@@ -3,14 +3,17 @@
     kagglekit push classification --competition digit-recognizer --dataset me/kagglekit-nb-wheels
     kagglekit download digit-recognizer            # -> ./input/digit-recognizer, found by the notebooks
     kagglekit submit runs/a/submission.csv --competition digit-recognizer -m "resnet18, 5 folds"
+    kagglekit restore alice/digits-resnet --out runs/classification   # a run saved in a notebook's output
 
 Everything that talks to Kaggle goes through the `kaggle` package's `KaggleApi`, made by one
 factory (`connect`, or the `api_factory` a caller passes, e.g. a fake in tests). The package is
 imported only there: `import kaggle` authenticates on import and, in some versions, exits the
 process when no credentials exist. `bundle` (the offline wheels) asks the same factory for the
 dataset owner's user name. Credentials come from the environment (KAGGLE_USERNAME and
-KAGGLE_KEY) or kaggle.json, as the kaggle package reads them; this module never prints, logs or
-writes them anywhere (only the user name goes into kernel-metadata.json, as the kernel's owner).
+KAGGLE_KEY) or kaggle.json, as the kaggle package reads them; in a Kaggle notebook `connect` first
+copies the notebook's Kaggle Secrets of those names into the environment (`use_kaggle_secrets`).
+This module never prints, logs or writes them anywhere (only the user name goes into
+kernel-metadata.json, as the kernel's owner).
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +35,9 @@ from ._atomic import write_json
 
 __all__ = [
     "ACCELERATORS", "KERNEL_METADATA_FILE", "KaggleCredentialsError", "KaggleError", "PushResult",
-    "SubmissionRefused", "check_kernel_metadata", "check_kernelspec", "connect", "credentials_help", "data_folder",
-    "download", "find_sample", "kernel_metadata", "kernel_slug", "push", "submit", "username",
+    "SubmissionRefused", "check_kernel", "check_kernel_metadata", "check_kernelspec", "connect", "credentials_help",
+    "data_folder", "download", "find_sample", "kernel_metadata", "kernel_slug", "push", "restore_output", "submit",
+    "use_kaggle_secrets", "username",
 ]
 
 ApiFactory = Callable[[], Any]
@@ -92,17 +97,69 @@ def credentials_help(environ: Mapping[str, str] | None = None) -> str:
     return (
         "no Kaggle credentials found. Create an API token on kaggle.com (Settings > API > Create New "
         f"Token) and either save the downloaded kaggle.json as {_config_dir(env) / 'kaggle.json'} "
-        "(then `chmod 600` it), or set the environment variables KAGGLE_USERNAME and KAGGLE_KEY "
-        "(on Colab or Kaggle: as secrets). kagglekit never prints or saves the key."
+        "(then `chmod 600` it), or set the environment variables KAGGLE_USERNAME and KAGGLE_KEY. "
+        "In a Kaggle notebook, add them as Kaggle Secrets: Add-ons > Secrets > Add Secret, one named "
+        "KAGGLE_USERNAME (your user name) and one named KAGGLE_KEY (the \"key\" in kaggle.json), each with "
+        "this notebook's box ticked (kagglekit reads both; the notebook also needs Internet on). "
+        "On Colab: the same two names under Secrets (the key icon), with notebook access on. "
+        "kagglekit never prints or saves the key."
     )
+
+
+_SECRET_NAMES = ("KAGGLE_USERNAME", "KAGGLE_KEY")
+
+
+def _secret_readers() -> list[Callable[[str], Any]]:
+    """The secret stores of the platform this runs on: Kaggle Secrets, Colab's Secrets (either or none)."""
+    readers: list[Callable[[str], Any]] = []
+    try:
+        from kaggle_secrets import UserSecretsClient  # only in Kaggle notebooks
+
+        readers.append(UserSecretsClient().get_secret)
+    except Exception:  # noqa: BLE001 - not on Kaggle, or its secrets service is unreachable
+        pass
+    try:
+        from google.colab import userdata  # only on Colab
+
+        readers.append(userdata.get)
+    except Exception:  # noqa: BLE001 - not on Colab
+        pass
+    return readers
+
+
+def use_kaggle_secrets(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Copy the notebook's secrets KAGGLE_USERNAME and KAGGLE_KEY (Kaggle Secrets, or Colab's) into
+    `environ` (default os.environ), where the kaggle package reads them; returns the names it set.
+
+    Nothing happens when both are set already (or KAGGLE_API_TOKEN is), or off Kaggle and Colab.
+    A secret that is missing or not shared with this notebook is skipped. The values are never printed.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("KAGGLE_API_TOKEN") or all(env.get(name) for name in _SECRET_NAMES):
+        return []
+    set_names: list[str] = []
+    for read in _secret_readers():
+        for name in _SECRET_NAMES:
+            if env.get(name):
+                continue
+            try:
+                value = read(name)
+            except Exception:  # noqa: BLE001 - no such secret, or not attached to this notebook
+                continue
+            if isinstance(value, str) and value.strip():
+                env[name] = value.strip()
+                set_names.append(name)
+    return set_names
 
 
 def connect() -> Any:
     """An authenticated `kaggle.KaggleApi`; KaggleCredentialsError (not an exit) without credentials.
 
-    The kaggle package is imported here, not when this module is imported. What it prints while
-    authenticating (its own login help) is dropped; a warning about a readable kaggle.json is kept.
+    The notebook's Kaggle Secrets (`use_kaggle_secrets`) are read first. The kaggle package is imported
+    here, not when this module is imported. What it prints while authenticating (its own login help)
+    is dropped; a warning about a readable kaggle.json is kept.
     """
+    use_kaggle_secrets()
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
@@ -165,6 +222,9 @@ def _call(api: Any, what: str, method: str, *args: Any, hints: Mapping[int, str]
         status = getattr(getattr(e, "response", None), "status_code", None)
         detail = _scrub(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, api)
         hint = hints.get(status, "") if isinstance(status, int) else ""
+        if not hint and any(c.__name__ in ("ConnectionError", "Timeout") for c in type(e).__mro__):
+            hint = ("Kaggle cannot be reached: in a Kaggle notebook turn Internet on (Settings > Internet), "
+                    "elsewhere check the network.")
         raise KaggleError(f"{what} failed: {detail}" + (f". {hint}" if hint else "")) from None
 
 
@@ -178,16 +238,24 @@ def _check_competition(competition: str) -> str:
     return competition.strip()
 
 
-def _check_source(kind: str, value: str, *, min_slug: int = 1) -> str:
+def _check_source(kind: str, value: str, *, min_slug: int = 1, name: str | None = None) -> str:
     parts = value.split("/") if isinstance(value, str) else []
     ok = len(parts) in (2, 3) and all(parts) and _OWNER.match(parts[0]) and len(parts[1]) >= min_slug
     if len(parts) == 3 and not parts[2].isdigit():
         ok = False
     if not ok:
         extra = f" (the slug has at least {min_slug} characters)" if min_slug > 1 else ""
-        raise ValueError(f"--{kind} {value!r} must be OWNER/NAME or OWNER/NAME/VERSION as in its URL{extra}, "
+        said = f"{name}={value!r}" if name else f"--{kind} {value!r}"
+        raise ValueError(f"{said} must be OWNER/NAME or OWNER/NAME/VERSION as in its URL{extra}, "
                          f"e.g. alice/my-{kind}.")
     return value
+
+
+def check_kernel(kernel: str, name: str = "kernel") -> str:
+    """`kernel` as OWNER/SLUG or OWNER/SLUG/VERSION (kaggle.com/code/OWNER/SLUG), else a ValueError that
+    repeats the parameter `name` and its value."""
+    return _check_source("kernel", kernel.strip() if isinstance(kernel, str) else kernel,
+                         min_slug=_MIN_KERNEL_SLUG, name=name)
 
 
 def kernel_slug(title: str) -> str:
@@ -458,6 +526,132 @@ def _save_info(api: Any, competition: str, folder: Path, log: Log) -> None:
             write_json(folder / INFO_FILE, {"competition": competition, "evaluation_metric": str(metric)})
             log(f"evaluation metric of {competition}: {metric} (saved in {folder / INFO_FILE})")
         return
+
+
+# ----------------------------------------------------------------------------- restore
+
+# The download lands in <out>/.restore-XXXX: inside `out`, so moving the run out of it is a rename (one
+# filesystem), and a writable place even when `out` is /kaggle/working (whose parent is read-only).
+_STAGING_PREFIX = ".restore-"
+
+
+def restore_output(
+    kernel: str,
+    out: str | os.PathLike,
+    *,
+    run_name: str | None = None,
+    api_factory: ApiFactory | None = None,
+    log: Log = print,
+) -> Path:
+    """Continue a run saved in a Kaggle notebook's output: download the output of `kernel`
+    (OWNER/SLUG for its latest version, OWNER/SLUG/VERSION for one) and move the run folder in it into
+    `out`; returns `out`.
+
+    The run folder is the one holding run.json: the output's root, else its folder `run_name`
+    (/kaggle/working/<RUN_NAME> is where a notebook with OUTPUT_DIR = None saves its run), else, with
+    `run_name` None, the only run folder in it. A folder that already holds a run (run.json) is never
+    touched: FileExistsError, before anything is downloaded. The download goes to a staging folder
+    inside `out` and is moved into place file by file (renames), run.json last, so `out` holds a run
+    only once all of it is there; a restore cut short leaves no run.json and is simply done again.
+    Files already in `out` are kept, never replaced.
+
+        kaggle_io.restore_output("alice/digits-resnet", "/kaggle/working/classification",
+                                 run_name="classification")
+    """
+    from . import env
+    from .lock import LOCK_FILE, acquire
+
+    kernel = check_kernel(kernel)
+    folder = Path(out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder: restore the run into a folder.")
+    if (folder / env.RUN_FILE).exists():
+        raise FileExistsError(f"{folder} already holds a run ({env.RUN_FILE}): nothing was restored from {kernel} "
+                              "and nothing in it changed. Continue that run as it is, or restore into another "
+                              "folder (another OUTPUT_DIR or --out).")
+    api = _api(api_factory)  # no credentials: fail before anything is created
+    folder.mkdir(parents=True, exist_ok=True)
+    acquire(folder, log=log)  # one writer per run folder (the run that restores holds it already)
+    for stale in folder.glob(_STAGING_PREFIX + "*"):  # left by a restore that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=folder))
+    try:
+        log(f"downloading the output of {kernel} ...")
+        _call(api, f"downloading the output of {kernel}", "kernels_output", kernel, path=str(staging), force=True,
+              quiet=True, hints={404: f"no notebook {kernel!r} that these credentials may read: use OWNER/SLUG "
+                                      "from its URL, kaggle.com/code/OWNER/SLUG (a private notebook is readable "
+                                      "only with its owner's key)."})
+        found = _run_in_output(staging, kernel, run_name, log_name=f"{kernel.split('/')[1]}.log")
+        files, size = _count(found)
+        sessions = _sessions(found / env.RUN_FILE)
+        kept = _move_into(found, folder, skip={LOCK_FILE, env.RUN_FILE, f"{kernel.split('/')[1]}.log"}
+                          if found == staging else {LOCK_FILE, env.RUN_FILE})
+        if (folder / env.RUN_FILE).exists():  # nobody else writes here (the lock), but never replace a run
+            raise FileExistsError(f"{folder} gained a {env.RUN_FILE} while restoring: kept it, restored files "
+                                  "stay next to it.")
+        os.replace(found / env.RUN_FILE, folder / env.RUN_FILE)  # the run exists from here on
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    where = "the output's root" if found == staging else f"{found.relative_to(staging)}/"
+    log(f"restored the run saved by {kernel} ({where}: {files} files, {size / 2**20:.1f} MiB"
+        + (f", {sessions} session(s) so far" if sessions else "") + f") into {folder}"
+        + (f"; kept {len(kept)} file(s) already there (e.g. {kept[0]})" if kept else ""))
+    return folder
+
+
+def _run_in_output(staging: Path, kernel: str, run_name: str | None, *, log_name: str) -> Path:
+    """The run folder inside a downloaded notebook output (see `restore_output`)."""
+    from . import env
+
+    files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+    content = [f for f in files if f != log_name]  # kernels_output also saves the session's log as <slug>.log
+    if not content:
+        raise KaggleError(f"the notebook {kernel} has no output yet: its version saved no files. Run a version "
+                          "to the end (Save Version > Save & Run All) so its run folder is saved, or name a "
+                          "version that saved one as OWNER/SLUG/VERSION (a version still running has no output).")
+    if (staging / env.RUN_FILE).is_file():
+        return staging
+    if run_name and (staging / run_name / env.RUN_FILE).is_file():
+        return staging / run_name
+    runs = sorted(p.parent.relative_to(staging).as_posix() for p in staging.rglob(env.RUN_FILE))
+    if run_name is None and len(runs) == 1:
+        return staging / runs[0]
+    where = f"at its root or in {run_name}/" if run_name else "at its root"
+    found = (f" It holds runs in {', '.join(r + '/' for r in runs)}: set RUN_NAME (kagglekit restore --run-name) "
+             "to the one to continue." if runs else
+             " Was that version run with a kagglekit notebook, and did it finish its first cell?")
+    raise KaggleError(f"the output of {kernel} holds no run folder: no {env.RUN_FILE} {where} "
+                      f"({len(content)} files, e.g. {', '.join(content[:3])}).{found}")
+
+
+def _count(folder: Path) -> tuple[int, int]:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def _sessions(record: Path) -> int | None:
+    try:
+        value = json.loads(record.read_text()).get("sessions")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _move_into(src: Path, dst: Path, *, skip: set[str] = frozenset()) -> list[str]:
+    """Move the entries of `src` into `dst` by renames, merging folders; an entry `dst` already has is
+    kept (never replaced). Returns the kept paths, relative to `dst`."""
+    kept: list[str] = []
+    for entry in sorted(src.iterdir()):
+        if entry.name in skip or entry.name.startswith(_STAGING_PREFIX):
+            continue
+        target = dst / entry.name
+        if not target.exists() and not target.is_symlink():
+            os.replace(entry, target)
+        elif entry.is_dir() and target.is_dir() and not target.is_symlink():
+            kept += [f"{entry.name}/{k}" for k in _move_into(entry, target)]
+        else:
+            kept.append(entry.name)
+    return kept
 
 
 # ----------------------------------------------------------------------------- submit

@@ -21,12 +21,12 @@ from ._atomic import write_json
 from .lock import RunLock, acquire as lock_folder
 from .budget import Budget
 from .distributed import is_main
+from .env import RUN_FILE
 from .mirror import Mirror
 from .repro import seed_everything
 
 __all__ = ["RUN_FILE", "Run", "join_run", "select_device", "start_run"]
 
-RUN_FILE = "run.json"
 LOCAL_SCRATCH = "kagglekit_local"  # on Colab: /content/kagglekit_local, local copies of Drive checkpoints
 
 
@@ -148,6 +148,8 @@ def start_run(
     input_root: str | Path | None = None,
     drive_root: str | Path | None = None,
     local_disk: str | Path | None = None,
+    resume_from: str | None = None,
+    kaggle_api_factory: Callable[[], Any] | None = None,
 ) -> Run:
     """Seed everything, resolve the budget and output folder, and open (or reopen) the run.
 
@@ -157,7 +159,10 @@ def start_run(
     `output_dir=None` uses the platform's persistent run dir (Drive on Colab, /kaggle/working on
     Kaggle, ./runs/<run_name> elsewhere). A new output folder is seeded with the run of the same
     name found under `input_root` (default on Kaggle: /kaggle/input, where an earlier version's output
-    attached as an input appears), so a new session continues it.
+    attached as an input appears), so a new session continues it. With `resume_from` ("OWNER/SLUG" of a
+    Kaggle notebook, the RESUME_FROM parameter) a new output folder is first filled with the run saved
+    in that notebook's latest output, through the Kaggle API (`kaggle_io.restore_output`, with
+    `kaggle_api_factory` in place of `kaggle_io.connect`); a folder that already holds a run keeps it.
 
     On Colab, when the output folder is on Google Drive (under `drive_root`, default /content/drive),
     checkpoints are saved on the runtime's local disk (`local_disk`, default /content, in
@@ -183,6 +188,16 @@ def start_run(
             raise ValueError(f"OUTPUT_DIR={str(output_dir)!r} is a file, not a folder: choose a folder path.")
     out.mkdir(parents=True, exist_ok=True)
     held = lock_folder(out, log=echo)  # one writer per run folder, until this process exits
+    restored_from = None
+    if resume_from is not None:
+        if (out / RUN_FILE).exists():
+            echo(f"RESUME_FROM={resume_from!r} not used: {out} already holds a run ({RUN_FILE}), which this "
+                 "session continues")
+        else:
+            from .kaggle_io import restore_output
+
+            restore_output(resume_from, out, run_name=run_name, api_factory=kaggle_api_factory, log=echo)
+            restored_from = resume_from
     seeded_from = None
     search = input_root if input_root is not None else (env.KAGGLE_INPUT if platform == "kaggle" else None)
     if search is not None and not (out / RUN_FILE).exists():
@@ -199,6 +214,8 @@ def start_run(
     run = Run(name=run_name, dir=out.resolve(), budget=bud, device=select_device(device), seed=seed,
               platform=platform, config=dict(config), previous=previous, echo=echo, lock=held)
     run.record["sessions"] = (previous or {}).get("sessions", 0) + 1
+    if restored_from:
+        run.record["restored_from"] = restored_from
     if seeded_from:
         run.record["continued_from_input"] = seeded_from
         run.log(f"continuing the run found in {seeded_from} (copied into {run.dir})")

@@ -35,6 +35,7 @@ OUTPUT_DIR = None        # None: the platform's run dir (Drive on Colab, /kaggle
 BUDGET = None            # time for the whole run, e.g. "45m" or "2h"; None: what the platform allows
 SEED = 42
 RUN_NAME = "glacier_finetune"
+RESUME_FROM = None       # "owner/notebook-slug": continue the run saved in that notebook's last output (Kaggle API)
 PRETRAINED = None        # glacier_pretrain output (file or folder); None: search for it; "none": from scratch
 ENCODER = "resnet34"     # any segmentation_models_pytorch encoder (must match the pretrained one)
 WEIGHTS = "auto"         # ImageNet encoder weights when there is no pretrain file: "auto" (attached, else hub if online, else random), None, or a file

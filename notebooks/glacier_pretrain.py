@@ -34,6 +34,7 @@ OUTPUT_DIR = None        # None: the platform's run dir (Drive on Colab, /kaggle
 BUDGET = None            # time for the whole run, e.g. "45m" or "2h"; None: what the platform allows
 SEED = 42
 RUN_NAME = "glacier_pretrain"
+RESUME_FROM = None       # "owner/notebook-slug": continue the run saved in that notebook's last output (Kaggle API)
 ENCODER = "resnet34"     # any segmentation_models_pytorch encoder
 WEIGHTS = "auto"         # ImageNet encoder weights: "auto" (attached, else hub if online, else random + warning), None: random, or a file
 BANDS = None             # comma-separated physical band names, e.g. "blue,green,red,swir1,thermal"; None: all 15

@@ -36,6 +36,7 @@ OUTPUT_DIR = None        # None: the platform's run dir (Drive on Colab, /kaggle
 BUDGET = None            # time for the whole run, e.g. "45m" or "2h"; None: what the platform allows
 SEED = 42                # one seed for python, numpy, torch, folds and loaders
 RUN_NAME = "classification"
+RESUME_FROM = None       # "owner/notebook-slug": continue the run saved in that notebook's last output (Kaggle API)
 MODEL = "auto"           # "auto": the strongest model of the ladder that fits the budget; or any timm model name
 WEIGHTS = "auto"         # "auto": attached weights, else the hub if online, else random (a warning); None: random; or a file
 IMG_SIZE = None          # images are resized to IMG_SIZE x IMG_SIZE; None: the size of the chosen ladder rung

@@ -37,6 +37,7 @@ OUTPUT_DIR = None        # None: the platform's run dir (Drive on Colab, /kaggle
 BUDGET = None            # time for the whole run, e.g. "45m" or "2h"; None: what the platform allows
 SEED = 42                # one seed for python, numpy, torch, folds, random weights and LightGBM
 RUN_NAME = "isic"
+RESUME_FROM = None       # "owner/notebook-slug": continue the run saved in that notebook's last output (Kaggle API)
 MODEL = "resnet18"       # timm backbone of the image embeddings
 WEIGHTS = "auto"         # "auto": attached weights, else the hub if online, else random (a warning); None: random; or a file
 IMG_SIZE = 64            # images are resized to IMG_SIZE x IMG_SIZE

@@ -1,5 +1,6 @@
 """Tests for kagglekit_nb.kaggle_io and its commands: kernel metadata as the kaggle package requires
-it, push / download / submit against a fake API object, and missing credentials.
+it, push / download / submit / restore against a fake API object (`_fakes.FakeApi`), Kaggle Secrets
+and missing credentials.
 
 No test talks to Kaggle: the API object comes from the injectable factory (a fake here), or, where
 the kaggle package's own checks are the point, a real `KaggleApi` whose HTTP client is replaced.
@@ -11,11 +12,11 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from _fakes import SECRET, FakeApi, HttpError
 
 from kagglekit_nb import env, kaggle_io
 from kagglekit_nb.cli import main
@@ -29,54 +30,6 @@ from kagglekit_nb.kaggle_io import (
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "image_classification.ipynb"
-SECRET = "0123456789abcdef0123456789abcdef"
-
-
-class FakeApi:
-    """Records the calls kaggle_io makes; answers like `kaggle.KaggleApi` does."""
-
-    COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE = "Could not submit to competition"
-
-    def __init__(self, user: str | None = "alice", *, files: dict[str, str] | None = None,
-                 error: Exception | None = None, push_error: str = ""):
-        self.config_values = {"username": user, "key": SECRET}
-        self.calls: list[tuple] = []
-        self.files = files or {"train.csv": "id,label\na,cat\n", "sample_submission.csv": "id,label\nb,cat\n"}
-        self.error = error
-        self.push_error = push_error
-        self.pushed_metadata: dict | None = None
-
-    def get_config_value(self, name):
-        return self.config_values.get(name)
-
-    def kernels_push(self, folder, timeout=None, acc=None):
-        self.calls.append(("kernels_push", folder))
-        if self.error:
-            raise self.error
-        self.pushed_metadata = json.loads((Path(folder) / "kernel-metadata.json").read_text())
-        return SimpleNamespace(error=self.push_error, url="https://www.kaggle.com/code/alice/x", version_number=3,
-                               invalid_dataset_sources=[], invalid_competition_sources=[],
-                               invalid_kernel_sources=[])
-
-    def competition_download_files(self, competition, path=None, force=False, quiet=True):
-        self.calls.append(("competition_download_files", competition, path))
-        if self.error:
-            raise self.error
-        with zipfile.ZipFile(Path(path) / f"{competition}.zip", "w") as z:
-            for name, text in self.files.items():
-                z.writestr(name, text)
-
-    def competition_submit(self, file_name, message, competition, quiet=False, sandbox=False):
-        self.calls.append(("competition_submit", file_name, message, competition))
-        if self.error:
-            raise self.error
-        return SimpleNamespace(message="Successfully submitted to the competition", ref=1)
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, text: str):
-        super().__init__(text)
-        self.response = SimpleNamespace(status_code=status)
 
 
 def factory(api):
@@ -397,6 +350,151 @@ def test_submit_checks_its_arguments(submission_dir):
     assert api.calls == []
 
 
+# --------------------------------------------------------------------------- restore
+
+KERNEL = "alice/digits-resnet"
+CKPT = "checkpoints/fold0/step-000000010.ckpt"
+
+
+def saved_run(prefix: str = "digits/", sessions: int = 2) -> dict[str, str | bytes]:
+    """A notebook's output as OUTPUT_DIR = None leaves it: /kaggle/working/<RUN_NAME>/..., plus other files."""
+    return {f"{prefix}run.json": json.dumps({"run_name": "digits", "sessions": sessions}),
+            f"{prefix}{CKPT}": b"state",
+            f"{prefix}folds.csv": "id,fold\na,0\n",
+            f"{prefix}run.lock": json.dumps({"host": "kaggle-session", "pid": 7}),  # that session's lock
+            "kagglekit_demo/train.csv": "id,label\n"}
+
+
+def test_restore_output_moves_the_saved_run_into_an_empty_folder(tmp_path):
+    api = FakeApi(outputs={KERNEL: saved_run()})
+    out = tmp_path / "working" / "digits"
+    lines: list[str] = []
+    assert kaggle_io.restore_output(KERNEL, out, run_name="digits", api_factory=factory(api),
+                                    log=lines.append) == out
+    assert [c[:2] for c in api.calls] == [("kernels_output", KERNEL)]
+    assert json.loads((out / "run.json").read_text())["sessions"] == 2
+    assert (out / CKPT).read_bytes() == b"state" and (out / "folds.csv").read_text() == "id,fold\na,0\n"
+    assert json.loads((out / "run.lock").read_text())["pid"] == os.getpid()  # our lock, not the saved session's
+    assert not (out / "kagglekit_demo").exists()             # only the run folder is taken
+    assert not list(out.glob(".restore-*")) and sorted(p.name for p in out.parent.iterdir()) == ["digits"]
+    assert any(f"restored the run saved by {KERNEL} (digits/: " in line and "2 session(s) so far" in line
+               for line in lines), lines
+
+
+def test_restore_output_takes_a_run_saved_at_the_output_root(tmp_path):
+    """OUTPUT_DIR = "/kaggle/working": the run is the whole output; the session log is not part of it."""
+    files = {k.removeprefix("digits/"): v for k, v in saved_run().items()}
+    api = FakeApi(outputs={KERNEL: files})
+    out = kaggle_io.restore_output(f"{KERNEL}/4", tmp_path / "run", api_factory=factory(api), log=lambda m: None)
+    assert api.calls[0][1] == f"{KERNEL}/4"                      # a pinned version is passed on
+    assert (out / CKPT).read_bytes() == b"state" and (out / "kagglekit_demo" / "train.csv").exists()
+    assert not (out / "digits-resnet.log").exists()
+
+
+def test_restore_output_without_a_run_name_takes_the_only_run_folder(tmp_path):
+    api = FakeApi(outputs={KERNEL: saved_run("classification/")})
+    out = kaggle_io.restore_output(KERNEL, tmp_path / "x", api_factory=factory(api), log=lambda m: None)
+    assert (out / CKPT).read_bytes() == b"state"
+
+
+def test_restore_output_never_touches_a_folder_that_holds_a_run(tmp_path):
+    out = tmp_path / "digits"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "run.json").write_text('{"sessions": 5}')
+    (out / "checkpoints" / "mine.ckpt").write_bytes(b"mine")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    api = FakeApi(outputs={KERNEL: saved_run()})
+    with pytest.raises(FileExistsError) as e:
+        kaggle_io.restore_output(KERNEL, out, run_name="digits", api_factory=factory(api), log=lambda m: None)
+    assert "already holds a run (run.json): nothing was restored" in str(e.value)
+    assert "another OUTPUT_DIR" in str(e.value)
+    assert api.calls == []                                       # nothing downloaded
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_restore_cut_short_is_done_again_keeping_what_is_there(tmp_path):
+    """A killed restore leaves files but no run.json (the last file moved) and its staging folder."""
+    out = tmp_path / "digits"
+    (out / "checkpoints" / "fold0").mkdir(parents=True)
+    (out / CKPT).write_bytes(b"moved before the kill")
+    (out / ".restore-old" / "digits").mkdir(parents=True)
+    api = FakeApi(outputs={KERNEL: saved_run()})
+    lines: list[str] = []
+    kaggle_io.restore_output(KERNEL, out, run_name="digits", api_factory=factory(api), log=lines.append)
+    assert (out / "run.json").is_file() and (out / "folds.csv").is_file()
+    assert (out / CKPT).read_bytes() == b"moved before the kill"  # kept, never replaced
+    assert not list(out.glob(".restore-*"))
+    assert any(f"kept 1 file(s) already there (e.g. {CKPT})" in line for line in lines), lines
+
+
+def test_restore_output_of_a_notebook_without_output_is_a_clear_error(tmp_path):
+    api = FakeApi(outputs={"alice/fresh-notebook": {}})
+    with pytest.raises(KaggleError, match=r"alice/fresh-notebook has no output yet: .*Save & Run All.*"
+                                          r"OWNER/SLUG/VERSION"):
+        kaggle_io.restore_output("alice/fresh-notebook", tmp_path / "d", api_factory=factory(api))
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["run.lock"]  # no run, no staging left
+
+
+def test_restore_output_of_an_unknown_notebook_says_to_use_the_url(tmp_path):
+    with pytest.raises(KaggleError, match=r"no notebook 'alice/no-such-notebook' that these credentials may read: "
+                                          r"use OWNER/SLUG from its URL, kaggle.com/code/OWNER/SLUG"):
+        kaggle_io.restore_output("alice/no-such-notebook", tmp_path / "d", api_factory=factory(FakeApi()))
+    with pytest.raises(ValueError, match=r"kernel='digits' must be OWNER/NAME or OWNER/NAME/VERSION"):
+        kaggle_io.restore_output("digits", tmp_path / "d", api_factory=factory(FakeApi()))
+
+
+def test_restore_output_without_a_run_folder_names_what_the_output_holds(tmp_path):
+    api = FakeApi(outputs={KERNEL: {"submission.csv": "id,label\n"}, "alice/two-runs": {
+        **saved_run("first/"), **saved_run("second/")}})
+    with pytest.raises(KaggleError, match=r"the output of alice/digits-resnet holds no run folder: no run.json at "
+                                          r"its root or in digits/ \(1 files, e.g. submission.csv\)"):
+        kaggle_io.restore_output(KERNEL, tmp_path / "a", run_name="digits", api_factory=factory(api))
+    with pytest.raises(KaggleError, match=r"It holds runs in first/, second/: set RUN_NAME"):
+        kaggle_io.restore_output("alice/two-runs", tmp_path / "b", run_name="digits", api_factory=factory(api))
+    assert not (tmp_path / "b" / "run.json").exists()
+
+
+def test_restore_output_network_errors_say_to_turn_internet_on(tmp_path):
+    class ConnectionError(OSError):  # the name requests gives it
+        pass
+
+    api = FakeApi(error=ConnectionError(f"Max retries exceeded with url: /api?key={SECRET}"))
+    with pytest.raises(KaggleError) as e:
+        kaggle_io.restore_output(KERNEL, tmp_path / "d", api_factory=factory(api))
+    assert "turn Internet on (Settings > Internet)" in str(e.value) and SECRET not in str(e.value)
+
+
+class FakeSecrets:
+    """A stand-in for Kaggle's `kaggle_secrets` module: `UserSecretsClient().get_secret(label)`."""
+
+    def __init__(self, secrets: dict[str, str]):
+        store = secrets
+
+        class UserSecretsClient:
+            def get_secret(self, label):
+                if label not in store:
+                    raise RuntimeError(f"No secret named {label} attached to this notebook")
+                return store[label]
+
+        self.UserSecretsClient = UserSecretsClient
+
+
+def test_kaggle_secrets_reach_the_environment_unprinted(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "kaggle_secrets", FakeSecrets({"KAGGLE_USERNAME": "alice", "KAGGLE_KEY": SECRET}))
+    environ: dict[str, str] = {}
+    assert kaggle_io.use_kaggle_secrets(environ) == ["KAGGLE_USERNAME", "KAGGLE_KEY"]
+    assert environ == {"KAGGLE_USERNAME": "alice", "KAGGLE_KEY": SECRET}
+    # set ones are kept; a missing secret is skipped; nothing is read once both are there
+    environ = {"KAGGLE_USERNAME": "bob"}
+    assert kaggle_io.use_kaggle_secrets(environ) == ["KAGGLE_KEY"] and environ["KAGGLE_USERNAME"] == "bob"
+    assert kaggle_io.use_kaggle_secrets(environ) == []
+    monkeypatch.setitem(sys.modules, "kaggle_secrets", FakeSecrets({}))
+    environ = {}
+    assert kaggle_io.use_kaggle_secrets(environ) == [] and environ == {}
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+
+
 # --------------------------------------------------------------------------- the commands
 
 
@@ -446,7 +544,7 @@ def test_cli_kaggle_errors_exit_1(capsys, tmp_path):
 
 def _bare_env(home: Path, **extra: str) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE", "XDG_CONFIG"))}
-    environ.update(HOME=str(home), PYTHONPATH=str(ROOT), **extra)
+    environ.update({"HOME": str(home), "PYTHONPATH": str(ROOT), **extra})
     return environ
 
 
@@ -470,6 +568,58 @@ def test_connect_reads_the_user_from_the_environment_and_never_prints_the_key(tm
     code = "from kagglekit_nb import kaggle_io; print('user:', kaggle_io.username(kaggle_io.connect()))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                           env=_bare_env(home, KAGGLE_USERNAME="alice", KAGGLE_KEY=SECRET))
+    assert proc.returncode == 0, proc.stderr
+    assert "user: alice" in proc.stdout
+    assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_cli_restore_exit_codes(capsys, tmp_path):
+    api = FakeApi(outputs={KERNEL: saved_run()})
+    code, out, err = run_main(capsys, "restore", KERNEL, "--out", str(tmp_path / "digits"), "--run-name", "digits",
+                              api=api)
+    assert code == 0, err
+    assert f"continue it with: kagglekit run NOTEBOOK --out {tmp_path / 'digits'}" in out
+    code, _, err = run_main(capsys, "restore", KERNEL, "--out", str(tmp_path / "digits"), api=api)
+    assert code == 1 and "already holds a run" in err and len(api.calls) == 1
+    code, _, err = run_main(capsys, "restore", "digits-resnet", "--out", str(tmp_path / "x"), api=api)
+    assert code == 2 and "OWNER/NAME" in err
+
+
+def _fake_secrets_module(folder: Path, secrets: dict[str, str]) -> Path:
+    folder.mkdir()
+    (folder / "kaggle_secrets.py").write_text(
+        f"SECRETS = {secrets!r}\n"
+        "class UserSecretsClient:\n"
+        "    def get_secret(self, label):\n"
+        "        if label not in SECRETS:\n"
+        "            raise RuntimeError('no such secret: ' + label)\n"
+        "        return SECRETS[label]\n")
+    return folder
+
+
+def test_restore_without_credentials_says_how_to_add_kaggle_secrets(tmp_path):
+    """A Kaggle notebook whose secrets hold the key but no user name: no credentials, and the key unprinted."""
+    home = tmp_path / "home"
+    home.mkdir()
+    fake = _fake_secrets_module(tmp_path / "kaggle_site", {"KAGGLE_KEY": SECRET})
+    proc = subprocess.run([sys.executable, "-m", "kagglekit_nb", "restore", KERNEL, "--out", str(tmp_path / "d")],
+                          env=_bare_env(home, PYTHONPATH=f"{ROOT}{os.pathsep}{fake}"), capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "kagglekit restore: no Kaggle credentials found" in proc.stderr
+    assert "Kaggle Secrets: Add-ons > Secrets > Add Secret" in proc.stderr and "KAGGLE_USERNAME" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr
+    assert not (tmp_path / "d").exists()                       # nothing created
+
+
+def test_connect_signs_in_with_the_notebooks_kaggle_secrets(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    fake = _fake_secrets_module(tmp_path / "kaggle_site", {"KAGGLE_USERNAME": "alice", "KAGGLE_KEY": SECRET})
+    code = "from kagglekit_nb import kaggle_io; print('user:', kaggle_io.username(kaggle_io.connect()))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                          env=_bare_env(home, PYTHONPATH=f"{ROOT}{os.pathsep}{fake}"))
     assert proc.returncode == 0, proc.stderr
     assert "user: alice" in proc.stdout
     assert SECRET not in proc.stdout + proc.stderr

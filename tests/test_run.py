@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from _fakes import FakeApi
 
 from kagglekit_nb.env import find_previous_run
 from kagglekit_nb.run import RUN_FILE, start_run
@@ -60,6 +61,65 @@ def test_an_existing_output_is_not_overwritten_by_the_input(tmp_path):
     run, _ = _start(out, input_root=tmp_path / "input")
     assert "continued_from_input" not in run.record
     assert not (out / "checkpoints" / "fold0").exists()
+
+
+# --------------------------------------------------------------------------- RESUME_FROM: the API restores the run
+
+KERNEL = "alice/digits-resnet"
+
+
+def _kaggle_output(sessions=2):
+    """What the API serves as that notebook's last output: /kaggle/working/<RUN_NAME>/... of its session."""
+    return FakeApi(outputs={KERNEL: {"digits/run.json": json.dumps({"run_name": "digits", "sessions": sessions}),
+                                     "digits/checkpoints/fold0/step-000000010.ckpt": b"state"}})
+
+
+def test_resume_from_restores_the_saved_run_and_the_run_continues_it(tmp_path):
+    api = _kaggle_output(sessions=2)
+    out = tmp_path / "working" / "digits"
+    run, lines = _start(out, resume_from=KERNEL, kaggle_api_factory=lambda: api)
+    assert (out / "checkpoints" / "fold0" / "step-000000010.ckpt").read_bytes() == b"state"
+    assert run.previous["sessions"] == 2 and run.record["sessions"] == 3
+    assert run.record["restored_from"] == KERNEL
+    assert json.loads((out / RUN_FILE).read_text())["sessions"] == 3
+    assert any(f"restored the run saved by {KERNEL}" in line for line in lines)
+    assert any("continuing a previous run" in line for line in lines)
+    # the next session in this folder continues it as it is: no second download
+    again, lines = _start(out, resume_from=KERNEL, kaggle_api_factory=lambda: api)
+    assert again.record["sessions"] == 4 and "restored_from" not in again.record
+    assert len(api.calls) == 1
+    assert any(f"RESUME_FROM='{KERNEL}' not used: {out} already holds a run" in line for line in lines)
+
+
+def test_resume_from_never_overwrites_a_run_in_the_output_folder(tmp_path):
+    out = tmp_path / "digits"
+    _start(out)
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "mine.ckpt").write_bytes(b"mine")
+    api = _kaggle_output(sessions=7)
+    run, lines = _start(out, resume_from=KERNEL, kaggle_api_factory=lambda: api)
+    assert api.calls == [] and run.record["sessions"] == 2
+    assert (out / "checkpoints" / "mine.ckpt").read_bytes() == b"mine"
+    assert not (out / "checkpoints" / "fold0").exists()
+
+
+def test_resume_from_is_a_parameter_of_every_notebook_checked_where_it_enters(tmp_path):
+    from dataclasses import dataclass
+
+    from kagglekit_nb.tasks._config import RunConfig, start
+
+    @dataclass
+    class Config(RunConfig):
+        RUN_NAME: str = "digits"
+        DEVICE: str | None = None
+
+    with pytest.raises(ValueError, match=r"RESUME_FROM='digits-resnet' must be OWNER/NAME or OWNER/NAME/VERSION"):
+        Config(RESUME_FROM="digits-resnet")
+    cfg = Config(OUTPUT_DIR=str(tmp_path / "digits"), BUDGET="10m", RESUME_FROM=f" {KERNEL} ")
+    assert cfg.RESUME_FROM == KERNEL
+    api = _kaggle_output(sessions=1)
+    run = start(cfg, environ={}, echo=lambda m: None, kaggle_api_factory=lambda: api)
+    assert run.record["sessions"] == 2 and run.config["RESUME_FROM"] == KERNEL
 
 
 # --------------------------------------------------------------------------- one writer per run folder

@@ -62,22 +62,31 @@ class NotebookConfig:
 class RunConfig(NotebookConfig):
     """The parameters every notebook starts with (the common names), in the parameters cell's order; a
     task's Config sets its RUN_NAME and adds its own, ending with NUM_WORKERS and DEVICE (`start`
-    reads RUN_NAME, OUTPUT_DIR, BUDGET, SEED and DEVICE)."""
+    reads RUN_NAME, RESUME_FROM, OUTPUT_DIR, BUDGET, SEED and DEVICE)."""
 
     DATA_DIR: str | None = None        # the data folder; None = find it under /kaggle/input, else the demo
     OUTPUT_DIR: str | None = None      # None = the platform's run dir (Drive on Colab, /kaggle/working on Kaggle)
     BUDGET: str | None = None          # "45m", "2h"; None = what the platform allows
     SEED: int = 42
     RUN_NAME: str = "run"
+    RESUME_FROM: str | None = None     # "owner/notebook-slug": continue the run saved in its last output (Kaggle API)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.RESUME_FROM is not None:
+            from ..kaggle_io import check_kernel  # no kaggle import: only the name's form is checked
+
+            self.RESUME_FROM = check_kernel(self.RESUME_FROM, "RESUME_FROM")
 
 
 def start(cfg: Any, **kwargs: Any) -> Run:
-    """Open the run of a notebook's Config: seed, budget, output folder, device (see `start_run`).
-    Every task ends by writing and verifying its submission: those reserves are declared here."""
+    """Open the run of a notebook's Config: seed, budget, output folder (filled from RESUME_FROM's output
+    when it holds no run yet), device (see `start_run`). Every task ends by writing and verifying its
+    submission: those reserves are declared here."""
     from ..run import start_run
 
     run = start_run(cfg.as_dict(), run_name=cfg.RUN_NAME, output_dir=cfg.OUTPUT_DIR, budget=cfg.BUDGET,
-                    seed=cfg.SEED, device=cfg.DEVICE, **kwargs)
+                    seed=cfg.SEED, device=cfg.DEVICE, resume_from=cfg.RESUME_FROM, **kwargs)
     run.budget.reserve_submission()
     return run
 
