@@ -86,6 +86,15 @@ def load_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
         return {k: saved[k] for k in saved.files}
 
 
+def check_run_dirs(run_dirs: Sequence[str | Path]) -> None:
+    """A blend's runs: at least two, with distinct folder names (each run is reported by its name)."""
+    if len(run_dirs) < 2:
+        raise ValueError(f"blend needs at least two run folders, got {len(run_dirs)}.")
+    names = [Path(d).expanduser().name for d in run_dirs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two run folders have the same name ({names}): each run is reported by its folder name.")
+
+
 def _load_run(folder: str | Path) -> _Run:
     path = Path(folder).expanduser()
     if not path.is_dir():
@@ -236,12 +245,9 @@ def blend_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metric: str |
         from .tasks.glacier.merge import blend_packages
 
         return blend_packages(run_dirs, out)
-    if len(run_dirs) < 2:
-        raise ValueError(f"blend needs at least two run folders, got {len(run_dirs)}.")
+    check_run_dirs(run_dirs)
     runs = [_load_run(d) for d in run_dirs]
     names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"two run folders have the same name ({names}): each run is reported by its folder name.")
     first = runs[0]
     oofs, tests = {first.name: first.oof}, {first.name: first.test}
     for other in runs[1:]:

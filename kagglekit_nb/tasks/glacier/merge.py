@@ -124,15 +124,11 @@ def blend_packages(run_dirs: Sequence[str | Path], out: str | Path, *, log: Any 
     run's package on the held-out tiles, and write `<out>/package` (the merged package when it
     scores at least the best run's, else a copy of that run's), verified into
     `<out>/verification.json`, and `<out>/blend.json`. Returns an `ensemble.Blended`."""
-    from ...ensemble import BLEND_FILE, Blended
+    from ...ensemble import BLEND_FILE, Blended, check_run_dirs
     from ...submission import SubmissionError, finalize
 
-    if len(run_dirs) < 2:
-        raise ValueError(f"blend needs at least two run folders, got {len(run_dirs)}.")
+    check_run_dirs(run_dirs)
     runs = [_load_run(d) for d in run_dirs]
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"two run folders have the same name ({names}): each run is reported by its folder name.")
     _check_runs(runs)
     holdout = runs[0].dir / HOLDOUT_DIR
     scores = {r.name: _score(r.package, holdout) for r in runs}
