@@ -23,7 +23,7 @@ from typing import Any
 
 __all__ = ["parse_duration", "Budget", "predict_rows", "platform_limit_s", "process_age_s", "plan_epochs", "epoch_limit",
            "split_budget", "RungPick", "SAFETY", "MAX_EPOCHS", "RUNG_EPOCHS", "StopSignal",
-           "install_sigterm_handler", "CheckpointTimer"]
+           "install_sigterm_handler", "forwarding_signals", "CheckpointTimer"]
 
 Clock = Callable[[], float]
 
@@ -585,6 +585,24 @@ def _pass_on(signum: int, frame: Any, prev: Any) -> None:
     else:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+@contextlib.contextmanager
+def forwarding_signals(handler: Callable[[int, Any], None],
+                       signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Within the block `handler(signum, frame)` receives `signals` (a launcher passing them on to the
+    processes it started); the previous handlers come back on exit. Off the main thread, where
+    Python cannot install handlers, nothing is installed and the signals keep their handlers."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        _restore_handlers(previous)
 
 
 def _restore_handlers(previous: Mapping[int, Any]) -> None:

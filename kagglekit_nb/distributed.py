@@ -28,7 +28,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from ._atomic import write_json
-from .budget import WORKER_GRACE_S
+from .budget import WORKER_GRACE_S, forwarding_signals
 
 __all__ = ["COLLECTIVE_TIMEOUT_S", "World", "WorkersFailed", "agree", "barrier", "broadcast_object",
            "gather_objects", "is_main", "join", "launch", "leave", "main_first", "parse_devices", "plan_world",
@@ -333,15 +332,8 @@ def _forwarding(proc: subprocess.Popen, echo: Callable[[str], Any]) -> Iterator[
         with contextlib.suppress(OSError):
             os.kill(proc.pid, signum)
 
-    if threading.current_thread() is not threading.main_thread():
+    with forwarding_signals(handler):
         yield received
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield received
-    finally:
-        for sig, prev in previous.items():
-            signal.signal(sig, prev)
 
 
 def write_spec(spec: Mapping[str, Any], world: World, *, folder: Path) -> Path:

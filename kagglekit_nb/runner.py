@@ -224,6 +224,8 @@ def _forward_signals(grace_s: float, say=lambda m: print(m, file=sys.stderr, flu
     """SIGTERM/SIGINT to this command go to the kernel (the kit's handler there checkpoints and
     stops training; the notebook's later cells write the submission). The command waits up to
     `grace_s` for the notebook to end, then kills the kernel; a second signal kills it at once."""
+    from .budget import forwarding_signals
+
     received: list[str] = []
 
     def kill_kernels(why: str) -> None:
@@ -249,15 +251,8 @@ def _forward_signals(grace_s: float, say=lambda m: print(m, file=sys.stderr, flu
         timer.daemon = True
         timer.start()
 
-    if threading.current_thread() is not threading.main_thread():
+    with forwarding_signals(handler):
         yield received
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield received
-    finally:
-        for sig, prev in previous.items():
-            signal.signal(sig, prev)
 
 
 def execute(

@@ -544,3 +544,18 @@ def test_split_budget_gives_each_run_its_share_of_what_is_left():
     assert budget.split_budget(-3.0, 2) == 0.0
     with pytest.raises(ValueError, match="runs_left=0"):
         budget.split_budget(10.0, 0)
+
+
+def test_forwarding_signals_hands_them_to_the_launcher_and_restores_the_previous_handlers():
+    from kagglekit_nb.budget import forwarding_signals
+
+    got: list[int] = []
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with forwarding_signals(lambda signum, frame: got.append(signum)):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        end = time.monotonic() + 2.0
+        while len(got) < 2 and time.monotonic() < end:
+            time.sleep(0.001)
+    assert got == [signal.SIGTERM, signal.SIGINT]
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
