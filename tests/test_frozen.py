@@ -69,3 +69,19 @@ def test_without_pretrained_weights_the_stage_is_skipped_at_once(tmp_path, monke
     assert not (run.dir / "embeddings").exists()
     cfg, run, data, folds, _ = _setup(tmp_path / "none", WEIGHTS=None)  # random on purpose: no stage either
     assert frozen.stage(data, folds, cfg, run) is None
+
+
+def test_weights_that_do_not_fit_the_backbone_skip_the_stage_with_a_warning(tmp_path, monkeypatch):
+    """The stage is an extra candidate: weights it cannot load (here a file of another model given as
+    WEIGHTS) leave the run going, with the reason in the log and run.json."""
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "other.safetensors"
+    save_file({"not.a.resnet.weight": torch.zeros(3)}, str(other))
+    cfg, run, data, folds, lines = _setup(tmp_path, WEIGHTS=str(other))
+    assert frozen.stage(data, folds, cfg, run) is None
+    assert run.record["frozen"]["weights"]["path"] == str(other) and run.record["frozen"]["skipped"]
+    assert any("WARNING: frozen embeddings skipped, test_resnet could not embed" in line for line in lines)

@@ -141,7 +141,13 @@ def stage(data: Competition, folds: pd.Series, cfg: Any, run: Run) -> ClassicalR
         return None
     metric = get_metric(data.metric)
     with run.budget.timed("frozen embeddings"):
-        train, test, info, reason = _embed(data, cfg, run, weights)
+        try:
+            train, test, info, reason = _embed(data, cfg, run, weights)
+        except (ValueError, RuntimeError) as e:  # e.g. a WEIGHTS file of another model: the stage is optional
+            why = " ".join(str(e).split())[:300]
+            run.record["frozen"] = {"model": weights.model, "weights": weights.record(), "skipped": why}
+            run.log(f"WARNING: frozen embeddings skipped, {weights.model} could not embed the images: {why}")
+            return None
         record: dict[str, Any] = {"model": weights.model, "weights": weights.record(), **info}
         if reason is not None:
             done = int(np.isfinite(train).all(1).sum() + np.isfinite(test).all(1).sum())
