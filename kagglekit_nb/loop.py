@@ -593,13 +593,13 @@ def _prepare_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: C
     """Resolve once what every step needs: memory format, placement checks, AMP dtype and scaler,
     when the scheduler steps, the (compiled) forward."""
     interval = _scheduler_interval(scheduler, opts.scheduler_interval, metric)
-    if device.type == "cuda":  # the pre-flight memory line reports this fit's peak, not an earlier fold's
-        torch.cuda.reset_peak_memory_stats(device)
     cl = use_channels_last(opts.channels_last, device.type)
     if cl and _unwrap(model) is model:  # a wrapped (DDP) model is converted before wrapping, by its owner
         model.to(memory_format=torch.channels_last)
     for w in _check_setup(model, optimizer, device):
         say(w, warning=True)
+    if device.type == "cuda":  # the pre-flight memory line reports this fit's peak, not an earlier fold's
+        torch.cuda.reset_peak_memory_stats(device)
     dtype = amp_dtype(opts.amp, device.type, _capability(device))
     if scaler is None and dtype == torch.float16:
         scaler = make_scaler(opts, device)
