@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,33 @@ class ClassicalResult:
     def summary(self) -> dict[str, Any]:
         return {"model": self.model, "score": self.score, "seconds": round(self.seconds, 2),
                 "folds_done": self.folds_done, "stop_reason": self.stop_reason}
+
+    def save(self, path: str | Path, key: str) -> None:
+        """Write the result to `path` (.npz, atomically) under `key`: what a reuse must match."""
+        from .._atomic import write_atomic
+
+        write_atomic(path, lambda fh: np.savez(
+            fh, key=key, model=self.model, oof=self.oof, test=self.test,
+            score=np.nan if self.score is None else self.score, seconds=self.seconds,
+            folds_done=np.asarray(self.folds_done, dtype=int)), binary=True)
+
+    @classmethod
+    def load(cls, path: str | Path, *, key: str | None = None,
+             shape: tuple[int, int, int] | None = None) -> ClassicalResult | None:
+        """The result `save` wrote, or None: no file, another `key`, or (`shape` = train rows, classes,
+        test rows) arrays of other sizes."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as saved:
+            if key is not None and str(saved["key"]) != key:
+                return None
+            if shape is not None and (saved["oof"].shape != shape[:2] or saved["test"].shape[0] != shape[2]):
+                return None
+            score = float(saved["score"])
+            return cls(model=str(saved["model"]), oof=saved["oof"], test=saved["test"],
+                       score=score if np.isfinite(score) else None, seconds=float(saved["seconds"]),
+                       folds_done=saved["folds_done"].tolist())
 
 
 def pixel_features(paths: Sequence[str], read: Callable[[str], np.ndarray], *, size: int = PIXELS,

@@ -50,7 +50,7 @@ from torch import nn
 
 from .. import distributed
 from .. import folds as _folds
-from .._atomic import write_atomic, write_json
+from .._atomic import write_json
 from .. import checkpoint as _ckpt
 from ..cv import CVResult, FoldSetup, fold_dir, fold_models, load_fold_model, time_setup, train_folds
 from ..loaders import make_loader
@@ -586,15 +586,11 @@ def classical_stage(data: Competition, folds: pd.Series, cfg: Config, run: Run) 
     path = run.dir / CLASSICAL_FILE
     key = _classical_key(data, folds)
     metric = get_metric(data.metric)
-    if path.is_file():
-        saved = np.load(path, allow_pickle=False)
-        if str(saved["key"]) == key:
-            result = ClassicalResult(model=str(saved["model"]), oof=saved["oof"], test=saved["test"],
-                                     score=float(saved["score"]) if np.isfinite(saved["score"]) else None,
-                                     seconds=float(saved["seconds"]), folds_done=saved["folds_done"].tolist())
-            run.record["classical"] = result.summary()
-            run.log(f"classical stage: reused {path.name} (OOF {metric.name} {_fmt(result.score)})")
-            return result
+    result = ClassicalResult.load(path, key=key)
+    if result is not None:
+        run.record["classical"] = result.summary()
+        run.log(f"classical stage: reused {path.name} (OOF {metric.name} {_fmt(result.score)})")
+        return result
     colour = data.in_chans == 3
     mode = "RGB" if colour else "L"
     paths = data.train["path"].tolist() + data.test["path"].tolist()
@@ -623,10 +619,7 @@ def classical_stage(data: Competition, folds: pd.Series, cfg: Config, run: Run) 
         run.log(f"classical stage: no fold fitted ({result.stop_reason})")
         run.record["classical"] = result.summary()
         return None
-    write_atomic(path, lambda fh: np.savez(
-        fh, key=key, model=result.model, oof=result.oof, test=result.test,
-        score=np.nan if result.score is None else result.score, seconds=result.seconds,
-        folds_done=np.asarray(result.folds_done)), binary=True)
+    result.save(path, key)
     run.record["classical"] = result.summary()
     run.log(f"classical stage ({result.model} on {classical.PIXELS}x{classical.PIXELS} "
             f"{'colour' if colour else 'grey'} pixels): OOF {metric.name} {_fmt(result.score)} in "
@@ -724,14 +717,7 @@ def candidates(run: Run | str | Path) -> pd.DataFrame:
 
 
 def _saved_classical(data: Competition, run: Run) -> ClassicalResult | None:
-    path = run.dir / CLASSICAL_FILE
-    if not path.is_file():
-        return None
-    saved = np.load(path, allow_pickle=False)
-    if saved["oof"].shape != (len(data.train), data.n_classes) or saved["test"].shape[0] != len(data.test):
-        return None
-    return ClassicalResult(model=str(saved["model"]), oof=saved["oof"], test=saved["test"], score=None,
-                           seconds=float(saved["seconds"]))
+    return ClassicalResult.load(run.dir / CLASSICAL_FILE, shape=(len(data.train), data.n_classes, len(data.test)))
 
 
 def _deep_oof(data: Competition, run: Run, used_folds: list[int]) -> np.ndarray | None:

@@ -18,13 +18,11 @@ stage's model is fit once every image has an embedding. The fitted result is sav
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from .._atomic import write_atomic
 from ..metrics import get_metric
 from ..run import Run
 from . import classical
@@ -55,13 +53,12 @@ class _Indexed(Dataset):
         from .images import ImageDataset
 
         self.images = ImageDataset(paths, None, transform, in_chans=3, on_error="skip", known_bad=known_bad)
-        self.bad = frozenset(known_bad)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> Any:
-        if self.images.paths[i] in self.bad:
+        if self.images.paths[i] in self.images.known_bad:
             return None
         return self.images[i], i
 
@@ -158,7 +155,7 @@ def stage(data: Competition, folds: pd.Series, cfg: Any, run: Run) -> ClassicalR
             return None
         fit_key = _fit_key(data, folds, info["key"])
         path = run.dir / FILE
-        result = _load(path, fit_key)
+        result = ClassicalResult.load(path, key=fit_key)
         if result is None:
             bad = np.isnan(train).any(1)
             X, X_test = np.nan_to_num(train), np.nan_to_num(test)
@@ -172,9 +169,7 @@ def stage(data: Competition, folds: pd.Series, cfg: Any, run: Run) -> ClassicalR
                 run.record["frozen"] = record
                 run.log(f"frozen embeddings: the model did not fit every fold ({result.stop_reason})")
                 return None
-            write_atomic(path, lambda fh: np.savez(
-                fh, key=fit_key, model=result.model, oof=result.oof, test=result.test,
-                score=np.nan if result.score is None else result.score, seconds=result.seconds), binary=True)
+            result.save(path, fit_key)
     record.update(result.summary())
     run.record["frozen"] = record
     run.log(f"frozen embeddings ({weights.model}, {weights.source} weights) + {result.model}: OOF {metric.name} "
@@ -182,20 +177,6 @@ def stage(data: Competition, folds: pd.Series, cfg: Any, run: Run) -> ClassicalR
     return result
 
 
-def _load(path: Path, key: str | None) -> ClassicalResult | None:
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as saved:
-        if key is not None and str(saved["key"]) != key:
-            return None
-        score = float(saved["score"])
-        return ClassicalResult(model=str(saved["model"]), oof=saved["oof"], test=saved["test"],
-                               score=score if np.isfinite(score) else None, seconds=float(saved["seconds"]))
-
-
 def saved(data: Competition, run: Run) -> ClassicalResult | None:
     """The stage's saved result when it matches these rows (a session that only predicts)."""
-    result = _load(run.dir / FILE, None)
-    if result is None or result.oof.shape != (len(data.train), data.n_classes) or len(result.test) != len(data.test):
-        return None
-    return result
+    return ClassicalResult.load(run.dir / FILE, shape=(len(data.train), data.n_classes, len(data.test)))
