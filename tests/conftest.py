@@ -27,9 +27,11 @@ if "OMP_NUM_THREADS" not in os.environ:
 
     os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 if "KAGGLEKIT_SCRATCH" not in os.environ:
+    import atexit
     import tempfile
 
     os.environ["KAGGLEKIT_SCRATCH"] = tempfile.mkdtemp(prefix="kagglekit-scratch-")
+    atexit.register(shutil.rmtree, os.environ["KAGGLEKIT_SCRATCH"], ignore_errors=True)
 
 
 @pytest.fixture

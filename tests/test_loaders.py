@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -75,6 +76,7 @@ def test_split_train_loaders_take_the_steps_of_one_process_at_the_whole_batch(tm
     batch that sample is missing from the step)."""
     import torch.distributed as dist
 
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # init_process_group wraps it with a rank prefix
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
         with monkeypatch.context() as m:  # what rank 0 and rank 1 of a two-process run build

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -761,6 +762,7 @@ def test_fit_under_distributed_data_parallel(tmp_path, monkeypatch):
     train_ds, val_ds = _separable(64, seed=1), _separable(40, seed=2)
     single = make_loader(train_ds, 8, train=True, seed=3, num_workers=0)
     indices = lambda loader: [i for _, i in loader.sampler]  # noqa: E731 - keys are (epoch, index)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # init_process_group wraps it with a rank prefix
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
         with monkeypatch.context() as m:  # what rank 0 and rank 1 of a two-process run build
