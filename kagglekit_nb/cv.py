@@ -23,9 +23,17 @@ writes every file (checkpoints after a barrier, out-of-fold predictions, history
 ranks load the checkpoint they resume from. A checkpoint records how many processes wrote it: one
 resumed with another number continues the same data order, optimizer and schedule, and the log and
 run.json (`process_count_changes`) say that the numerics are no longer bitwise-identical.
+
+A task trains in workers the same way whatever it is (classification, glacier):
+
+    spec = worker_spec("glacier_finetune", run, cfg.as_dict(), DATA_DIR=...)  # in the notebook process
+    result = train_in_workers(spec, run, world)    # torchrun workers, each calling the task's train_worker
+    ...
+    return worker_result(train_folds(...))         # at the end of the task's train_worker, in every rank
 """
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -42,7 +50,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from ._atomic import write_atomic
 from .budget import CheckpointTimer, StopSignal, epoch_limit, install_sigterm_handler
-from .distributed import agree, barrier, broadcast_object, is_main, main_first, world_size, wrap
+from .distributed import World, agree, barrier, broadcast_object, is_main, launch, main_first, rank, world_size, wrap
 from .folds import FoldRegistry
 from .loaders import steps_per_epoch
 from .loop import FitResult, _unwrap, fit
@@ -52,7 +60,8 @@ from .preflight import fastest_threads, smoke_step, thread_choices, threads_fixe
 from .run import Run
 from .state import capture_state, restore_state
 
-__all__ = ["CVResult", "FoldSetup", "THREADS", "fold_dir", "fold_models", "oof_score", "time_setup", "train_folds"]
+__all__ = ["CVResult", "FoldSetup", "THREADS", "fold_dir", "fold_models", "oof_score", "time_setup", "train_folds",
+           "train_in_workers", "worker_result", "worker_spec"]
 
 THREADS = "torch_threads"  # run.json: the CPU thread count the run picked (`time_setup`) and keeps
 
@@ -77,6 +86,7 @@ class FoldSetup:
     val_targets: np.ndarray
     make_scheduler: Callable[[torch.optim.Optimizer, int], Any] | None = None  # (optimizer, total steps)
     meta: dict[str, Any] = field(default_factory=dict)  # saved with every checkpoint; must match to resume
+    sync_bn: bool = False                     # several GPU processes: BatchNorm statistics over all of them
 
 
 @dataclass
@@ -495,7 +505,7 @@ def train_folds(
                 raise ValueError("FoldSetup.train_loader must use a ResumableSampler (kagglekit_nb.sampler): "
                                  "without it a resume cannot continue the same data order.")
             if world_size() > 1:
-                fs.model = _wrapped(fs.model, run.device, options)
+                fs.model = _wrapped(fs.model, run.device, options, sync_bn=fs.sync_bn)
             accumulate = (options or LoopOptions()).accumulate
             steps_full = steps_per_epoch(fs.train_loader, accumulate)
             n_val = len(fs.val_loader.dataset)
@@ -655,11 +665,15 @@ def _processes(n: int) -> str:
     return "1 process" if n == 1 else f"{n} processes"
 
 
-def _wrapped(model: nn.Module, device: torch.device, options: LoopOptions | None) -> nn.Module:
+def _wrapped(model: nn.Module, device: torch.device, options: LoopOptions | None, *, sync_bn: bool = False) -> nn.Module:
     """`model` in DistributedDataParallel, converted to channels_last first where the loop would use it
-    (`fit` does not convert a wrapped model)."""
+    (`fit` does not convert a wrapped model), its BatchNorm layers made SyncBatchNorm with `sync_bn` on
+    GPUs (torch's SyncBatchNorm runs on GPUs only; its weights and checkpoint keys are those of the
+    BatchNorm it replaces, so a single process loads them as they are)."""
     if use_channels_last((options or LoopOptions()).channels_last, torch.device(device).type):
         model = model.to(memory_format=torch.channels_last)
+    if sync_bn and torch.device(device).type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return wrap(model, device)
 
 
@@ -672,3 +686,38 @@ def load_fold_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     state = ckpt.load_checkpoint(path)
     return state["model"], ckpt.read_meta(path)
 
+
+# --------------------------------------------------------------------------- training in workers
+
+
+def worker_spec(task: str, run: Run, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """What the workers of `task` (a name in `kagglekit_nb.worker.TASKS`) re-create the run, its config
+    and its data from: the setup phase ends here (the workers' time is training time)."""
+    run.budget.close_setup()
+    return {"task": task, "run": run.handover(), "config": config, **extra}
+
+
+def train_in_workers(spec: dict[str, Any], run: Run, world: World) -> CVResult:
+    """`train_folds` in `world.processes` torchrun workers (the task's `train_worker` in each), their
+    output streamed into the cell; then this process takes back the record rank 0 saved in run.json
+    and the time the workers took (phase "workers")."""
+    run.save()
+    t0 = run.budget.clock()
+    try:
+        result = launch(spec, world, folder=run.dir, echo=run.echo)
+    finally:
+        before = sum(run.budget.phases.values())
+        run.reload()  # what rank 0 recorded: folds, plan, CV score, the phases it timed
+        run.budget.add_phase("workers", max(0.0, run.budget.clock() - t0 - (sum(run.budget.phases.values()) - before)))
+        run.save()
+    steps = sorted({json.dumps(r.get("steps"), sort_keys=True) for r in result["ranks"]})
+    run.log(f"the {world.processes} training processes finished, every one at the same step of each fold: "
+            f"{steps[0]}" if len(steps) == 1 else f"WARNING: the training processes stopped at different steps: {steps}")
+    return CVResult.from_summary(run.record)
+
+
+def worker_result(cv: CVResult) -> dict[str, Any]:
+    """What a worker returns from `train_worker`: where it stopped (fold -> optimizer steps), which rank 0
+    writes to result.json and `train_in_workers` compares across ranks."""
+    return {"rank": rank(), "steps": {str(k): v.get("steps") for k, v in sorted(cv.folds.items())},
+            "stop_reason": cv.stop_reason}

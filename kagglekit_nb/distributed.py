@@ -21,6 +21,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import gc
 import json
 import os
 import re
@@ -40,9 +41,9 @@ import torch.distributed as dist
 from ._atomic import write_json
 from .budget import WORKER_GRACE_S, forwarding_signals
 
-__all__ = ["COLLECTIVE_TIMEOUT_S", "World", "WorkersFailed", "agree", "barrier", "broadcast_object",
+__all__ = ["COLLECTIVE_TIMEOUT_S", "World", "WorkersFailed", "agree", "barrier", "broadcast_object", "check_config",
            "gather_objects", "is_main", "join", "launch", "leave", "main_first", "parse_devices", "plan_world",
-           "rank", "total", "visible_gpus", "world_size", "wrap", "write_spec"]
+           "rank", "sync_bn_note", "total", "visible_gpus", "world_size", "wrap", "write_spec"]
 
 # The longest a rank waits at a collective: longer than anything rank 0 does alone while the others
 # wait (the model ladder's timing, a whole validation pass, a checkpoint copied to Google Drive).
@@ -95,6 +96,27 @@ def check_devices(devices: Any, device: str | None) -> None:
     if kind == "gpu" and n > 1 and device is not None and str(device).strip().lower() != "cuda":
         raise ValueError(f"DEVICE={device!r} picks one GPU, but DEVICES={devices!r} gives each process its own: set "
                          "DEVICE=None (limit the GPUs with CUDA_VISIBLE_DEVICES), or DEVICES=1.")
+
+
+def check_config(devices: Any, device: str | None, batch_size: int) -> None:
+    """A task config's DEVICES, next to DEVICE and BATCH_SIZE (the batch of one optimizer step, which the
+    processes share); ValueError saying what to change. With DEVICES = None the number of GPUs, and so
+    the batch check, waits for `plan_world`."""
+    check_devices(devices, device)
+    _, n = parse_devices(devices)
+    if n is not None:
+        World(n).batch_per_process(batch_size)
+
+
+def sync_bn_note(sync_bn: bool, world: "World") -> str | None:
+    """What the log says when SYNC_BN cannot do what it asks (None when it can, or was not asked)."""
+    if not sync_bn:
+        return None
+    if not world.distributed:
+        return "SYNC_BN = True: one training process, so BatchNorm is already over the whole batch"
+    if world.device_type != "cuda":
+        return "SYNC_BN = True: not used by CPU processes (torch's SyncBatchNorm runs on GPUs only)"
+    return None
 
 
 def visible_gpus(environ: Mapping[str, str] | None = None, *, found: int | None = None) -> int:
@@ -201,9 +223,15 @@ def join(backend: str) -> torch.device:
     return device
 
 
-def leave() -> None:
-    """Leave the process group (at the end of a worker)."""
+def leave(*, wait: bool = False) -> None:
+    """Leave the process group (at the end of a worker). `wait` (the worker returned): wait for every
+    rank first, so none tears its connections down while a peer is still in a collective. The models
+    left in reference cycles are freed first: a DistributedDataParallel model keeps the process group
+    alive, and one destroyed at interpreter exit, after a peer has gone, aborts the process."""
     if active():
+        gc.collect()
+        if wait:
+            barrier()
         dist.destroy_process_group()
 
 

@@ -23,8 +23,10 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from . import distributed
 from ._atomic import write_json
 
-# The tasks that train in several processes (glacier and ISIC train in one process for now).
-TASKS = {"classification": "kagglekit_nb.tasks.classification"}
+# The tasks that train in several processes: a spec's "task" -> the module whose `train_worker` runs in each.
+TASKS = {"classification": "kagglekit_nb.tasks.classification",
+         "glacier_pretrain": "kagglekit_nb.tasks.glacier.pretrain",
+         "glacier_finetune": "kagglekit_nb.tasks.glacier.finetune"}
 
 
 def _read_spec(path: Path) -> dict:
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         spec["run"]["budget"] = {**spec["run"]["budget"], "total_s": parse_duration(args.budget, name="--budget"),
                                  "elapsed_s": 0.0, "wall": None}
     device = distributed.join(spec["world"]["backend"])
+    finished = False
     try:
         if not distributed.is_main():
             warnings.simplefilter("ignore")  # rank 0 speaks for all; errors still print in full
@@ -60,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.is_main():
             write_json(args.spec.parent / distributed.RESULT_FILE, {"launch": spec.get("launch"), "ranks": where},
                        default=str)
+        finished = True
     finally:
-        distributed.leave()
+        distributed.leave(wait=finished)
     return 0
 
 

@@ -63,6 +63,8 @@ PATIENCE = None          # stop a fold after this many epochs without improvemen
 CHECKPOINT_EVERY = "3m"  # full-state checkpoint cadence (also at every epoch end and on SIGTERM)
 FOLDS_PER_SESSION = None # train at most this many unfinished folds per run (None: all)
 NUM_WORKERS = None       # DataLoader workers; None: automatic
+DEVICES = None           # training processes; None: every visible GPU (one GPU or none: one process); 1; 2; "cpu:2": two CPU processes
+SYNC_BN = False          # several GPUs: BatchNorm statistics over the whole batch (for small batches per GPU)
 DEVICE = None            # None: CUDA when available, else CPU
 
 # %%

@@ -64,6 +64,7 @@ TEST_ROWS = None         # code competitions: the hidden test set's size, so pre
 CHECK_IMAGES = False     # decode every image at load; unreadable ones are skipped (and listed) either way
 NUM_WORKERS = None       # DataLoader workers; None: automatic
 DEVICES = None           # training processes; None: every visible GPU (one GPU or none: one process); 1; 2; "cpu:2": two CPU processes
+SYNC_BN = False          # several GPUs: BatchNorm statistics over the whole batch (for small batches per GPU)
 DEVICE = None            # None: CUDA when available, else CPU
 
 # %%

@@ -36,6 +36,7 @@ def main(out: str) -> None:
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if several:
         distributed.join("gloo")
+    finished = False
     try:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
@@ -47,8 +48,9 @@ def main(out: str) -> None:
                      log=None)
         if distributed.is_main():
             torch.save({"weights": model.state_dict(), "history": result.history, "steps": result.steps}, out)
+        finished = True
     finally:
-        distributed.leave()
+        distributed.leave(wait=finished)
 
 
 if __name__ == "__main__":

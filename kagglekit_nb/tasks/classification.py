@@ -52,7 +52,8 @@ from .. import distributed
 from .. import folds as _folds
 from .._atomic import write_json
 from .. import checkpoint as _ckpt
-from ..cv import CVResult, FoldSetup, fold_dir, fold_models, load_fold_model, time_setup, train_folds
+from ..cv import (CVResult, FoldSetup, fold_dir, fold_models, load_fold_model, time_setup, train_folds, train_in_workers,
+                  worker_result, worker_spec)
 from ..loaders import make_loader
 from ..loop import one_cycle, predict as _predict_loader
 from ..options import LoopOptions
@@ -138,6 +139,7 @@ class Config(RunConfig):
     CHECK_IMAGES: bool = False         # decode every image at load (slow on big data); unreadable ones are skipped anyway
     NUM_WORKERS: int | None = None     # None = automatic
     DEVICES: int | str | None = None   # training processes: None = every visible GPU (one GPU or none: one process); 1; 2; "cpu:2"
+    SYNC_BN: bool = False              # several GPUs: BatchNorm statistics over the whole batch (small batches per GPU)
     DEVICE: str | None = None          # None = CUDA when available
 
     def check(self) -> None:
@@ -155,10 +157,7 @@ class Config(RunConfig):
             raise ValueError(f"TTA={self.TTA!r} is not valid; choose one of {', '.join(TTA_CHOICES)}.")
         if self.METRIC is not None:
             get_metric(self.METRIC)
-        distributed.check_devices(self.DEVICES, self.DEVICE)
-        _, n = distributed.parse_devices(self.DEVICES)
-        if n is not None:  # with DEVICES = None the number of GPUs is known at `train`
-            distributed.World(n).batch_per_process(self.BATCH_SIZE)
+        distributed.check_config(self.DEVICES, self.DEVICE, self.BATCH_SIZE)
         Overrides.from_config(self).check()
 
 
@@ -343,7 +342,7 @@ def _setup_fold(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: i
         loss_fn=nn.BCEWithLogitsLoss() if comp.multilabel else nn.CrossEntropyLoss(label_smoothing=cfg.LABEL_SMOOTHING),
         val_ids=va["id"].tolist(), val_targets=y[val_mask],
         make_scheduler=lambda opt, total: one_cycle(opt, cfg.LR, total, pct_start=0.2),
-        meta=meta)
+        meta=meta, sync_bn=cfg.SYNC_BN)
 
 
 @dataclass
@@ -360,17 +359,19 @@ def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained
     then every unfinished fold of the deep model inside the budget; finished
     folds are kept, interrupted ones resume exactly where their last checkpoint left them.
 
-    With several processes (DEVICES) the deep model trains in torchrun workers (`_in_workers`);
+    With several processes (DEVICES) the deep model trains in torchrun workers (`cv.train_in_workers`);
     run.json records `world_size` and `backend` either way."""
     classical = classical_stage(data, folds, cfg, run)
     world = distributed.plan_world(cfg.DEVICES, device=cfg.DEVICE)
     world.batch_per_process(cfg.BATCH_SIZE)
     run.record.update(world_size=world.processes, backend=world.backend)
+    if (note := distributed.sync_bn_note(cfg.SYNC_BN, world)) is not None:
+        run.log(note)
     if world.distributed:  # the notebook process keeps off the GPUs while workers train: embeddings come after
         _submit_classical(data, folds, {"classical": classical}, cfg, run)
         if frozen.backbone_weights(cfg) is not None:
             run.budget.reserve_share(frozen.SHARE_NAME, frozen.SHARE)
-        cv = _in_workers(data, cfg, run, world)
+        cv = train_in_workers(_worker_spec(data, cfg, run), run, world)
         run.budget.release(frozen.SHARE_NAME)
         embedded = frozen.stage(data, folds, cfg, run)
     else:
@@ -403,9 +404,8 @@ def _train_deep(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> C
 
 def _worker_spec(data: Competition, cfg: Config, run: Run) -> dict[str, Any]:
     """What a worker re-creates the config, run and data from (`train_worker`)."""
-    run.budget.close_setup()
-    return {"task": "classification", "run": run.handover(),
-            "config": {**cfg.as_dict(), "DATA_DIR": str(data.data_dir)}, "unreadable": dict(data.unreadable)}
+    return worker_spec("classification", run, {**cfg.as_dict(), "DATA_DIR": str(data.data_dir)},
+                       unreadable=dict(data.unreadable))
 
 
 def write_worker_spec(data: Competition, cfg: Config, run: Run, *, backend: str = "nccl") -> Path:
@@ -420,36 +420,15 @@ def write_worker_spec(data: Competition, cfg: Config, run: Run, *, backend: str 
     return path
 
 
-def _in_workers(data: Competition, cfg: Config, run: Run, world: distributed.World) -> CVResult:
-    """`_train_deep` in `world.processes` torchrun workers (`train_worker` in each), their output
-    streamed into the cell; then this process takes back the record rank 0 saved in run.json."""
-    spec = _worker_spec(data, cfg, run)
-    run.save()
-    t0 = run.budget.clock()
-    try:
-        result = distributed.launch(spec, world, folder=run.dir, echo=run.echo)
-    finally:
-        before = sum(run.budget.phases.values())
-        run.reload()  # what rank 0 recorded: folds, plan, CV score, the phases it timed
-        run.budget.add_phase("workers", max(0.0, run.budget.clock() - t0 - (sum(run.budget.phases.values()) - before)))
-        run.save()
-    steps = sorted({json.dumps(r.get("steps"), sort_keys=True) for r in result["ranks"]})
-    run.log(f"the {world.processes} training processes finished, every one at the same step of each fold: "
-            f"{steps[0]}" if len(steps) == 1 else f"WARNING: the training processes stopped at different steps: {steps}")
-    return CVResult.from_summary(run.record)
-
-
 def train_worker(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """One training process of a multi-process run (`python -m kagglekit_nb.worker`): the config, run and
-    data re-created from the spec the notebook process wrote (`_in_workers`), then `_train_deep`.
+    data re-created from the spec the notebook process wrote (`train`), then `_train_deep`.
     Returns where this process stopped (fold -> optimizer steps), which rank 0 writes to result.json."""
     cfg = Config(**spec["config"])
     run = join_run(spec["run"], device=device)
     data = _read_again(cfg, run, spec.get("unreadable") or {})
     folds = make_folds(data, cfg, run)  # folds.csv, made by the notebook process
-    cv = _train_deep(data, folds, cfg, run)
-    return {"rank": distributed.rank(), "steps": {str(k): v.get("steps") for k, v in sorted(cv.folds.items())},
-            "stop_reason": cv.stop_reason}
+    return worker_result(_train_deep(data, folds, cfg, run))
 
 
 def _read_again(cfg: Config, run: Run, unreadable: dict[str, str]) -> Competition:

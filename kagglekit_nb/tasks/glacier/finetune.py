@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,8 @@ from .bands import HACK_BANDS, BandStats, find_band_dirs, list_tiles, read_label
 from .data import TileData, _class_shares, demo
 from .metrics import StreamingConfusion, ndsi_baseline
 from .pretrain import PRETRAINED_FILE, load_pretrained
-from .training import FINETUNE_CLASSES, HOLDOUT_FOLD, SegConfig, split_folds, train_members, trained_models
+from .training import (FINETUNE_CLASSES, HOLDOUT_FOLD, SegConfig, members_worker, split_folds, train_members,
+                       trained_models)
 from .training import training_plots as _training_plots
 
 __all__ = [
@@ -65,6 +66,7 @@ TTA_CHOICES = {"none": ("none",), "flips": ("none", "hflip", "vflip"),
 class Config(SegConfig):
     """The glacier_finetune notebook's parameters (same names, same defaults as its `parameters` cell)."""
 
+    TASK: ClassVar[str] = "glacier_finetune"
     RUN_NAME: str = "glacier_finetune"
     PRETRAINED: str | None = None        # pretrain output (file or run folder); None = search; "none" = scratch
     HOLDOUT: int = 3                     # labelled tiles never trained on, to verify the package's MCC
@@ -139,6 +141,11 @@ def train(data: TileData, folds: pd.Series, cfg: Config, run: Run) -> CVResult:
     run.budget.reserve("package", budget.PACKAGE_S)
     return train_members(data, folds, cfg, run, pretrained=pretrained,
                          predict_items=n_after * cfg.n_models * len(TTA_CHOICES[cfg.TTA]))
+
+
+def train_worker(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """One of several training processes (`python -m kagglekit_nb.worker`, started by `train`)."""
+    return members_worker(spec, device, config=Config, load=load, make_folds=make_folds, load_pretrained=load_pretrained)
 
 
 def predict(data: TileData, models: CVResult | None, cfg: Config, run: Run) -> Ensemble:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,8 @@ from .._config import find_data, start
 from .bands import HACK_BANDS, HKH_CHANNELS, find_hkh_patches, read_hkh_patch
 from .data import MaskFiles, TileData, _class_shares, demo
 from .model import build_unet, transfer_first_layer
-from .training import FINETUNE_CLASSES, PRETRAIN_CLASSES, SegConfig, split_folds, train_members, trained_models
+from .training import (FINETUNE_CLASSES, PRETRAIN_CLASSES, SegConfig, members_worker, split_folds, train_members,
+                       trained_models)
 from .training import training_plots as _training_plots
 
 __all__ = [
@@ -54,6 +55,7 @@ PRETRAINED_FORMAT = "kagglekit_nb.glacier_pretrained/1"
 class Config(SegConfig):
     """The glacier_pretrain notebook's parameters (same names, same defaults as its `parameters` cell)."""
 
+    TASK: ClassVar[str] = "glacier_pretrain"
     RUN_NAME: str = "glacier_pretrain"
     BANDS: str | None = None             # comma-separated physical band names; None = all 15 HKH channels
     TRAIN_FOLDS: int | None = 1          # pretraining needs one model: train fold 0 only
@@ -119,6 +121,11 @@ def train(data: TileData, folds: pd.Series, cfg: Config, run: Run) -> CVResult:
     # what follows is the write + verify reserve of every run: save the weights, load them back, map
     # them onto the five GlacierHack bands
     return train_members(data, folds, cfg, run, pretrained=None)
+
+
+def train_worker(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """One of several training processes (`python -m kagglekit_nb.worker`, started by `train`)."""
+    return members_worker(spec, device, config=Config, load=load, make_folds=make_folds, load_pretrained=load_pretrained)
 
 
 def predict(data: TileData, models: CVResult | None, cfg: Config, run: Run) -> dict[str, Any] | None:
@@ -215,4 +222,5 @@ def load_pretrained(path: str | Path, *, encoder: str | None = None) -> dict[str
         raise ValueError(f"{path} was pretrained with encoder {payload['encoder']!r} but ENCODER={encoder!r}: use "
                          "the same encoder, or PRETRAINED = 'none'.")
     payload["id"] = f"{path.name} ({payload['encoder']}, {len(payload['band_names'])} bands)"
+    payload["path"] = str(path)
     return payload

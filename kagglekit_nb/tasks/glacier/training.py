@@ -8,18 +8,19 @@ sees exactly the crops the uninterrupted one would have seen.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from ... import distributed
 from ... import folds as _folds
-from ...cv import CVResult, FoldSetup, fold_models, train_folds
+from ...cv import CVResult, FoldSetup, fold_models, train_folds, train_in_workers, worker_result, worker_spec
 from ...loaders import make_loader
 from ...loop import one_cycle
 from ...run import Run
@@ -30,8 +31,8 @@ from .data import CropDataset, TileData, TileDataset
 from .metrics import PIXEL_MCC
 from .model import SegLoss, build_unet, load_encoder_weights, transfer_first_layer
 
-__all__ = ["FINETUNE_CLASSES", "HOLDOUT_FOLD", "PRETRAIN_CLASSES", "SegConfig", "encoder_weights_name", "split_folds",
-           "train_members", "trained_models", "training_plots"]
+__all__ = ["FINETUNE_CLASSES", "HOLDOUT_FOLD", "PRETRAIN_CLASSES", "SegConfig", "encoder_weights_name", "members_worker",
+           "split_folds", "train_members", "trained_models", "training_plots"]
 
 HOLDOUT_FOLD = -1                    # folds.csv value of a held-out tile
 PRETRAIN_CLASSES = CLASS_NAMES[:3]   # HKH masks have clean ice and debris, no lakes
@@ -47,6 +48,7 @@ STATS_TILES = 256
 class SegConfig(RunConfig):
     """Parameters shared by both glacier notebooks (same names and defaults as their parameters cells)."""
 
+    TASK: ClassVar[str] = "glacier"      # the name the training workers know the notebook by (`worker.TASKS`)
     RUN_NAME: str = "glacier"
     ENCODER: str = "resnet34"            # any segmentation_models_pytorch encoder
     WEIGHTS: str | None = "auto"         # encoder's ImageNet weights: "auto" (attached, else the hub when online, else random), None, or a file
@@ -70,10 +72,13 @@ class SegConfig(RunConfig):
     CHECKPOINT_EVERY: str = "3m"
     FOLDS_PER_SESSION: int | None = None
     NUM_WORKERS: int | None = None
+    DEVICES: int | str | None = None     # training processes: None = every visible GPU (one GPU or none: one process); 1; 2; "cpu:2"
+    SYNC_BN: bool = False                # several GPUs: BatchNorm statistics over the whole batch (small batches per GPU)
     DEVICE: str | None = None
 
     def check(self) -> None:
         self.at_least(1, "EPOCHS", "MIN_EPOCHS", "BATCH_SIZE", "SAMPLES_PER_EPOCH", "SEEDS", "BOUNDARY_RAMP")
+        distributed.check_config(self.DEVICES, self.DEVICE, self.BATCH_SIZE)
         self.at_least(2, "FOLDS")
         self.at_least(32, "CROP", "DEMO_TILE_SIZE")
         self.at_least(0, "FOCAL", "DICE", "BOUNDARY")
@@ -224,13 +229,13 @@ def _setup(data: TileData, folds: pd.Series, cfg: SegConfig, run: Run, v: int,
     return FoldSetup(
         model=model, optimizer=optimizer,
         train_loader=make_loader(CropDataset(data, train_idx, stats, crop, cfg.SAMPLES_PER_EPOCH, cfg.BALANCE),
-                                 cfg.BATCH_SIZE, train=True, seed=cfg.SEED + v, device=run.device,
-                                 num_workers=cfg.NUM_WORKERS),
+                                 cfg.BATCH_SIZE // distributed.world_size(), train=True, seed=cfg.SEED + v,
+                                 device=run.device, num_workers=cfg.NUM_WORKERS),  # each process's share
         val_loader=make_loader(val_ds, 1, train=False, device=run.device, num_workers=cfg.NUM_WORKERS),
         loss_fn=loss, val_ids=[data.names[i] for i in val_idx],
         val_targets=np.stack([val_ds.target(j) for j in range(len(val_ds))]),
         make_scheduler=lambda opt, total: one_cycle(opt, cfg.LR, total, pct_start=0.1),
-        meta=meta)
+        meta=meta, sync_bn=cfg.SYNC_BN)
 
 
 def _stats_tiles(train_idx: np.ndarray, cfg: SegConfig, v: int) -> np.ndarray:
@@ -244,7 +249,25 @@ def _stats_tiles(train_idx: np.ndarray, cfg: SegConfig, v: int) -> np.ndarray:
 def train_members(data: TileData, folds: pd.Series, cfg: SegConfig, run: Run, *,
                   pretrained: dict[str, Any] | None, predict_items: int = 0) -> CVResult:
     """Train every unfinished ensemble member (fold x seed) inside the budget with the kit's CV loop;
-    `predict_items` (tiles x members x views) sizes the prediction reserve from the measured pace."""
+    `predict_items` (tiles x members x views) sizes the prediction reserve from the measured pace.
+
+    With several processes (DEVICES) the members train in torchrun workers (`train_worker` in each,
+    the notebook process stays off the GPUs); run.json records `world_size` and `backend` either way."""
+    world = distributed.plan_world(cfg.DEVICES, device=cfg.DEVICE)
+    world.batch_per_process(cfg.BATCH_SIZE)
+    run.record.update(world_size=world.processes, backend=world.backend)
+    if (note := distributed.sync_bn_note(cfg.SYNC_BN, world)) is not None:
+        run.log(note)
+    if not world.distributed:
+        return _members(data, folds, cfg, run, pretrained=pretrained, predict_items=predict_items)
+    spec = worker_spec(cfg.TASK, run, {**cfg.as_dict(), "DATA_DIR": str(data.source)},
+                       pretrained=None if pretrained is None else pretrained["path"], predict_items=predict_items)
+    return train_in_workers(spec, run, world)
+
+
+def _members(data: TileData, folds: pd.Series, cfg: SegConfig, run: Run, *,
+             pretrained: dict[str, Any] | None, predict_items: int) -> CVResult:
+    """`train_folds` over the ensemble members: the same code in one process and in each of several."""
     said: set = set()
     return train_folds(
         run, n_folds=cfg.n_models, setup=lambda v: _setup(data, folds, cfg, run, v, pretrained, said),
@@ -252,6 +275,27 @@ def train_members(data: TileData, folds: pd.Series, cfg: SegConfig, run: Run, *,
         patience=cfg.PATIENCE, checkpoint_every=cfg.CHECKPOINT_EVERY,
         predict_items=predict_items, predict_models=cfg.n_models if predict_items else 0,
         expected_meta=lambda v: _expected_meta(cfg, data, v, pretrained))
+
+
+def members_worker(spec: dict[str, Any], device: torch.device, *, config: type[SegConfig],
+                   load: Callable[[Any, Run], TileData], make_folds: Callable[[TileData, Any, Run], pd.Series],
+                   load_pretrained: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """One training process of a multi-process glacier run (a notebook's `train_worker`): the config, run,
+    tiles, folds and pretrained weights re-created from the spec `train_members` wrote (the tiles read
+    again quietly: the notebook process said what they are), then `_members`."""
+    from ...run import join_run
+
+    cfg = config(**spec["config"])
+    run = join_run(spec["run"], device=device)
+    echo, run.echo = run.echo, (lambda message: None)
+    try:
+        data = load(cfg, run)
+        folds = make_folds(data, cfg, run)  # folds.csv, made by the notebook process
+        pretrained = None if spec.get("pretrained") is None else load_pretrained(spec["pretrained"])
+    finally:
+        run.echo = echo
+    return worker_result(_members(data, folds, cfg, run, pretrained=pretrained,
+                                  predict_items=int(spec.get("predict_items") or 0)))
 
 
 def trained_models(cfg: SegConfig, run: Run) -> list[tuple[int, Path, str]]:
