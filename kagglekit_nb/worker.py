@@ -23,8 +23,9 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from . import distributed
 from ._atomic import write_json
 
-# The tasks that train in several processes (glacier and ISIC train in one process for now).
-TASKS = {"classification": "kagglekit_nb.tasks.classification"}
+# The tasks that run in several processes: classification trains there, ISIC extracts its embeddings
+# (glacier runs in one process for now).
+TASKS = {"classification": "kagglekit_nb.tasks.classification", "isic": "kagglekit_nb.tasks.isic.pipeline"}
 
 
 def _read_spec(path: Path) -> dict:
