@@ -17,15 +17,15 @@ from .env import detect_platform, find_competition_dir, run_dir
 from .hardware import environment_report
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and editors
-    from .demo import make_classification_demo
-    from .folds import FoldRegistry, make_folds
-    from .loaders import make_loader
-    from .loop import evaluate, fit, predict
-    from .metrics import get_metric
-    from .repro import seed_everything
-    from .run import Run, start_run
-    from .submission import SubmissionError, baseline, finalize, repair
-    from .verification import verify
+    from .demo import make_classification_demo  # noqa: F401
+    from .folds import FoldRegistry, make_folds  # noqa: F401
+    from .loaders import make_loader  # noqa: F401
+    from .loop import evaluate, fit, predict  # noqa: F401
+    from .metrics import get_metric  # noqa: F401
+    from .repro import seed_everything  # noqa: F401
+    from .run import Run, start_run  # noqa: F401
+    from .submission import SubmissionError, baseline, finalize, repair  # noqa: F401
+    from .verification import verify  # noqa: F401
 
 __version__ = "0.1.0"
 

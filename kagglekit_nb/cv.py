@@ -61,7 +61,7 @@ from .run import Run
 from .state import capture_state, restore_state
 
 __all__ = ["CVResult", "FoldSetup", "THREADS", "fold_dir", "fold_models", "oof_score", "time_setup", "train_folds",
-           "train_in_workers", "worker_result", "worker_spec"]
+           "run_workers", "train_in_workers", "worker_result", "worker_spec"]
 
 THREADS = "torch_threads"  # run.json: the CPU thread count the run picked (`time_setup`) and keeps
 
@@ -697,19 +697,26 @@ def worker_spec(task: str, run: Run, config: dict[str, Any], **extra: Any) -> di
     return {"task": task, "run": run.handover(), "config": config, **extra}
 
 
-def train_in_workers(spec: dict[str, Any], run: Run, world: World) -> CVResult:
-    """`train_folds` in `world.processes` torchrun workers (the task's `train_worker` in each), their
-    output streamed into the cell; then this process takes back the record rank 0 saved in run.json
-    and the time the workers took (phase "workers")."""
+def run_workers(spec: dict[str, Any], run: Run, world: World) -> dict[str, Any]:
+    """`world.processes` torchrun workers on `spec` (the task's `train_worker` in each), their output
+    streamed into the cell (`distributed.launch`); then this process takes back the record rank 0 saved
+    in run.json, and the time the workers took that rank 0 did not time itself (phase "workers").
+    Returns what rank 0 wrote when they finished (result.json: each rank's `train_worker` result)."""
     run.save()
     t0 = run.budget.clock()
     try:
-        result = launch(spec, world, folder=run.dir, echo=run.echo)
+        return launch(spec, world, folder=run.dir, echo=run.echo)
     finally:
         before = sum(run.budget.phases.values())
-        run.reload()  # what rank 0 recorded: folds, plan, CV score, the phases it timed
+        run.reload()  # what rank 0 recorded: folds, plan, CV score, the phases it timed, the reserves
         run.budget.add_phase("workers", max(0.0, run.budget.clock() - t0 - (sum(run.budget.phases.values()) - before)))
         run.save()
+
+
+def train_in_workers(spec: dict[str, Any], run: Run, world: World) -> CVResult:
+    """`train_folds` in `world.processes` torchrun workers (`run_workers`); the log says whether every
+    process stopped at the same step of each fold."""
+    result = run_workers(spec, run, world)
     steps = sorted({json.dumps(r.get("steps"), sort_keys=True) for r in result["ranks"]})
     run.log(f"the {world.processes} training processes finished, every one at the same step of each fold: "
             f"{steps[0]}" if len(steps) == 1 else f"WARNING: the training processes stopped at different steps: {steps}")

@@ -31,7 +31,6 @@ from ._table import (
     _align_id,
     _all_int,
     _examples,
-    _is_na,
     _is_unnamed,
     _load_sample,
     _normalize_ids,

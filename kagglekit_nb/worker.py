@@ -23,10 +23,12 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from . import distributed
 from ._atomic import write_json
 
-# The tasks that train in several processes: a spec's "task" -> the module whose `train_worker` runs in each.
+# The tasks that run in several processes: a spec's "task" -> the module whose `train_worker` runs in each
+# (classification and glacier train there, ISIC extracts its embeddings).
 TASKS = {"classification": "kagglekit_nb.tasks.classification",
          "glacier_pretrain": "kagglekit_nb.tasks.glacier.pretrain",
-         "glacier_finetune": "kagglekit_nb.tasks.glacier.finetune"}
+         "glacier_finetune": "kagglekit_nb.tasks.glacier.finetune",
+         "isic": "kagglekit_nb.tasks.isic.pipeline"}
 
 
 def _read_spec(path: Path) -> dict:

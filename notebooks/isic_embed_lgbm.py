@@ -60,6 +60,7 @@ FINETUNE_EPOCHS = 2
 FINETUNE_LR = 1e-3
 FINETUNE_NEG_PER_POS = 4 # balanced sampling: negatives per positive in each fine-tuning epoch
 NUM_WORKERS = None       # DataLoader workers; None: automatic
+DEVICES = None           # embedding processes; None: every visible GPU (one GPU or none: one process); 1; 2; "cpu:2": two CPU processes
 DEVICE = None            # None: CUDA when available, else CPU
 
 # %%
@@ -126,7 +127,9 @@ folds.value_counts().sort_index().rename("validation lesions per fold")
 # 1. *Image embeddings*: pooled features of the timm backbone for every image, batched (mixed
 #    precision on a GPU), cached under `OUTPUT_DIR/embeddings/<model>-<size>px-<weights>/` in chunks
 #    written atomically. Test images come first; the extraction stops when `EMBED_SHARE` of the
-#    time left is spent, and a rerun continues where it stopped.
+#    time left is spent, and a rerun continues where it stopped. With two GPUs (Kaggle's T4 x 2)
+#    `DEVICES = None` starts one process per GPU, each embedding every other chunk; the steps after
+#    it run here, on the chunks read back from the cache.
 # 2. *Fine-tuning* (optional, `FINETUNE`): one model per fold with balanced sampling; each training
 #    lesion's image score comes from the model of its own fold, which never trained on it.
 # 3. *Features*: the raw `tbp_lv_*` measurements, ratios and contrasts of them, per-patient z-scores

@@ -3,8 +3,11 @@ LightGBM (leak-proof, reused, budgeted), prediction averaging, fine-tuning out o
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pytest
 import torch
 from _fakes import FakeClock
 
+from kagglekit_nb import distributed
 from kagglekit_nb.budget import Budget
 from kagglekit_nb.metrics import partial_auc
 from kagglekit_nb.run import Run
@@ -103,6 +107,8 @@ def test_notebook_parameters_equal_the_config_defaults():
     ({"IMG_SIZE": 4}, ValueError, "IMG_SIZE=4 must be a number of pixels"),
     ({"LGBM_SEEDS": "3"}, ValueError, "LGBM_SEEDS='3' has the wrong type"),
     ({"WEIGHTS": "nowhere/resnet18.pth"}, FileNotFoundError, "WEIGHTS='nowhere/resnet18.pth' is not a file"),
+    ({"DEVICES": "gpu"}, ValueError, r"DEVICES='gpu' is not valid: use None \(every visible GPU"),
+    ({"DEVICES": "cpu:2", "DEVICE": "cuda"}, ValueError, "DEVICES='cpu:2' asks for CPU processes but DEVICE='cuda'"),
 ])
 def test_config_rejects_bad_parameters(overrides, error, message):
     with pytest.raises(error, match=message):
@@ -324,6 +330,60 @@ def test_the_embedding_plan_says_what_fits_now_and_where_the_next_session_resume
     run = make_run(tmp_path / "out")
     rest = quiet_embeddings(comp, cfg, run)
     assert rest.complete and run.record["embeddings"]["computed"] == 40  # from chunk 5 on
+
+
+@pytest.fixture(scope="module")
+def sharded(demo, tmp_path_factory):
+    """Embeddings extracted by two CPU processes (DEVICES="cpu:2": torchrun, gloo), as on Kaggle's two T4s:
+    (run folder, embeddings, what the workers returned, the notebook process's log)."""
+    hash_seed = os.environ.get("PYTHONHASHSEED")  # start_run sets it for the workers
+    lines: list[str] = []
+    cfg = make_cfg(demo, OUTPUT_DIR=str(tmp_path_factory.mktemp("two") / "run"), BUDGET="1h", DEVICES="cpu:2")
+    try:
+        run = task.start(cfg, environ={}, echo=lines.append)
+        emb = quiet_embeddings(task.load(cfg, run), cfg, run)
+    finally:
+        os.environ.pop("PYTHONHASHSEED", None) if hash_seed is None else os.environ.update(PYTHONHASHSEED=hash_seed)
+    ranks = json.loads((run.dir / distributed.WORKERS_DIR / distributed.RESULT_FILE).read_text())["ranks"]
+    return run.dir, emb, ranks, lines
+
+
+def test_two_processes_embed_like_one_and_each_chunk_is_computed_by_one_rank(demo, tmp_path, sharded):
+    out, two, ranks, lines = sharded
+    cfg = make_cfg(demo)
+    one = quiet_embeddings(task.load(cfg, make_run(tmp_path / "one")), cfg, make_run(tmp_path / "one"))
+    # The same batches through the same model; the workers run one thread each (OMP_NUM_THREADS), this
+    # process more, and a convolution sums its terms in another order with another number of threads.
+    np.testing.assert_allclose(two.train, one.train, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(two.test, one.test, rtol=0, atol=1e-5)
+    assert two.complete and np.isfinite(two.train).all() and np.isfinite(two.test).all()
+    # test: 40 rows = chunk 0; train: 200 rows = chunks 0-3 of 64; chunk c goes to rank c % 2.
+    assert [(r["rank"], r["chunks"], r["computed"]) for r in ranks] == [
+        (0, {"test": [0], "train": [0, 2]}, {"test": 40, "train": 128}),
+        (1, {"test": [], "train": [1, 3]}, {"test": 0, "train": 72})]
+    chunks = out / "embeddings" / "test_resnet-32px-random-seed0"
+    assert sorted(p.relative_to(chunks).as_posix() for p in chunks.rglob("chunk_*")) == [
+        "test/chunks64/chunk_00000.npz", *(f"train/chunks64/chunk_0000{c}.npz" for c in range(4))]
+    record = json.loads((out / "run.json").read_text())
+    assert record["world_size"] == 2 and record["backend"] == "gloo"
+    assert record["embeddings"]["computed"] == 240 and record["embeddings"]["cached"] == 0
+    assert {"embeddings", "workers"} <= set(record["phases"])
+    assert any("starting 2 processes on CPUs (gloo)" in line for line in lines)
+
+
+def test_a_rerun_after_two_processes_reads_every_chunk_and_starts_no_worker(demo, tmp_path, sharded):
+    out, two, _, _ = sharded
+    out = Path(shutil.copytree(out, tmp_path / "run"))
+    spec = (out / distributed.WORKERS_DIR / distributed.SPEC_FILE).read_text()
+    lines: list[str] = []
+    cfg = make_cfg(demo, OUTPUT_DIR=str(out), BUDGET="1h", DEVICES="cpu:2")
+    run = task.start(cfg, environ={}, echo=lines.append)
+    again = quiet_embeddings(task.load(cfg, run), cfg, run)
+    np.testing.assert_array_equal(again.train, two.train)
+    np.testing.assert_array_equal(again.test, two.test)
+    assert run.record["embeddings"]["computed"] == 0 and run.record["embeddings"]["cached"] == 240
+    assert any("every chunk is in the cache, no worker is started" in line for line in lines)
+    assert (out / distributed.WORKERS_DIR / distributed.SPEC_FILE).read_text() == spec  # no launch
 
 
 def test_test_rows_reserve_the_hidden_test_images_at_the_measured_pace(demo, tmp_path, monkeypatch):

@@ -170,7 +170,7 @@ def test_a_second_execution_reproduces_every_output(notebook, request, tmp_path)
     first: NotebookRun = request.getfixturevalue(FIRST_RUNS[notebook])
     assert first.executed.name == f"{notebook}.ipynb"
     before = json.loads((first.out / "run.json").read_text())
-    cells = _code_cells(nb := nbformat.read(first.executed, as_version=4))
+    cells = _code_cells(nbformat.read(first.executed, as_version=4))
     assert all(c.execution_count is not None for c in cells)
     stored = "".join(_sanitise(o.get("text", "")) for c in cells for o in c.outputs)
     assert f"{before['cv_score']:.4f}" in stored, stored[-3000:]  # the score is among what nbval compares

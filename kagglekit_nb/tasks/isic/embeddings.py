@@ -3,10 +3,16 @@ resumable chunk by chunk.
 
 The cache lives in `<run>/embeddings/<model>-<size>px-<weights>/<split>/chunks<EMBED_CHUNK>/chunk_NNNNN.npz`,
 one atomic file per chunk, so a killed extraction continues from the last finished chunk.
+
+With several processes (DEVICES: Kaggle's two T4s, or "cpu:2") the extraction is sharded by chunk:
+torchrun workers (`extract_share`, one per GPU) each compute the chunks whose index % processes is
+their rank, and the notebook process, which never initialises CUDA, then reads every chunk from the
+cache exactly as a resumed session does.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import zipfile
@@ -14,13 +20,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ... import distributed
 from ..._atomic import write_json
+from ...cv import run_workers
 from ...run import Run
 from .._config import timm_model, weights_for
 from ._time import EMBED_IMAGE, HIDDEN_EMBEDDINGS, declare_reserves, reserve_hidden_embeddings
@@ -30,10 +38,11 @@ if TYPE_CHECKING:
     from ...weights import Weights
     from .pipeline import Config
 
-__all__ = ["Embeddings", "embedding_key", "embeddings"]
+__all__ = ["Embeddings", "embedding_key", "embeddings", "extract_share"]
 
 EMBED_DIR = "embeddings"
 CHUNK_FILE = "chunk_{index:05d}.npz"
+META_FILE = "meta.json"  # the backbone's model, size, weights and embedding size, next to the chunks
 _SPLITS = ("test", "train")  # test first: without test features an image model cannot be submitted
 EMBED_SHARE_NAME = "embeddings (EMBED_SHARE)"  # the budget's share for extraction
 
@@ -112,13 +121,27 @@ def _amp(device: torch.device) -> torch.dtype | None:
 
 
 class _Extraction:
-    """One split's chunked extraction: reuse valid chunk files, compute and save the others."""
+    """One split's chunked extraction: reuse valid chunk files, compute and save the others. Of several
+    processes, the one of rank `shard[0]` in `shard[1]` owns the chunks whose index % shard[1] is its rank."""
 
-    def __init__(self, split: str, ids: np.ndarray, directory: Path, chunk: int, dim: int):
+    def __init__(self, split: str, ids: np.ndarray, directory: Path, chunk: int, dim: int,
+                 shard: tuple[int, int] = (0, 1)):
         self.split, self.ids, self.dir, self.chunk, self.dim = split, ids, directory, chunk, dim
         self.values = np.full((len(ids), dim), np.nan, np.float32)
         self.cached = self.computed = 0
         self.skipped: list[str] = []
+        self.shard = shard
+        self.saved: list[int] = []  # the chunks this process computed
+
+    @property
+    def chunks(self) -> list[int]:
+        """The chunks this process owns (all of them in a single process)."""
+        rank, processes = self.shard
+        return list(range(rank, math.ceil(len(self.ids) / self.chunk), processes))
+
+    @property
+    def owned_rows(self) -> int:
+        return sum(hi - lo for lo, hi in map(self.bounds, self.chunks))
 
     def bounds(self, c: int) -> tuple[int, int]:
         return c * self.chunk, min((c + 1) * self.chunk, len(self.ids))
@@ -126,10 +149,11 @@ class _Extraction:
     def path(self, c: int) -> Path:
         return self.dir / CHUNK_FILE.format(index=c)
 
-    def reuse(self, log: Callable[[str], None]) -> list[int]:
-        """Load every valid cached chunk; return the chunks still to compute."""
+    def reuse(self, log: Callable[[str], None], chunks: list[int] | None = None) -> list[int]:
+        """Load every valid cached chunk of `chunks` (None: those this process owns); return the chunks
+        still to compute."""
         todo = []
-        for c in range(math.ceil(len(self.ids) / self.chunk)):
+        for c in self.chunks if chunks is None else chunks:
             lo, hi = self.bounds(c)
             found = _load_chunk(self.path(c), self.ids[lo:hi], self.dim) if self.path(c).exists() else None
             if found is None:
@@ -150,14 +174,15 @@ class _Extraction:
         _save_npz(self.path(c), ids=self.ids[lo:hi], emb=emb)
         self.values[lo:hi] = emb
         self.computed += hi - lo
+        self.saved.append(c)
 
 
 class _Plan:
     """The extraction plan of this session, said once its first chunk is timed: how many of the images
     still to embed fit the time there is now, and from which chunk the next session resumes."""
 
-    def __init__(self, todo: dict[str, list[int]], extractions: dict[str, _Extraction]):
-        self.todo, self.ext = todo, extractions
+    def __init__(self, todo: dict[str, list[int]], extractions: dict[str, _Extraction], processes: int = 1):
+        self.todo, self.ext, self.processes = todo, extractions, processes
         self.images = sum(self._rows(split, c) for split, chunks in todo.items() for c in chunks)
         self.said = False
 
@@ -179,6 +204,8 @@ class _Plan:
         share = (done + fits) / self.images
         pace = run.budget.pace.get(EMBED_IMAGE, 0.0)
         rows = [("images to embed", f"{self.images} in {len(left) + 1} chunks, {done} done"),
+                *([("processes", f"{self.processes}, each embedding the chunks whose index % {self.processes} is "
+                                 "its rank: this plan is rank 0's share")] if self.processes > 1 else []),
                 ("pace (first chunk)", f"~{1 / pace:.0f} img/s" if pace > 0 else "not measured"),
                 ("fit now", f"{share:.0%} ({done + fits} of {self.images} images)"),
                 ("time for embeddings", _time_for(run)),
@@ -281,7 +308,7 @@ def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model
         if (b + 1) % step == 0:
             rate = sum(len(r) for r in batches[:b + 1]) / max(clock() - mark, 1e-9)
             done = ext.cached + ext.computed + (0 if b + 1 == len(batches) or chunk_of[b + 1] != c else in_chunk)
-            run.log(f"embeddings: {ext.split} {done}/{len(ext.ids)} images ({rate:.0f} img/s)")
+            run.log(f"embeddings: {ext.split} {done}/{ext.owned_rows} images ({rate:.0f} img/s)")
     return None
 
 
@@ -293,55 +320,102 @@ def embeddings(comp: Competition, cfg: Config, run: Run) -> Embeddings | None:
     (test first) stops when EMBED_SHARE of the time that was left is spent, or the budget's reserve
     is reached; rows not extracted are NaN and a rerun with the same OUTPUT_DIR continues. A skipped
     image (ON_BAD_IMAGE="skip") is a NaN row too, and is listed in `run.json`. None when IMAGE_PCA=0.
+
+    With several processes (DEVICES) the chunks still to compute are computed by torchrun workers
+    (`_in_workers`), and read here from the cache; run.json records `world_size` and `backend` either way.
     """
     if cfg.IMAGE_PCA == 0:
         run.log("IMAGE_PCA=0: no embedding features")
         return None
+    world = distributed.plan_world(cfg.DEVICES, device=cfg.DEVICE)
+    run.record.update(world_size=world.processes, backend=world.backend)
     weights = _weights(cfg, run)
     key = embedding_key(cfg, weights)
     root = run.dir / EMBED_DIR / key
-    before = (run.previous or {}).get("embeddings") or {}
-    measured_before = None
-    if before.get("key") == key and before.get("batch_size") == cfg.BATCH_SIZE and before.get("image_s"):
-        measured_before = float(before["image_s"])
-        run.budget.plan_pace(EMBED_IMAGE, measured_before)  # the pace an earlier session measured
+    measured_before = _pace_before(run, key, cfg)
     test_rows = declare_reserves(run, len(comp.test), cfg)
-    with run.budget.timed("embeddings"):
-        model = _backbone(cfg, num_classes=0, weights=weights).to(run.device).eval()
-        if run.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        mean, std = _mean_std(model)
-        _warm_up(model, cfg, run.device)
-        transform = ResizeToTensor(cfg.IMG_SIZE, mean=mean, std=std)
-        root.mkdir(parents=True, exist_ok=True)
-        write_json(root / "meta.json", {"model": cfg.MODEL, "img_size": cfg.IMG_SIZE, "weights": weights.record(),
-                                        "seed": cfg.SEED, "dim": int(model.num_features), "mean": mean, "std": std})
-        run.budget.allot(EMBED_SHARE_NAME, cfg.EMBED_SHARE)
-        result, todo, reason = {}, {}, None
-        t0 = run.budget.clock()
-        for split in _SPLITS:
-            frame = comp.test if split == "test" else comp.train
-            directory = root / split / f"chunks{cfg.EMBED_CHUNK}"
-            directory.mkdir(parents=True, exist_ok=True)
-            result[split] = _Extraction(split, frame["isic_id"].to_numpy(dtype=str), directory, cfg.EMBED_CHUNK,
-                                        int(model.num_features))
-            todo[split] = result[split].reuse(run.log)
-        plan = _Plan(todo, result)
-        if plan.images:
-            parts = ", ".join(f"{split} {len(e.ids) - e.cached}" for split, e in result.items())
-            run.log(f"embeddings: {plan.images} images to embed ({parts}; {sum(e.cached for e in result.values())} "
-                    "cached); the plan follows once the first chunk is timed")
-        for split, ext in result.items():
-            if todo[split] and reason is None:
-                images = HDF5Images(comp.images[split], ext.ids, transform=transform, on_error=cfg.ON_BAD_IMAGE,
-                                    return_index=True)
-                reason = _run_extraction(ext, todo[split], images, model, cfg, run, plan,
-                                         hidden=test_rows - len(comp.test))
-                images.close()
-            done = ext.cached + ext.computed
-            run.log(f"embeddings: {split} {done}/{len(ext.ids)} images ({ext.cached} from the cache, {ext.computed} "
-                    f"computed){'; skipped: ' + ', '.join(ext.skipped[:5]) if ext.skipped else ''}")
-        seconds = run.budget.clock() - t0
+    if world.distributed:
+        result, reason, seconds, image_s = _in_workers(comp, cfg, run, world, root)
+    else:
+        with run.budget.timed("embeddings"):
+            result, reason, seconds = _extract(comp, cfg, run, weights, root, hidden=test_rows - len(comp.test))
+        image_s = run.budget.pace.get(EMBED_IMAGE, measured_before)
+    return _finish(comp, cfg, run, key, root, result, reason, seconds, image_s)
+
+
+def _pace_before(run: Run, key: str, cfg: Config) -> float | None:
+    """The pace (s/image) an earlier session of this run measured on the same cache and batch, planned
+    as this session's estimate; None when there is none."""
+    before = (run.previous or {}).get("embeddings") or {}
+    if before.get("key") == key and before.get("batch_size") == cfg.BATCH_SIZE and before.get("image_s"):
+        run.budget.plan_pace(EMBED_IMAGE, float(before["image_s"]))
+        return float(before["image_s"])
+    return None
+
+
+def _split_dir(root: Path, split: str, cfg: Config) -> Path:
+    return root / split / f"chunks{cfg.EMBED_CHUNK}"
+
+
+def _extract(comp: Competition, cfg: Config, run: Run, weights: Weights, root: Path, *, hidden: int,
+             shard: tuple[int, int] = (0, 1)) -> tuple[dict[str, _Extraction], str | None, float]:
+    """Load the backbone on `run.device`, reuse the valid chunks this process owns (`shard`: its rank,
+    the number of processes) and compute the others inside the budget (`_run_extraction`). Returns each
+    split's extraction, the reason it stopped early (or None) and the seconds it took."""
+    rank, processes = shard
+    model = _backbone(cfg, num_classes=0, weights=weights).to(run.device).eval()
+    if run.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    mean, std = _mean_std(model)
+    _warm_up(model, cfg, run.device)
+    transform = ResizeToTensor(cfg.IMG_SIZE, mean=mean, std=std)
+    root.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        write_json(root / META_FILE, {"model": cfg.MODEL, "img_size": cfg.IMG_SIZE, "weights": weights.record(),
+                                      "seed": cfg.SEED, "dim": int(model.num_features), "mean": mean, "std": std})
+    _allot_share(run, cfg)
+    result, todo, reason = {}, {}, None
+    t0 = run.budget.clock()
+    for split in _SPLITS:
+        frame = comp.test if split == "test" else comp.train
+        directory = _split_dir(root, split, cfg)
+        directory.mkdir(parents=True, exist_ok=True)
+        result[split] = _Extraction(split, frame["isic_id"].to_numpy(dtype=str), directory, cfg.EMBED_CHUNK,
+                                    int(model.num_features), shard)
+        todo[split] = result[split].reuse(run.log)
+    plan = _Plan(todo, result, processes)
+    if plan.images:
+        parts = ", ".join(f"{split} {e.owned_rows - e.cached}" for split, e in result.items())
+        run.log(f"embeddings: {plan.images} images to embed ({parts}; {sum(e.cached for e in result.values())} "
+                f"cached{'' if processes == 1 else ', in the share of rank 0'}); the plan follows once the first "
+                "chunk is timed")
+    for split, ext in result.items():
+        if todo[split] and reason is None:
+            images = HDF5Images(comp.images[split], ext.ids, transform=transform, on_error=cfg.ON_BAD_IMAGE,
+                                return_index=True)
+            reason = _run_extraction(ext, todo[split], images, model, cfg, run, plan,
+                                     hidden=math.ceil(hidden / processes))  # the rerun shares them out too
+            images.close()
+        done = ext.cached + ext.computed
+        share = "" if processes == 1 else f" of rank {rank}'s share"
+        run.log(f"embeddings: {split} {done}/{ext.owned_rows} images{share} ({ext.cached} from the cache, "
+                f"{ext.computed} computed){'; skipped: ' + ', '.join(ext.skipped[:5]) if ext.skipped else ''}")
+    return result, reason, run.budget.clock() - t0
+
+
+def _allot_share(run: Run, cfg: Config) -> None:
+    """Give the extraction EMBED_SHARE of the time left: in several processes, rank 0's share (seconds from
+    the budget's start, which `Budget.taken_over` keeps the same in every process) for all, so every rank
+    stops at one deadline; each then decides chunk by chunk within it, with no collective until the end."""
+    run.budget.allot(EMBED_SHARE_NAME, cfg.EMBED_SHARE)
+    if distributed.world_size() > 1:
+        ends = distributed.broadcast_object(run.budget.deadlines[EMBED_SHARE_NAME] - run.budget.start)
+        run.budget.deadlines[EMBED_SHARE_NAME] = run.budget.start + ends
+
+
+def _finish(comp: Competition, cfg: Config, run: Run, key: str, root: Path, result: dict[str, _Extraction],
+            reason: str | None, seconds: float, image_s: float | None) -> Embeddings:
+    """The Embeddings of both splits, recorded in run.json."""
     emb = Embeddings(key=key, train=result["train"].values, test=result["test"].values,
                      skipped=result["test"].skipped + result["train"].skipped, stop_reason=reason or "completed")
     computed = sum(e.computed for e in result.values())
@@ -349,10 +423,82 @@ def embeddings(comp: Competition, cfg: Config, run: Run) -> Embeddings | None:
         "key": key, "dir": str(root), "train_rows": emb.rows("train"), "test_rows": emb.rows("test"),
         "computed": computed, "cached": sum(e.cached for e in result.values()), "seconds": round(seconds, 1),
         "images_per_s": round(computed / seconds, 1) if computed and seconds > 0 else None,
-        "batch_size": cfg.BATCH_SIZE, "image_s": run.budget.pace.get(EMBED_IMAGE, measured_before),
+        "batch_size": cfg.BATCH_SIZE, "image_s": image_s,
         "skipped": emb.skipped[:100], "skipped_count": len(emb.skipped), "stop_reason": emb.stop_reason}
     if reason:
         run.log(f"embeddings stopped ({reason}): {emb.rows('train')}/{len(comp.train)} train and "
                 f"{emb.rows('test')}/{len(comp.test)} test rows have one; rerun with the same OUTPUT_DIR to continue")
     run.save()
     return emb
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+def _cached(comp: Competition, cfg: Config, root: Path, log: Callable[[str], None]
+            ) -> tuple[dict[str, _Extraction], dict[str, list[int]]] | None:
+    """Every split's valid cached chunks, read as a resumed session reads them, and the chunks still to
+    compute; None before the cache's first session (no meta.json: the size of an embedding is not known)."""
+    try:
+        dim = int(json.loads((root / META_FILE).read_text())["dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    result, todo = {}, {}
+    for split in _SPLITS:
+        frame = comp.test if split == "test" else comp.train
+        result[split] = _Extraction(split, frame["isic_id"].to_numpy(dtype=str), _split_dir(root, split, cfg),
+                                    cfg.EMBED_CHUNK, dim)
+        todo[split] = result[split].reuse(log)
+    return result, todo
+
+
+def _in_workers(comp: Competition, cfg: Config, run: Run, world: distributed.World, root: Path
+                ) -> tuple[dict[str, _Extraction], str | None, float, float | None]:
+    """The chunks still to compute, computed by `world.processes` torchrun workers (`extract_share` in
+    each, their output streamed into the cell), then read from the cache here; this process takes back
+    the record rank 0 saved in run.json. Returns what `_extract` does, and the slowest rank's pace."""
+    found = _cached(comp, cfg, root, run.log)
+    if found is not None and not any(found[1].values()):
+        run.log("embeddings: every chunk is in the cache, no worker is started")
+        return found[0], None, 0.0, run.budget.planned.get(EMBED_IMAGE)
+    spec = {"task": "isic", "run": run.handover(), "config": {**cfg.as_dict(), "DATA_DIR": str(comp.data_dir)}}
+    t0 = run.budget.clock()
+    out = run_workers(spec, run, world)  # rank 0 recorded the weights, the plan and the phases it timed
+    seconds = run.budget.clock() - t0
+    ranks = out["ranks"]
+    if found is None:  # the workers wrote meta.json
+        found = _cached(comp, cfg, root, lambda message: None)
+        if found is None:
+            raise RuntimeError(f"the embedding workers finished without writing {root / META_FILE}.")
+    else:  # only the chunks the workers were to compute are new
+        found[1].update({split: ext.reuse(lambda message: None, found[1][split]) for split, ext in found[0].items()})
+    result, todo = found
+    for split, ext in result.items():  # what the workers computed, not what this process read
+        ext.computed = sum(r["computed"][split] for r in ranks)
+        ext.cached -= ext.computed
+    reasons = [r["stop_reason"] for r in ranks if r["stop_reason"]]
+    left = sum(map(len, todo.values()))
+    reason = reasons[0] if reasons else (f"{left} chunks were not computed by the workers" if left else None)
+    paces = [r["image_s"] for r in ranks if r.get("image_s")]
+    run.log(f"embeddings: the {world.processes} processes computed "
+            + ", ".join(f"rank {r['rank']} {sum(r['computed'].values())} images" for r in ranks))
+    return result, reason, seconds, max(paces) if paces else None
+
+
+def extract_share(comp: Competition, cfg: Config, run: Run) -> dict[str, Any]:
+    """One process of a sharded extraction (in a torchrun worker: `pipeline.train_worker`): this rank's
+    chunks still to compute, inside the same budget and share as every other rank. Rank 0 saves run.json.
+    Returns the chunks it computed, by split, their rows, its pace and why it stopped early (or None)."""
+    with distributed.main_first():  # rank 0 finds (or fetches) the weights first
+        weights = _weights(cfg, run)
+    key = embedding_key(cfg, weights)
+    measured_before = _pace_before(run, key, cfg)
+    test_rows = declare_reserves(run, len(comp.test), cfg)
+    with run.budget.timed("embeddings"):
+        result, reason, _ = _extract(comp, cfg, run, weights, run.dir / EMBED_DIR / key,
+                                     hidden=test_rows - len(comp.test),
+                                     shard=(distributed.rank(), distributed.world_size()))
+    run.save()
+    return {"rank": distributed.rank(), "chunks": {split: e.saved for split, e in result.items()},
+            "computed": {split: e.computed for split, e in result.items()},
+            "image_s": run.budget.pace.get(EMBED_IMAGE, measured_before), "stop_reason": reason}

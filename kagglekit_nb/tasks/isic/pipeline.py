@@ -19,6 +19,10 @@ same patient's other lesions, the "ugly duckling" sign), then reduced by a PCA f
 fine-tuning, each training row's image score comes from the fold model that did not train on it and
 test scores are averaged over the fold models.
 
+With several processes (DEVICES: Kaggle's two T4s by default, or "cpu:2") the embedding extraction
+is sharded by chunk among torchrun workers (`train_worker`); everything after it runs in the notebook's
+own process, on the embeddings read back from the cache.
+
 Everything a later session can reuse is kept in the run folder: `folds.csv`, the embedding chunks,
 the fine-tuned fold checkpoints and one LightGBM model per (model, seed, fold).
 """
@@ -31,8 +35,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ... import distributed
 from ... import folds as _folds
-from ...run import Run
+from ...run import Run, join_run
 from ...weights import AUTO
 from .._config import Demo, RunConfig, early_baseline, find_data, record_written, start, verify_csv
 from .data import SAMPLE_FILE, TEST_FILE, TEST_IMAGES, TRAIN_FILE, TRAIN_IMAGES, Competition, read_metadata
@@ -89,6 +94,7 @@ class Config(RunConfig):
     FINETUNE_LR: float = 1e-3
     FINETUNE_NEG_PER_POS: int = 4      # balanced sampling: negatives per positive in each fine-tuning epoch
     NUM_WORKERS: int | None = None     # DataLoader workers; None = automatic
+    DEVICES: int | str | None = None   # embedding processes: None = every visible GPU (one GPU or none: one process); 1; 2; "cpu:2"
     DEVICE: str | None = None          # None = CUDA when available
 
     def check(self) -> None:
@@ -106,6 +112,7 @@ class Config(RunConfig):
         for name, choices in (("SUBMIT", SUBMIT_CHOICES), ("ON_BAD_IMAGE", ON_BAD_IMAGE_CHOICES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; choose one of {', '.join(choices)}.")
+        distributed.check_devices(self.DEVICES, self.DEVICE)
         if self.WEIGHTS not in (None, AUTO) and not Path(self.WEIGHTS).expanduser().exists():
             raise FileNotFoundError(f"WEIGHTS={self.WEIGHTS!r} is not a file: attach the weights as a dataset and "
                                     f"point WEIGHTS at the .pth/.safetensors file, or use {AUTO!r} or None (random "
@@ -134,13 +141,7 @@ def load(cfg: Config, run: Run) -> Competition:
     """Read both metadata files and the sample submission; test rows follow the sample's order."""
     data_dir = find_data(cfg, run, required=REQUIRED_FILES, what=f"competition data ({', '.join(REQUIRED_FILES)})",
                          demo=DEMO)
-    sample_path = data_dir / SAMPLE_FILE
-    if not sample_path.is_file():
-        raise FileNotFoundError(f"{sample_path} does not exist; the submission's format comes from it.")
-    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
-    if list(sample.columns[:1]) != ["isic_id"] or len(sample.columns) != 2:
-        raise ValueError(f"{sample_path} has the columns {list(sample.columns)}; an ISIC 2024 sample submission "
-                         "has two: isic_id,target.")
+    sample = _read_sample(data_dir)
     try:
         train, test = read_metadata(data_dir)
     except (OSError, ValueError):
@@ -148,6 +149,29 @@ def load(cfg: Config, run: Run) -> Competition:
         raise
     early_baseline(run, sample, train_labels=pd.to_numeric(train["target"], errors="coerce").dropna().tolist(),
                    kind="binary_proba")
+    comp = _competition(data_dir, sample, train, test)
+    y = comp.train["target"]
+    run.log(f"{len(comp.train)} train lesions ({int(y.sum())} malignant, {y.mean():.2%}) of "
+            f"{comp.train['patient_id'].nunique()} patients; {len(comp.test)} test lesions of "
+            f"{comp.test['patient_id'].nunique()} patients")
+    return comp
+
+
+def _read_sample(data_dir: Path) -> pd.DataFrame:
+    """`sample_submission.csv` of `data_dir`, checked to hold the two ISIC 2024 columns."""
+    sample_path = data_dir / SAMPLE_FILE
+    if not sample_path.is_file():
+        raise FileNotFoundError(f"{sample_path} does not exist; the submission's format comes from it.")
+    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
+    if list(sample.columns[:1]) != ["isic_id"] or len(sample.columns) != 2:
+        raise ValueError(f"{sample_path} has the columns {list(sample.columns)}; an ISIC 2024 sample submission "
+                         "has two: isic_id,target.")
+    return sample
+
+
+def _competition(data_dir: Path, sample: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame) -> Competition:
+    """The Competition of the metadata read from `data_dir`, checked against its sample; test rows in the
+    sample's order."""
     missing = sorted(set(sample["isic_id"]) - set(test["isic_id"]))
     extra = sorted(set(test["isic_id"]) - set(sample["isic_id"]))
     if missing or extra:
@@ -163,10 +187,7 @@ def load(cfg: Config, run: Run) -> Competition:
     y = train["target"]
     if not y.isin([0, 1]).all():
         raise ValueError(f"{TRAIN_FILE}: target must be 0 or 1; found {sorted(set(y) - {0, 1})[:5]}.")
-    run.log(f"{len(train)} train lesions ({int(y.sum())} malignant, {y.mean():.2%}) of "
-            f"{train['patient_id'].nunique()} patients; {len(test)} test lesions of "
-            f"{test['patient_id'].nunique()} patients")
-    return Competition(data_dir=data_dir, train=train, test=test, sample=sample, sample_path=sample_path,
+    return Competition(data_dir=data_dir, train=train, test=test, sample=sample, sample_path=data_dir / SAMPLE_FILE,
                        images=images)
 
 
@@ -188,11 +209,26 @@ def make_folds(data: Competition, cfg: Config, run: Run) -> pd.Series:
 def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained:
     """Image embeddings (`embeddings`), optional fine-tuned image scores (`finetune`), the feature
     tables (`features`), then LightGBM for the tabular, image and combined models (`train_lgbm`),
-    each step inside the budget and resumable from the run folder."""
+    each step inside the budget and resumable from the run folder. With several processes (DEVICES)
+    the embeddings are extracted in torchrun workers, sharded by chunk (`train_worker`); the rest
+    runs here."""
     emb = embeddings(data, cfg, run)
     scores = finetune(data, folds, cfg, run)
     feats = features(data, emb, scores, cfg, run)
     return Trained(embeddings=emb, image_scores=scores, features=feats, lgbm=train_lgbm(feats, folds, cfg, run))
+
+
+def train_worker(spec: dict[str, Any], device: Any) -> dict[str, Any]:
+    """One process of a sharded embedding extraction (`python -m kagglekit_nb.worker`, started by
+    `embeddings`): the config, run and data re-created from the spec the notebook process wrote, then
+    this rank's chunks (`embeddings.extract_share`). Returns what rank 0 writes to result.json."""
+    from .embeddings import extract_share
+
+    cfg = Config(**spec["config"])
+    run = join_run(spec["run"], device=device)
+    data_dir = Path(cfg.DATA_DIR)
+    data = _competition(data_dir, _read_sample(data_dir), *read_metadata(data_dir))
+    return extract_share(data, cfg, run)
 
 
 # ----------------------------------------------------------------------------- predict & submit
