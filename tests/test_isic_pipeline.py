@@ -714,6 +714,34 @@ def test_finetuned_image_scores_are_out_of_fold_and_test_scores_the_fold_mean(de
     np.testing.assert_array_equal(feats.train["img_finetune"], ft.train)
 
 
+def test_finetuning_in_two_processes_trains_every_fold_at_the_same_steps_and_scores_out_of_fold(demo, tmp_path,
+                                                                                                   monkeypatch):
+    """DEVICES="cpu:2": the folds train in two torchrun workers, each step's batch split between them;
+    the notebook process then scores out of fold and averages the test scores, as with one process."""
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # start_run sets it for the workers
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    lines: list[str] = []
+    cfg = make_cfg(demo, OUTPUT_DIR=str(tmp_path / "run"), BUDGET="1h", DEVICES="cpu:2", FINETUNE=True,
+                   FINETUNE_EPOCHS=1, IMG_SIZE=16, BATCH_SIZE=32, IMAGE_PCA=0, FINETUNE_NEG_PER_POS=2)
+    run = task.start(cfg, environ={}, echo=lines.append)
+    comp = task.load(cfg, run)
+    folds = task.make_folds(comp, cfg, run)
+    with pytest.warns(UserWarning, match="random weights"):
+        ft = FT.finetune(comp, folds, cfg, run)
+    assert np.isfinite(ft.train).all() and np.isfinite(ft.test).all()  # every row scored by its own fold's model
+    record = json.loads((run.dir / "run.json").read_text())
+    assert record["finetune"]["folds_done"] == [0, 1, 2] and "cv_score" not in record
+    # a fold no better than the class prior is left out of the test mean (on 6 malignant lesions, most are)
+    left_out = {int(k) for k in record.get("folds_left_out", {})}
+    assert ft.folds_used == sorted({0, 1, 2} - left_out) and ft.folds_used
+    ranks = json.loads((run.dir / distributed.WORKERS_DIR / distributed.RESULT_FILE).read_text())["ranks"]
+    steps = {str(k): record["finetune"]["folds"][str(k)]["steps"] for k in range(3)}
+    assert all(v > 0 for v in steps.values()) and [r["steps"] for r in ranks] == [steps, steps]
+    assert any("starting 2 processes on CPUs (gloo)" in line for line in lines)
+    with pytest.raises(ValueError, match=r"BATCH_SIZE=33 is the batch of one optimizer step, shared by the 2"):
+        make_cfg(demo, DEVICES="cpu:2", FINETUNE=True, BATCH_SIZE=33)
+
+
 def test_a_load_failing_after_the_sample_leaves_the_baseline(demo, tmp_path, copy_tree):
     from kagglekit_nb.submission import verify
 

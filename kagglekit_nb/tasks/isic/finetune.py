@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from ... import distributed
 from ...loop import one_cycle
 from ...metrics import get_metric
 from ...run import Run
@@ -20,6 +21,7 @@ from .embeddings import _amp, _backbone, _mean_std, _weights
 LGBM_SHARE = 0.5   # of the training time left before fine-tuning, kept for LightGBM after it
 
 if TYPE_CHECKING:
+    from ...cv import FoldSetup
     from .pipeline import Config
 
 __all__ = ["ImageScores", "finetune"]
@@ -66,54 +68,85 @@ def _finetune_meta(cfg: Config, fold: int) -> dict[str, Any]:
             "folds": cfg.FOLDS}
 
 
+def _setup(comp: Competition, folds: pd.Series, cfg: Config, run: Run, k: int, start_weights: Any) -> FoldSetup:
+    """Model, optimizer, balanced train loader and loss of fold `k` (each process's share of BATCH_SIZE)."""
+    from ...cv import FoldSetup
+    from ...loaders import make_loader
+
+    y, fold_of = comp.y, folds.to_numpy()
+    ids = comp.train["isic_id"].to_numpy(dtype=str)
+    model = _backbone(cfg, num_classes=2, weights=start_weights).to(run.device)
+    mean, std = _mean_std(model)
+    rng = np.random.default_rng([cfg.SEED, k])
+    rows = _balanced_rows(y, np.flatnonzero(fold_of != k), cfg.FINETUNE_NEG_PER_POS, rng)
+    val = np.flatnonzero(fold_of == k)
+    train_ds = _Labelled(HDF5Images(comp.images["train"], ids, transform=_FlipResize(cfg.IMG_SIZE, mean=mean, std=std),
+                                    on_error=cfg.ON_BAD_IMAGE), y, rows, cfg.IMG_SIZE)
+    val_ds = _Labelled(HDF5Images(comp.images["train"], ids, transform=ResizeToTensor(cfg.IMG_SIZE, mean=mean, std=std),
+                                  on_error=cfg.ON_BAD_IMAGE), y, val, cfg.IMG_SIZE)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.FINETUNE_LR, weight_decay=1e-4)
+    return FoldSetup(
+        model=model, optimizer=optimizer,
+        train_loader=make_loader(train_ds, cfg.BATCH_SIZE // distributed.world_size(), train=True, seed=cfg.SEED + k,
+                                 device=run.device, num_workers=cfg.NUM_WORKERS),  # each process's share
+        val_loader=make_loader(val_ds, cfg.BATCH_SIZE, train=False, device=run.device, num_workers=cfg.NUM_WORKERS),
+        loss_fn=torch.nn.CrossEntropyLoss(), val_ids=ids[val].tolist(), val_targets=y[val],
+        make_scheduler=lambda opt, total: one_cycle(opt, cfg.FINETUNE_LR, total, pct_start=0.2),
+        meta={**_finetune_meta(cfg, k), "train_rows": len(rows)})
+
+
+def _train(comp: Competition, folds: pd.Series, cfg: Config, run: Run, start_weights: Any, test_rows: int) -> Any:
+    """`train_folds` over the folds: the same code in one process and in each of several."""
+    from ...cv import train_folds
+
+    return train_folds(run, n_folds=cfg.FOLDS, setup=lambda k: _setup(comp, folds, cfg, run, k, start_weights),
+                       metric=get_metric("pauc80"), max_epochs=cfg.FINETUNE_EPOCHS, predict_items=test_rows * cfg.FOLDS,
+                       predict_models=cfg.FOLDS, expected_meta=lambda k: _finetune_meta(cfg, k))
+
+
+def train_worker(comp: Competition, folds: pd.Series, cfg: Config, run: Run, spec: dict[str, Any]) -> dict[str, Any]:
+    """One of several fine-tuning processes (`pipeline.train_worker` with stage "finetune"): the start
+    weights resolved again quietly (rank 0 first: it may fetch them), then `_train`."""
+    from ...cv import worker_result
+
+    echo, run.echo = run.echo, (lambda message: None)
+    try:
+        with distributed.main_first():
+            start_weights = _weights(cfg, run)
+    finally:
+        run.echo = echo
+    return worker_result(_train(comp, folds, cfg, run, start_weights, int(spec["test_rows"])))
+
+
 def finetune(comp: Competition, folds: pd.Series, cfg: Config, run: Run) -> ImageScores | None:
     """Fine-tune the backbone per fold (FINETUNE=True) with balanced sampling; None when off.
-
-    Training runs through `kagglekit_nb.cv.train_folds` (checkpoints, exact resume, budget). Each
+    Training runs through `kagglekit_nb.cv.train_folds` (checkpoints, exact resume, budget), in
+    torchrun workers with several processes (DEVICES: each step's batch split between them). Each
     training row's score comes from the model of its own fold, which never trained on it (out of
-    fold); test scores are averaged over the fold models that exist.
+    fold); test scores are averaged over the fold models that exist, here, in one process.
     """
     if not cfg.FINETUNE:
         return None
-    from ...cv import OOF_FILE, FoldSetup, fold_models, load_fold_model, train_folds
+    from ...cv import OOF_FILE, fold_models, load_fold_model, train_in_workers, worker_spec
     from ...loaders import make_loader
     from ...loop import predict as loop_predict
 
-    y, fold_of = comp.y, folds.to_numpy()
     ids = comp.train["isic_id"].to_numpy(dtype=str)
     test_rows = declare_reserves(run, len(comp.test), cfg)
     start_weights = _weights(cfg, run)  # resolved and said once; every fold starts from the same weights
     mean, std = _mean_std(_backbone(cfg, num_classes=2, weights=start_weights))
-    train_tf = _FlipResize(cfg.IMG_SIZE, mean=mean, std=std)
     eval_tf = ResizeToTensor(cfg.IMG_SIZE, mean=mean, std=std)
-
-    def setup(k: int) -> FoldSetup:
-        rng = np.random.default_rng([cfg.SEED, k])
-        rows = _balanced_rows(y, np.flatnonzero(fold_of != k), cfg.FINETUNE_NEG_PER_POS, rng)
-        val = np.flatnonzero(fold_of == k)
-        model = _backbone(cfg, num_classes=2, weights=start_weights).to(run.device)
-        train_ds = _Labelled(HDF5Images(comp.images["train"], ids, transform=train_tf, on_error=cfg.ON_BAD_IMAGE),
-                             y, rows, cfg.IMG_SIZE)
-        val_ds = _Labelled(HDF5Images(comp.images["train"], ids, transform=eval_tf, on_error=cfg.ON_BAD_IMAGE),
-                           y, val, cfg.IMG_SIZE)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.FINETUNE_LR, weight_decay=1e-4)
-        return FoldSetup(
-            model=model, optimizer=optimizer,
-            train_loader=make_loader(train_ds, cfg.BATCH_SIZE, train=True, seed=cfg.SEED + k, device=run.device,
-                                     num_workers=cfg.NUM_WORKERS),
-            val_loader=make_loader(val_ds, cfg.BATCH_SIZE, train=False, device=run.device,
-                                   num_workers=cfg.NUM_WORKERS),
-            loss_fn=torch.nn.CrossEntropyLoss(), val_ids=ids[val].tolist(), val_targets=y[val],
-            make_scheduler=lambda opt, total: one_cycle(opt, cfg.FINETUNE_LR, total, pct_start=0.2),
-            meta={**_finetune_meta(cfg, k), "train_rows": len(rows)})
-
+    world = distributed.plan_world(cfg.DEVICES, device=cfg.DEVICE)
+    world.batch_per_process(cfg.BATCH_SIZE)
     n_test = len(comp.test)
     run.budget.reserve_share("lgbm", LGBM_SHARE)  # LightGBM comes after the fine-tuning
     keys = ("cv_score", "folds_done", "folds", "plan", "stop_reason", "resumed_from")
-    result = train_folds(run, n_folds=cfg.FOLDS, setup=setup, metric=get_metric("pauc80"),
-                         max_epochs=cfg.FINETUNE_EPOCHS, predict_items=test_rows * cfg.FOLDS,
-                         predict_models=cfg.FOLDS,
-                         expected_meta=lambda k: _finetune_meta(cfg, k))
+    if world.distributed:
+        spec = worker_spec("isic", run, {**cfg.as_dict(), "DATA_DIR": str(comp.data_dir)}, stage="finetune",
+                           test_rows=test_rows)
+        result = train_in_workers(spec, run, world)
+    else:
+        result = _train(comp, folds, cfg, run, start_weights, test_rows)
     run.record["finetune"] = {k: run.record.pop(k, None) for k in keys}
     run.budget.release("lgbm")      # LightGBM's time is now
     oof = np.full(len(ids), np.nan)

@@ -112,7 +112,10 @@ class Config(RunConfig):
         for name, choices in (("SUBMIT", SUBMIT_CHOICES), ("ON_BAD_IMAGE", ON_BAD_IMAGE_CHOICES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; choose one of {', '.join(choices)}.")
-        distributed.check_devices(self.DEVICES, self.DEVICE)
+        if self.FINETUNE:  # the fine-tuning's optimizer steps share BATCH_SIZE between the processes
+            distributed.check_config(self.DEVICES, self.DEVICE, self.BATCH_SIZE)
+        else:
+            distributed.check_devices(self.DEVICES, self.DEVICE)
         if self.WEIGHTS not in (None, AUTO) and not Path(self.WEIGHTS).expanduser().exists():
             raise FileNotFoundError(f"WEIGHTS={self.WEIGHTS!r} is not a file: attach the weights as a dataset and "
                                     f"point WEIGHTS at the .pth/.safetensors file, or use {AUTO!r} or None (random "
@@ -219,15 +222,21 @@ def train(data: Competition, folds: pd.Series, cfg: Config, run: Run) -> Trained
 
 
 def train_worker(spec: dict[str, Any], device: Any) -> dict[str, Any]:
-    """One process of a sharded embedding extraction (`python -m kagglekit_nb.worker`, started by
-    `embeddings`): the config, run and data re-created from the spec the notebook process wrote, then
-    this rank's chunks (`embeddings.extract_share`). Returns what rank 0 writes to result.json."""
+    """One process of a sharded embedding extraction or fine-tuning (`python -m kagglekit_nb.worker`,
+    started by `embeddings` or `finetune`): the config, run and data re-created from the spec the
+    notebook process wrote, then this rank's chunks (`embeddings.extract_share`) or its share of each
+    fine-tuning step (`finetune.train_worker`). Returns what rank 0 writes to result.json."""
     from .embeddings import extract_share
+    from .finetune import train_worker as finetune_worker
 
     cfg = Config(**spec["config"])
     run = join_run(spec["run"], device=device)
     data_dir = Path(cfg.DATA_DIR)
     data = _competition(data_dir, _read_sample(data_dir), *read_metadata(data_dir))
+    if spec.get("stage") == "finetune":
+        folds = _folds.make_folds(data.train["isic_id"], data.train["target"], n_splits=cfg.FOLDS, seed=cfg.SEED,
+                                  path=run.dir / _folds.FOLDS_FILE, groups=data.train["patient_id"])  # saved: read
+        return finetune_worker(data, folds, cfg, run, spec)
     return extract_share(data, cfg, run)
 
 
