@@ -3,6 +3,10 @@ benchmarks/chaos.sh): one fold of `cv.train_folds` on a synthetic task, with the
 checkpoint writes, then a prediction with the model `cv.fold_models` hands out.
 
     python tests/chaos_train.py OUT [--epochs 4] [--every 3] [--keep 1000]
+    python tests/chaos_train.py OUT --glacier DEMO   # a glacier U-Net member on DEMO's GlacierHack tiles
+
+(`kagglekit demo glacier --out DEMO --tile-size 64` writes DEMO; keep it outside OUT, so that
+its writes are no crash points.)
 
 Run it again on the same OUT and it resumes (or, when the fold is done, only predicts). It prints
 `chaos: resumed from step N` (0 for a fresh start) and writes OUT/result.json: the fold's record
@@ -72,19 +76,39 @@ def _setup(k: int) -> FoldSetup:
                      val_ids=[f"v{i}" for i in range(N_VAL)], val_targets=yv.numpy(), meta={"model": "mlp", "fold": k})
 
 
+def _glacier(demo: Path, run, encoder: str):
+    """One fine-tune member of the glacier notebook on a small GlacierHack demo, through its own setup
+    (crops, band statistics, the U-Net and its loss, per-pixel out-of-fold maps): (setup, metric, test)."""
+    from kagglekit_nb.tasks.glacier import finetune, training
+
+    cfg = finetune.Config(DATA_DIR=str(demo / "glacierhack"), ENCODER=encoder, WEIGHTS=None, FOLDS=2, HOLDOUT=0,
+                          SAMPLES_PER_EPOCH=6 * 4, BATCH_SIZE=4, CROP=32, NUM_WORKERS=0, SEED=0)
+    quiet, run.echo = run.echo, (lambda message: None)
+    data = finetune.load(cfg, run)
+    folds = finetune.make_folds(data, cfg, run)
+    run.echo = quiet
+    said: set = set()
+    test = training.TileDataset(data, [0], training.BandStats.fit([data.read(0)], data.bands))[0][0]
+    return (lambda k: training._setup(data, folds, cfg, run, k, None, said)), training.PIXEL_MCC, test[None]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--every", type=int, default=3, help="checkpoint every N steps")
     ap.add_argument("--keep", type=int, default=1000, help="step files kept (ckpt-chaos tracks every one)")
+    ap.add_argument("--glacier", type=Path, default=None, help="a glacier demo folder: train a U-Net member on it")
+    ap.add_argument("--encoder", default="resnet18", help="with --glacier: the U-Net's smp encoder")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     StepTimer.every = a.every
     cv.CheckpointTimer = StepTimer
     run = start_run({}, run_name="chaos", output_dir=a.out / "run", seed=0, environ={}, echo=print)
-    result = train_folds(run, n_folds=2, folds=[0], setup=_setup, metric=get_metric("accuracy"),
-                         max_epochs=a.epochs, keep=a.keep)
+    setup, metric, (xt, yt) = _setup, get_metric("accuracy"), _data(N_TEST, 3)
+    if a.glacier is not None:
+        setup, metric, xt = _glacier(a.glacier, run, a.encoder)
+    result = train_folds(run, n_folds=2, folds=[0], setup=setup, metric=metric, max_epochs=a.epochs, keep=a.keep)
     if result.resumed:
         step = result.resumed[0]["step"]
     elif 0 in result.folds and "fold0" not in result.plan:  # kept as done: nothing left to train
@@ -98,16 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     record = FoldRegistry(run.dir).get(0)
     [(_, path, kind)] = fold_models(run, 2)
     weights, _ = load_fold_model(path)
-    model = _setup(0).model
+    model = setup(0).model
     model.load_state_dict(weights)
     model.eval()
-    xt, yt = _data(N_TEST, 3)
     with torch.no_grad():
-        probs = model(xt).softmax(1)[:, 1]
+        probs = model(xt).softmax(1)[:, 1].flatten()
     digest = hashlib.sha256(b"".join(weights[n].numpy().tobytes() for n in sorted(weights))).hexdigest()
+    accuracy = float(((probs > 0.5).long() == yt).float().mean()) if a.glacier is None else float("nan")
     out = {"best_epoch": record["best_epoch"], "score": record["score"], "status": record["status"], "kind": kind,
-           "test_accuracy": float(((probs > 0.5).long() == yt).float().mean()), "weights": digest,
-           "probs": [repr(float(p)) for p in probs]}
+           "test_accuracy": accuracy, "weights": digest, "probs": [repr(float(p)) for p in probs]}
     (a.out / "result.json").write_text(json.dumps(out, indent=1))
     print(f"chaos: fold 0 best epoch {record['best_epoch']} score {record['score']:.4f}, "
           f"test accuracy {out['test_accuracy']:.4f} with {path.name}", flush=True)
