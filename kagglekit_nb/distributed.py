@@ -41,9 +41,9 @@ import torch.distributed as dist
 from ._atomic import write_json
 from .budget import WORKER_GRACE_S, forwarding_signals
 
-__all__ = ["COLLECTIVE_TIMEOUT_S", "World", "WorkersFailed", "agree", "barrier", "broadcast_object", "check_config",
-           "gather_objects", "is_main", "join", "launch", "leave", "main_first", "parse_devices", "plan_world",
-           "rank", "sync_bn_note", "total", "visible_gpus", "world_size", "wrap", "write_spec"]
+__all__ = ["COLLECTIVE_TIMEOUT_S", "World", "WorkersFailed", "agree", "barrier", "broadcast_buffers", "broadcast_object", "check_config",
+           "gather_objects", "gather_to_main", "is_main", "join", "launch", "leave", "main_first", "parse_devices", "plan_world",
+           "rank", "shard", "sync_bn_note", "total", "visible_gpus", "world_size", "wrap", "write_spec"]
 
 # The longest a rank waits at a collective: longer than anything rank 0 does alone while the others
 # wait (the model ladder's timing, a whole validation pass, a checkpoint copied to Google Drive).
@@ -270,6 +270,31 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's `obj` (anything picklable), in rank order, on rank 0; None on the other ranks."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def shard(n: int) -> range:
+    """This rank's contiguous share of `n` items (rank order is item order; sizes differ by one at most)."""
+    lo, hi = n * rank() // world_size(), n * (rank() + 1) // world_size()
+    return range(lo, hi)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank: after the last training step each
+    rank has updated its own from its own samples, and rank 0's are the ones its checkpoint saves."""
+    if world_size() == 1:
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point() or buffer.dtype in (torch.int64, torch.int32):
+            dist.broadcast(buffer.data, src=0)
 
 
 def agree(values: Sequence[int]) -> list[int]:

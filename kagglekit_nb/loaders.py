@@ -58,9 +58,10 @@ def make_loader(
     not change the dropout masks of training.
 
     `distributed=None` splits a train loader across processes (the sampler shards by rank) when
-    torch.distributed runs with several processes; validation and test loaders are never split (in a
-    distributed `fit` rank 0 evaluates the whole set and shares the score, so every process takes the
-    same best-epoch and early-stopping decisions).
+    torch.distributed runs with several processes; validation and test loaders are never split here (a
+    distributed `fit` gives each process a contiguous share of the validation set, gathers the shares on
+    rank 0 in order and shares the score, so every process takes the same best-epoch and early-stopping
+    decisions).
 
     Split, `batch_size` is one process's share of the optimizer step's batch: R processes at
     `batch_size` b train on the same samples per step as one process at R x b (`ResumableSampler`),
@@ -108,8 +109,10 @@ def steps_per_epoch(loader: DataLoader, accumulate: int = 1) -> int:
     return math.ceil(len(loader) / accumulate)
 
 
-def _rebuild(loader: DataLoader, *, batch_size: int | None = None, num_workers: int | None = None) -> DataLoader:
-    """The same loader (dataset, sampler, generator, collate) with another batch size or worker count."""
+def _rebuild(loader: DataLoader, *, batch_size: int | None = None, num_workers: int | None = None,
+             sampler: Any = None) -> DataLoader:
+    """The same loader (dataset, sampler, generator, collate) with another batch size, worker count or
+    sampler (e.g. a range of indices: a share of an unshuffled loader)."""
     workers = loader.num_workers if num_workers is None else num_workers
     kw: dict[str, Any] = dict(num_workers=workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
                               worker_init_fn=loader.worker_init_fn, generator=loader.generator)
@@ -122,7 +125,7 @@ def _rebuild(loader: DataLoader, *, batch_size: int | None = None, num_workers: 
                              "lower the batch size of that sampler.")
         return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **kw)
     if not isinstance(loader.dataset, IterableDataset):
-        kw["sampler"] = loader.sampler
+        kw["sampler"] = loader.sampler if sampler is None else sampler
     return DataLoader(loader.dataset, batch_size=batch_size or loader.batch_size, drop_last=loader.drop_last, **kw)
 
 

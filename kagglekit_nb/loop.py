@@ -15,10 +15,11 @@ they decide (`options`), one optimizer step (`step`), loaders and the first-batc
 
 Nothing here assumes one process: the model may be wrapped in DistributedDataParallel, the train
 sampler may be a DistributedSampler, the loop writes no files and only rank 0 prints. In several
-processes rank 0 evaluates the whole validation set (with the plain module, so no collective waits on
-the others) and shares the loss and score: every rank then takes the same best-epoch, early-stopping
-and scheduler decisions, and no padding sample is counted twice. The probabilities stay on rank 0,
-which writes the out-of-fold files. Out of memory in several processes is an error, not a back-off:
+processes each rank evaluates a contiguous share of the validation set (with the plain module, so no
+collective waits on the others, and rank 0's BatchNorm statistics), rank 0 gathers the shares in order
+and shares the loss and score: every rank then takes the same best-epoch, early-stopping and scheduler
+decisions, and no padding sample is counted twice. The probabilities stay on rank 0, which writes the
+out-of-fold files. Out of memory in several processes is an error, not a back-off:
 one rank at a smaller batch would no longer meet the others at each step.
 
 The per-step cost over a hand-written loop is a few None-checks: the loss is summed as a tensor and
@@ -39,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .budget import Budget
-from .distributed import broadcast_object, is_main, total, world_size
+from .distributed import broadcast_buffers, broadcast_object, gather_to_main, is_main, shard, total, world_size
 from .loaders import _count, _dist_on, _loader_len, _rebuild, _to, _watched, _xy
 from .metrics import Metric
 from .options import (LoopOptions, _autocast, _capability, _check_int, _scheduler_interval, amp_dtype, make_scaler,
@@ -221,6 +222,7 @@ class _Run:
     progress_label: str = ""
     budget: Any = None
     learning: LearningWatch = field(default_factory=LearningWatch)
+    val_shard: DataLoader | None = None     # several processes: this rank's share of val_loader
 
 
 @dataclass
@@ -393,24 +395,50 @@ def _epoch_progress(r: _Run, epoch: int) -> Any:
 
 
 def _evaluate(s: _Step, r: _Run, loss_fn: Callable, metric: Metric, activation: str) -> dict[str, Any]:
-    """`evaluate`, halving the validation batch size on out-of-memory. In several processes rank 0
-    evaluates (the plain module: DDP's forward would wait for the others) and every rank gets its loss
-    and score; the probabilities and targets are rank 0's alone (None elsewhere)."""
+    """`evaluate`, halving the validation batch size on out-of-memory. In several processes each rank
+    evaluates its contiguous share of the validation set with rank 0's BatchNorm statistics (the plain
+    module: DDP's forward would wait for the others), rank 0 gathers the shares in order (no padding
+    sample, no duplicate), scores them once and every rank gets the loss and score; the probabilities
+    and targets are rank 0's alone (None elsewhere). A loader with a batch sampler of its own cannot be
+    split: rank 0 evaluates all of it."""
     if world_size() == 1:
         return _evaluate_here(s.forward, s, r, loss_fn, metric, activation)
-    ev = _evaluate_here(_unwrap(s.forward), s, r, loss_fn, metric, activation) if is_main() else None
-    shared = broadcast_object(None if ev is None else {"loss": ev["loss"], "score": ev["score"]})
-    return ev if ev is not None else {**shared, "probs": None, "targets": None}
+    model = _unwrap(s.forward)
+    if r.val_loader.batch_size is None or not hasattr(r.val_loader.dataset, "__len__"):
+        ev = _evaluate_here(model, s, r, loss_fn, metric, activation) if is_main() else None
+        shared = broadcast_object(None if ev is None else {"loss": ev["loss"], "score": ev["score"]})
+        return ev if ev is not None else {**shared, "probs": None, "targets": None}
+    broadcast_buffers(model)
+    if r.val_shard is None:
+        r.val_shard = _rebuild(r.val_loader, sampler=shard(len(r.val_loader.dataset)))
+    part = None
+    if len(r.val_shard.sampler):
+        ev = _evaluate_here(model, s, r, loss_fn, None, activation, shard=True)
+        part = (ev["probs"], ev["targets"], ev["loss"] * len(ev["targets"]))
+    parts = [p for p in gather_to_main(part) or () if p is not None]
+    shared = None
+    if is_main():
+        probs, targets = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        loss = math.fsum(p[2] for p in parts) / len(targets)
+        shared = {"loss": loss, "score": metric(targets, probs) if metric is not None else math.nan}
+    shared = broadcast_object(shared)
+    return {**shared, "probs": probs, "targets": targets} if is_main() else {**shared, "probs": None, "targets": None}
 
 
-def _evaluate_here(model: nn.Module, s: _Step, r: _Run, loss_fn: Callable, metric: Metric,
-                   activation: str) -> dict[str, Any]:
+def _evaluate_here(model: nn.Module, s: _Step, r: _Run, loss_fn: Callable, metric: Metric | None,
+                   activation: str, *, shard: bool = False) -> dict[str, Any]:
+    """`evaluate` on the validation loader (`shard`: this rank's share of it), halving its batch size
+    on out-of-memory."""
     while True:
+        loader = r.val_shard if shard else r.val_loader
         try:
-            return evaluate(model, r.val_loader, loss_fn=loss_fn, device=s.device, metric=metric,
+            return evaluate(model, loader, loss_fn=loss_fn, device=s.device, metric=metric,
                             autocast=s.dtype, channels_last=s.channels_last, activation=activation)
         except torch.OutOfMemoryError:
-            r.val_loader = _halve_val(s, r, r.val_loader)
+            if shard:
+                r.val_shard = _halve_val(s, r, loader)
+            else:
+                r.val_loader = _halve_val(s, r, loader)
 
 
 def _halve_val(s: _Step, r: _Run, loader: DataLoader) -> DataLoader:

@@ -3,12 +3,14 @@
 resume with another number of processes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -126,7 +128,7 @@ def test_two_processes_fit_like_one_without_batchnorm(tmp_path):
     for name, weight in one["weights"].items():
         torch.testing.assert_close(two["weights"][name], weight, rtol=1e-5, atol=1e-6)
     for a, b in zip(one["history"], two["history"]):
-        assert a["score"] == b["score"]  # rank 0 scored the whole validation set
+        assert a["score"] == b["score"]  # the two shares of the validation set, gathered and scored once
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)  # summed over both processes
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
 
@@ -197,6 +199,16 @@ def test_two_processes_score_like_one_and_submit(digits, tmp_path, one_thread, t
     val_ids = comp.train["id"][clf.make_folds(comp, cfg, run).to_numpy() == 0]
     assert sorted(oof["id"]) == sorted(val_ids)  # every validation image once: no padding duplicates
     assert abs(two.cv_score - one.cv_score) <= 0.08, (two.cv_score, one.cv_score)
+    # each process scored its share of the validation set with rank 0's BatchNorm statistics: the
+    # out-of-fold probabilities are those of the saved best model, predicted here in one process
+    from kagglekit_nb.loop import predict
+
+    fs = clf._setup_fold(comp, clf.make_folds(comp, cfg, run), dataclasses.replace(cfg, MODEL=run.record["model_choice"]
+                         ["model"], IMG_SIZE=int(run.record["model_choice"]["img_size"]), WEIGHTS=None), run, 0)
+    fs.model.load_state_dict(load_fold_model(run.dir / "checkpoints" / "fold0" / "best.ckpt")[0])
+    again = predict(fs.model, fs.val_loader, device="cpu")
+    assert list(oof["id"]) == list(fs.val_ids)
+    np.testing.assert_allclose(oof[[f"p{c}" for c in range(again.shape[1])]].to_numpy(), again, rtol=1e-4, atol=1e-5)
     _submit(run, comp, two, cfg)
 
 

@@ -753,7 +753,7 @@ def test_on_step_reports_the_samples_each_optimizer_step_consumed():
 
 def test_fit_under_distributed_data_parallel(tmp_path, monkeypatch):
     """One process of a DDP run (gloo on the CPU): the train sampler takes this rank's share of the common
-    order, re-shuffled each epoch; validation is whole on every process; plain state-dict keys; the same
+    order, re-shuffled each epoch; the validation loader is whole (a distributed `fit` shares it out); plain state-dict keys; the same
     weights as the single-process run."""
     import torch.distributed as dist
 
