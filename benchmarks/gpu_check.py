@@ -353,8 +353,8 @@ def _fold_worker(out: Path, kill_at: int | None) -> int:
             return float(CKPT_EVERY - self.n)
 
     cv.CheckpointTimer = StepTimer
+    repro.set_deterministic(True)  # start_run's seeding keeps it
     run = start_run({}, run_name="gpu_check", output_dir=out / "run", seed=0, environ={})  # CUDA when there is one
-    repro.set_deterministic(True)  # after start_run, whose seeding switches it off
     models = {}
 
     def setup(k: int) -> cv.FoldSetup:

@@ -28,10 +28,12 @@ def _check_seed(seed: Any) -> int:
     return int(seed)
 
 
-def seed_everything(seed: int, *, deterministic: bool = False) -> int:
+def seed_everything(seed: int, *, deterministic: bool | None = None) -> int:
     """Seed python, numpy, torch (CPU and every CUDA device) from one integer; returns the seed.
 
-    `deterministic=True` also switches torch to deterministic kernels (slower on GPU).
+    `deterministic=True` also switches torch to deterministic kernels (slower on GPU), False switches
+    them off (cuDNN benchmark on), None keeps what was set before (so `start_run`, which seeds every
+    run, never undoes a `set_deterministic(True)` made earlier in the notebook).
     Seeding CUDA here is lazy in torch: it does not initialise CUDA.
     """
     seed = _check_seed(seed)
@@ -39,7 +41,7 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> int:
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA too, lazily
     os.environ["PYTHONHASHSEED"] = str(seed)  # for child processes (workers spawned later)
-    set_deterministic(deterministic)
+    set_deterministic(torch.are_deterministic_algorithms_enabled() if deterministic is None else deterministic)
     return seed
 
 

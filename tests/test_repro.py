@@ -81,9 +81,13 @@ def test_deterministic_switch():
     seed_everything(0, deterministic=True)
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    seed_everything(1)  # as start_run seeds every run: the switch stays as it was set
+    assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
     set_deterministic(False)
     assert not torch.are_deterministic_algorithms_enabled()
     assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.benchmark
+    seed_everything(2)
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
 
 
 def _order(seed: int, epochs: int = 2) -> list[list[int]]:
