@@ -140,11 +140,15 @@ def digits(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """One torch thread in this process, as each of the two workers gets on two cores: a fair comparison."""
-    before = torch.get_num_threads()
+    """One torch thread in this process and in each worker (OMP_NUM_THREADS, which the workers inherit:
+    the test session sets it to torch's default, and two workers at two threads each on two cores run
+    several times slower): a fair comparison."""
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(before)
+    os.environ.pop("OMP_NUM_THREADS") if env is None else os.environ.update(OMP_NUM_THREADS=env)
 
 
 def _cfg(data: Path, out: Path, **kwargs) -> clf.Config:

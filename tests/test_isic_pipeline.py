@@ -336,14 +336,16 @@ def test_the_embedding_plan_says_what_fits_now_and_where_the_next_session_resume
 def sharded(demo, tmp_path_factory):
     """Embeddings extracted by two CPU processes (DEVICES="cpu:2": torchrun, gloo), as on Kaggle's two T4s:
     (run folder, embeddings, what the workers returned, the notebook process's log)."""
-    hash_seed = os.environ.get("PYTHONHASHSEED")  # start_run sets it for the workers
+    saved = {k: os.environ.get(k) for k in ("PYTHONHASHSEED", "OMP_NUM_THREADS")}  # start_run sets the first
+    os.environ["OMP_NUM_THREADS"] = "1"  # one thread per worker: two at two threads each on two cores crawl
     lines: list[str] = []
     cfg = make_cfg(demo, OUTPUT_DIR=str(tmp_path_factory.mktemp("two") / "run"), BUDGET="1h", DEVICES="cpu:2")
     try:
         run = task.start(cfg, environ={}, echo=lines.append)
         emb = quiet_embeddings(task.load(cfg, run), cfg, run)
     finally:
-        os.environ.pop("PYTHONHASHSEED", None) if hash_seed is None else os.environ.update(PYTHONHASHSEED=hash_seed)
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.update({k: v})
     ranks = json.loads((run.dir / distributed.WORKERS_DIR / distributed.RESULT_FILE).read_text())["ranks"]
     return run.dir, emb, ranks, lines
 
