@@ -349,11 +349,24 @@ def _worker_environ(world: World, environ: Mapping[str, str]) -> dict[str, str]:
     if root.name not in ("site-packages", "dist-packages"):  # a checkout: the workers import this copy
         env["PYTHONPATH"] = os.pathsep.join([str(root), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     if "OMP_NUM_THREADS" not in env:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        env["OMP_NUM_THREADS"] = str(max(1, cpus // world.processes))
+        env["OMP_NUM_THREADS"] = str(max(1, _cpus() // world.processes))
     if world.device_type == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _crowded(world: World, environ: Mapping[str, str]) -> str | None:
+    """What the log says when CPU processes at the user's OMP_NUM_THREADS ask for more threads than cores."""
+    threads = environ.get("OMP_NUM_THREADS", "")
+    if world.device_type != "cpu" or not threads.isdigit() or int(threads) * world.processes <= _cpus():
+        return None
+    return (f"WARNING: OMP_NUM_THREADS={threads} for each of the {world.processes} CPU processes, on {_cpus()} "
+            f"cores: they compete for the cores and train several times slower. Unset OMP_NUM_THREADS (each "
+            f"process then gets {max(1, _cpus() // world.processes)}) or lower it.")
 
 
 def _dies_with_parent() -> Callable[[], None] | None:
@@ -412,9 +425,12 @@ def launch(spec: Mapping[str, Any], world: World, *, folder: Path, echo: Callabl
     shutil.rmtree(logs, ignore_errors=True)
     spec = json.loads(path.read_text())
     command = torchrun_command(path, world, logs=logs)
+    environ = os.environ if environ is None else environ
+    if (crowded := _crowded(world, environ)) is not None:
+        echo(crowded)
     echo(f"starting {world.describe()}: {' '.join(command[1:])}")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env=_worker_environ(world, os.environ if environ is None else environ),
+                            env=_worker_environ(world, environ),
                             start_new_session=True, preexec_fn=_dies_with_parent())
     expected: list[str] = []  # torchrun's own traceback of a signal passed on: shown only if the workers fail
     seen: collections.deque[str] = collections.deque(maxlen=200)  # for torchrun's summary of a failure

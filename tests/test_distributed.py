@@ -69,6 +69,16 @@ def test_config_checks_devices_and_the_shared_batch(tmp_path):
     assert clf.Config(DEVICES="cpu:2", BATCH_SIZE=32).DEVICES == "cpu:2"
 
 
+def test_cpu_processes_asking_for_more_threads_than_cores_are_warned(monkeypatch):
+    monkeypatch.setattr(distributed, "_cpus", lambda: 2)
+    cpu2 = World(2, "cpu", "gloo")
+    assert "OMP_NUM_THREADS=2 for each of the 2 CPU processes, on 2 cores" in distributed._crowded(cpu2, {"OMP_NUM_THREADS": "2"})
+    assert distributed._crowded(cpu2, {"OMP_NUM_THREADS": "1"}) is None
+    assert distributed._crowded(cpu2, {}) is None  # unset: each process gets cores / processes
+    assert distributed._worker_environ(cpu2, {})["OMP_NUM_THREADS"] == "1"
+    assert distributed._crowded(World(2, "cuda", "nccl"), {"OMP_NUM_THREADS": "8"}) is None
+
+
 def test_visible_gpus_follow_cuda_visible_devices():
     assert distributed.visible_gpus({}, found=2) == 2
     assert distributed.visible_gpus({"CUDA_VISIBLE_DEVICES": "1"}, found=2) == 1
