@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from ... import distributed
 from ..._atomic import write_json
-from ...cv import run_workers
+from ...cv import run_workers, worker_spec
 from ...run import Run
 from .._config import timm_model, weights_for
 from ._time import EMBED_IMAGE, HIDDEN_EMBEDDINGS, declare_reserves, reserve_hidden_embeddings
@@ -461,7 +461,7 @@ def _in_workers(comp: Competition, cfg: Config, run: Run, world: distributed.Wor
     if found is not None and not any(found[1].values()):
         run.log("embeddings: every chunk is in the cache, no worker is started")
         return found[0], None, 0.0, run.budget.planned.get(EMBED_IMAGE)
-    spec = {"task": "isic", "run": run.handover(), "config": {**cfg.as_dict(), "DATA_DIR": str(comp.data_dir)}}
+    spec = worker_spec("isic", run, {**cfg.as_dict(), "DATA_DIR": str(comp.data_dir)}, stage="embeddings")
     t0 = run.budget.clock()
     out = run_workers(spec, run, world)  # rank 0 recorded the weights, the plan and the phases it timed
     seconds = run.budget.clock() - t0
