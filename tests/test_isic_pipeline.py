@@ -198,6 +198,38 @@ def test_local_weights_are_loaded_and_key_the_cache(demo, tmp_path):
     np.testing.assert_allclose(loaded.test[:4], expected, rtol=1e-4, atol=1e-5)
 
 
+def test_sigterm_during_extraction_stops_after_the_chunk_in_progress_and_the_rerun_continues(demo, tmp_path,
+                                                                                              monkeypatch):
+    """SIGTERM (a session ending, `kagglekit run` or torchrun passing it on) while a chunk is computed:
+    that chunk is saved, no other starts, the run goes on with what it has, and a rerun computes the rest."""
+    import signal
+
+    comp = task.load(make_cfg(demo), make_run(tmp_path / "straight"))
+    straight = quiet_embeddings(comp, make_cfg(demo), make_run(tmp_path / "straight"))
+    real_save, saved = E._save_npz, []
+
+    def sigterm_while_saving_the_second(path, **arrays):
+        saved.append(path.name)
+        if len(saved) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_save(path, **arrays)
+
+    monkeypatch.setattr(E, "_save_npz", sigterm_while_saving_the_second)
+    lines: list[str] = []
+    run, before = make_run(tmp_path / "stopped", lines=lines), signal.getsignal(signal.SIGTERM)
+    stopped = quiet_embeddings(comp, make_cfg(demo), run)
+    monkeypatch.setattr(E, "_save_npz", real_save)
+    assert saved == ["chunk_00000.npz", "chunk_00000.npz"]  # test chunk 0, then train chunk 0: no third
+    assert run.record["embeddings"]["stop_reason"] == "signal: SIGTERM" and not stopped.complete
+    assert any("SIGTERM received: the embeddings stop once the chunk in progress is saved" in line for line in lines)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the extraction's alone
+    run = make_run(tmp_path / "stopped")
+    resumed = quiet_embeddings(comp, make_cfg(demo), run)
+    assert run.record["embeddings"]["cached"] == 40 + 64 and run.record["embeddings"]["computed"] == 200 - 64
+    np.testing.assert_array_equal(resumed.train, straight.train)
+    np.testing.assert_array_equal(resumed.test, straight.test)
+
+
 def test_an_interrupted_extraction_resumes_from_the_last_chunk_with_identical_embeddings(demo, tmp_path,
                                                                                       monkeypatch):
     comp = task.load(make_cfg(demo), make_run(tmp_path / "straight"))

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from ... import distributed
 from ..._atomic import write_json
+from ...budget import StopSignal, install_sigterm_handler
 from ...cv import run_workers, worker_spec
 from ...run import Run
 from .._config import timm_model, weights_for
@@ -239,10 +240,10 @@ def _time_for(run: Run) -> str:
 
 def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model: torch.nn.Module,
                     cfg: Config, run: Run, plan: _Plan | None = None, hidden: int = 0, *,
-                    share: str = EMBED_SHARE_NAME) -> str | None:
+                    share: str = EMBED_SHARE_NAME, stop: StopSignal | None = None) -> str | None:
     """Compute the chunks in `todo`, saving each as it completes; a reason string if it stopped early
     (the budget's answer: the embeddings' share of the time, allotted as `share`, is used, or the
-    reserves are reached). `images` yields (tensor, row) or None (skipped); `cfg` gives BATCH_SIZE
+    reserves are reached; or a stop signal arrived, `stop`: the chunk in progress is finished first). `images` yields (tensor, row) or None (skipped); `cfg` gives BATCH_SIZE
     and NUM_WORKERS. Full batches time the pace (per image): the `plan` is said after the first
     chunk that had one, and the `hidden` test images of the rerun (TEST_ROWS) are reserved at that
     pace from then on."""
@@ -272,6 +273,8 @@ def _run_extraction(ext: _Extraction, todo: list[int], images: HDF5Images, model
     for b, (rows, c) in enumerate(zip(batches, chunk_of)):
         now = clock()
         if c != current:  # a new chunk: start it only if it fits the embedding share of the budget
+            if stop:
+                return f"signal: {stop.received}"
             reason = run.budget.stop_reason(run.budget.need(EMBED_IMAGE, images_in[c]), share=share)
             if reason:
                 return reason
@@ -389,17 +392,19 @@ def _extract(comp: Competition, cfg: Config, run: Run, weights: Weights, root: P
         run.log(f"embeddings: {plan.images} images to embed ({parts}; {sum(e.cached for e in result.values())} "
                 f"cached{'' if processes == 1 else ', in the share of rank 0'}); the plan follows once the first "
                 "chunk is timed")
-    for split, ext in result.items():
-        if todo[split] and reason is None:
-            images = HDF5Images(comp.images[split], ext.ids, transform=transform, on_error=cfg.ON_BAD_IMAGE,
-                                return_index=True)
-            reason = _run_extraction(ext, todo[split], images, model, cfg, run, plan,
-                                     hidden=math.ceil(hidden / processes))  # the rerun shares them out too
-            images.close()
-        done = ext.cached + ext.computed
-        share = "" if processes == 1 else f" of rank {rank}'s share"
-        run.log(f"embeddings: {split} {done}/{ext.owned_rows} images{share} ({ext.cached} from the cache, "
-                f"{ext.computed} computed){'; skipped: ' + ', '.join(ext.skipped[:5]) if ext.skipped else ''}")
+    said = lambda name: run.log(f"{name} received: the embeddings stop once the chunk in progress is saved")  # noqa: E731
+    with install_sigterm_handler(said) as stop:  # torchrun passes a SIGTERM on to every worker
+        for split, ext in result.items():
+            if todo[split] and reason is None:
+                images = HDF5Images(comp.images[split], ext.ids, transform=transform, on_error=cfg.ON_BAD_IMAGE,
+                                    return_index=True)
+                reason = _run_extraction(ext, todo[split], images, model, cfg, run, plan,
+                                         hidden=math.ceil(hidden / processes), stop=stop)  # shared out in the rerun too
+                images.close()
+            done = ext.cached + ext.computed
+            share = "" if processes == 1 else f" of rank {rank}'s share"
+            run.log(f"embeddings: {split} {done}/{ext.owned_rows} images{share} ({ext.cached} from the cache, "
+                    f"{ext.computed} computed){'; skipped: ' + ', '.join(ext.skipped[:5]) if ext.skipped else ''}")
     return result, reason, run.budget.clock() - t0
 
 
